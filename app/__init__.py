@@ -1,0 +1,1 @@
+"""fitserve: the service (settings, database, API, queue, worker, client, CLI)."""

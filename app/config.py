@@ -1,0 +1,68 @@
+"""Settings: one typed, frozen object read from the environment (prefix FITSERVE_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FITSERVE_", frozen=True, extra="ignore")
+
+    # The embedded default: one SQLite file beside the process; Postgres for production.
+    database_url: str = "sqlite:///./fitserve.db"
+    # Loopback only unless asked: a training service must not be open to the network by default.
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Queue. A lease must outlive several missed heartbeats (>= 3x) before another worker may take over.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    # How often an idle worker looks for work where no LISTEN/NOTIFY wake-up exists (SQLite).
+    poll_seconds: float = 0.5
+    # A job that kills its worker this many times ends failed(worker_lost) instead of crash-looping.
+    max_attempts: int = 3
+    # Worker device: auto (CUDA when present), cpu, cuda, cuda:N.
+    device: str = "auto"
+
+    # Predictions: eval-mode networks kept in memory, least recently used evicted first.
+    model_cache_size: int = 32
+
+    # Limits (issue: every input checked). Generous for teaching-size work, small enough to stay up.
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_dataset_cells: int = 20_000_000
+    max_params: int = 50_000_000
+    max_predict_rows: int = 10_000
+    max_queued_jobs_per_key: int = 100
+
+    # API keys: None = required exactly when the server binds a non-loopback address.
+    require_api_keys: bool | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, url: str) -> str:
+        """Accept Postgres URLs as users write them and route them to the psycopg 3 driver."""
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def api_keys_required(self) -> bool:
+        if self.require_api_keys is not None:
+            return self.require_api_keys
+        return self.host not in LOOPBACK_HOSTS
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment; tests build their own Settings instead of calling this."""
+    return Settings()

@@ -1,0 +1,192 @@
+"""ORM rows. The job row is the queue entry; the schema changes only through a migration.
+
+Ids are opaque 32-character hex strings (uuid4) so they reveal nothing about other tenants.
+`owner_id` is the API key that created a row; NULL means the keyless loopback mode (or a
+built-in dataset, visible to everyone).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic autogenerate and hand-written migrations agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+TASKS = ("classification", "regression")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # sha256 of the secret; the secret itself is shown once, at creation, and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None]
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (CheckConstraint(f"task IN {TASKS}", name="task"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    task: Mapped[str] = mapped_column(String(20))
+    rows: Mapped[int]
+    n_features: Mapped[int]
+    # Regression: number of target columns. Classification: 1 (targets are class indices).
+    n_outputs: Mapped[int] = mapped_column(Integer, default=1)
+    feature_names: Mapped[list[str]] = mapped_column(JSON)
+    target_names: Mapped[list[str]] = mapped_column(JSON)
+    # Class labels in a stable order (sorted); index i is class i. NULL for regression.
+    classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    # safetensors: features {"x": float32 (rows, n_features)};
+    # targets {"y": int64 (rows,) class indices | float32 (rows, n_outputs)}.
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    targets: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
+        # A job has finished exactly when it is in a terminal state.
+        CheckConstraint(
+            f"(status IN {TERMINAL_STATUSES}) = (finished_at IS NOT NULL)", name="finished_at"
+        ),
+        CheckConstraint("attempts >= 0 AND lease_token >= 0", name="counters"),
+        # The claim query: the oldest available queued (or lease-expired running) job.
+        Index("ix_jobs_claim", "status", "available_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    network: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    epochs: Mapped[int]
+    # Epochs finished so far (progress); the latest metrics row is for this epoch.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # Durability: the claim bumps lease_token; every later worker write is fenced by it.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    # Not claimable before this (retry backoff).
+    available_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    device: Mapped[str | None] = mapped_column(String(50))
+    precision: Mapped[str | None] = mapped_column(String(10))
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class JobMetric(Base):
+    """One row per finished epoch: the EpochRecord as a JSON object."""
+
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class JobCheckpoint(Base):
+    """The latest checkpoint of a job (models.Checkpoint bytes), replaced each epoch."""
+
+    __tablename__ = "job_checkpoints"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int]
+    lease_token: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class JobClaim(Base):
+    """Audit trail: one row per claim, so overlapping executions can be ruled out."""
+
+    __tablename__ = "job_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    lease_token: Mapped[int]
+    worker: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(20))
+
+
+class Model(Base):
+    """A trained network: its spec, final weights (safetensors) and what predict needs."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    network: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON)
+    task: Mapped[str] = mapped_column(String(20))
+    classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Final epoch's metrics row.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # models.save_model() bytes: safetensors with the spec and standardization in its metadata.
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
