@@ -135,9 +135,7 @@ class JobMetric(Base):
 
     __tablename__ = "job_metrics"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     loss: Mapped[float | None] = mapped_column(Float)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -149,9 +147,7 @@ class JobCheckpoint(Base):
 
     __tablename__ = "job_checkpoints"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int]
     lease_token: Mapped[int]
     data: Mapped[bytes] = mapped_column(LargeBinary)
