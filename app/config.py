@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    # Queue. A lease must outlive several missed heartbeats (>= 3x) before another worker may take over.
+    # Queue. A lease outlives several missed heartbeats (>= 3x) before another worker takes over.
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
     # How often an idle worker looks for work where no LISTEN/NOTIFY wake-up exists (SQLite).
