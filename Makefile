@@ -1,0 +1,35 @@
+# fitserve: `make run` serves the API with a worker on 127.0.0.1:8000; `make test` passes the tests.
+# Both install into .venv first (only when pyproject.toml changed since the last install).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/fitserve serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff format --check app models migrations tests bench
+	$(BIN)/ruff check app models migrations tests bench
+
+bench: install
+	$(BIN)/python bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) fitserve.db fitserve.db-wal fitserve.db-shm .pytest_cache
