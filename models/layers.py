@@ -1,0 +1,217 @@
+"""The PyTorch pieces a spec is built from, through allow-list registries.
+
+Nothing here looks a name up on torch.nn: every activation and initializer a user can name is a
+key below, so a spec can only ever build what this file lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Keras' truncated normal draws within 2 stddev; dividing by this restores the intended variance
+# (the std of a standard normal truncated to [-2, 2]).
+_TRUNC_STD = 0.87962566103423978
+
+
+def _leaky_relu(alpha: float | None) -> nn.Module:
+    return nn.LeakyReLU(0.2 if alpha is None else alpha)  # keras.activations.leaky_relu: 0.2
+
+
+def _elu(alpha: float | None) -> nn.Module:
+    return nn.ELU(1.0 if alpha is None else alpha)
+
+
+ACTIVATIONS: dict[str, Callable[[float | None], nn.Module | None]] = {
+    "linear": lambda _: None,
+    "sigmoid": lambda _: nn.Sigmoid(),
+    "tanh": lambda _: nn.Tanh(),
+    "relu": lambda _: nn.ReLU(),
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+    "selu": lambda _: nn.SELU(),
+    "gelu": lambda _: nn.GELU(),  # Keras' gelu default is the exact erf form, as torch's
+    "softplus": lambda _: nn.Softplus(),
+    "softsign": lambda _: nn.Softsign(),
+    "swish": lambda _: nn.SiLU(),
+    "silu": lambda _: nn.SiLU(),
+    "mish": lambda _: nn.Mish(),
+    "relu6": lambda _: nn.ReLU6(),
+    "hard_sigmoid": lambda _: nn.Hardsigmoid(),  # Keras 3: relu6(x + 3) / 6
+    "softmax": lambda _: nn.Softmax(dim=-1),
+}
+
+
+def make_activation(name: str, alpha: float | None = None) -> nn.Module | None:
+    """The activation module for an allow-listed name; None for linear."""
+    return ACTIVATIONS[name](alpha)
+
+
+# Initializers fill a tensor in torch layout (out, in) for kernels, (units,) for biases; fan_in and
+# fan_out are Keras' (inputs, units) for kernels. Formulas: keras.initializers.VarianceScaling.
+Initializer = Callable[[torch.Tensor, int, int, torch.Generator], None]
+
+
+def _uniform(limit: Callable[[int, int], float]) -> Initializer:
+    def init(t: torch.Tensor, fan_in: int, fan_out: int, g: torch.Generator) -> None:
+        bound = limit(fan_in, fan_out)
+        nn.init.uniform_(t, -bound, bound, generator=g)
+
+    return init
+
+
+def _truncated(std: Callable[[int, int], float]) -> Initializer:
+    def init(t: torch.Tensor, fan_in: int, fan_out: int, g: torch.Generator) -> None:
+        s = std(fan_in, fan_out)
+        nn.init.trunc_normal_(t, 0.0, s, -2 * s, 2 * s, generator=g)
+
+    return init
+
+
+def _constant(value: float) -> Initializer:
+    def init(t: torch.Tensor, fan_in: int, fan_out: int, g: torch.Generator) -> None:
+        nn.init.constant_(t, value)
+
+    return init
+
+
+def _random_normal(t: torch.Tensor, fan_in: int, fan_out: int, g: torch.Generator) -> None:
+    nn.init.normal_(t, 0.0, 0.05, generator=g)
+
+
+def _orthogonal(t: torch.Tensor, fan_in: int, fan_out: int, g: torch.Generator) -> None:
+    if t.dim() < 2:
+        raise ValueError("orthogonal initialization needs a kernel, not a bias")
+    nn.init.orthogonal_(t, generator=g)
+
+
+INITIALIZERS: dict[str, Initializer] = {
+    "glorot_uniform": _uniform(lambda i, o: math.sqrt(6.0 / (i + o))),
+    "glorot_normal": _truncated(lambda i, o: math.sqrt(2.0 / (i + o)) / _TRUNC_STD),
+    "he_uniform": _uniform(lambda i, o: math.sqrt(6.0 / i)),
+    "he_normal": _truncated(lambda i, o: math.sqrt(2.0 / i) / _TRUNC_STD),
+    "lecun_uniform": _uniform(lambda i, o: math.sqrt(3.0 / i)),
+    "lecun_normal": _truncated(lambda i, o: math.sqrt(1.0 / i) / _TRUNC_STD),
+    "orthogonal": _orthogonal,
+    "zeros": _constant(0.0),
+    "ones": _constant(1.0),
+    "random_normal": _random_normal,
+    "random_uniform": _uniform(lambda i, o: 0.05),
+    "truncated_normal": _truncated(lambda i, o: 0.05),
+}
+
+
+class Dense(nn.Module):
+    """y = activation(x @ W.T + b); weight (units, inputs): the transpose of Keras' kernel."""
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        *,
+        use_bias: bool,
+        activation: nn.Module | None,
+        kernel_penalty: tuple[float, float] | None = None,
+        bias_penalty: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(units, in_features))
+        self.bias = nn.Parameter(torch.empty(units)) if use_bias else None
+        self.activation = activation
+        self.kernel_penalty = kernel_penalty  # (l1, l2) or None
+        self.bias_penalty = bias_penalty
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # (batch, units)
+        return y if self.activation is None else self.activation(y)
+
+    def penalty(self) -> torch.Tensor | None:
+        """Keras L1L2: l1 * sum(|w|) + l2 * sum(w**2) for each regularized tensor."""
+        total: torch.Tensor | None = None
+        for tensor, factors in ((self.weight, self.kernel_penalty), (self.bias, self.bias_penalty)):
+            if tensor is None or factors is None:
+                continue
+            l1, l2 = factors
+            term = None
+            if l1:
+                term = l1 * tensor.abs().sum()
+            if l2:
+                sq = l2 * tensor.square().sum()
+                term = sq if term is None else term + sq
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def extra_repr(self) -> str:
+        units, inputs = self.weight.shape
+        return f"inputs={inputs}, units={units}, bias={self.bias is not None}"
+
+
+class BatchNormalization(nn.Module):
+    """Keras BatchNormalization for (batch, features).
+
+    Written out rather than nn.BatchNorm1d because Keras' moving variance uses the biased batch
+    variance and accepts a batch of one row (torch raises); the momentum is Keras' (0.99 keeps
+    99% of the old average).
+    """
+
+    def __init__(self, features: int, *, momentum: float, epsilon: float) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.gamma = nn.Parameter(torch.ones(features))
+        self.beta = nn.Parameter(torch.zeros(features))
+        self.register_buffer("moving_mean", torch.zeros(features))
+        self.register_buffer("moving_variance", torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var, mean = torch.var_mean(x, dim=0, unbiased=False)
+            with torch.no_grad():
+                self.moving_mean.lerp_(mean.detach(), 1.0 - self.momentum)
+                self.moving_variance.lerp_(var.detach(), 1.0 - self.momentum)
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        return (x - mean) * torch.rsqrt(var + self.epsilon) * self.gamma + self.beta
+
+
+class Network(nn.Module):
+    """A built spec: `layers` in order, the output activation split off the last layer.
+
+    `logits(x)` stops before the output activation so softmax/sigmoid losses can be computed fused
+    (log-softmax, BCE-with-logits); `forward(x)` applies it and is what predictions return.
+    """
+
+    def __init__(
+        self, layers: nn.Sequential, output_activation: nn.Module | None, output_name: str
+    ):
+        super().__init__()
+        self.layers = layers
+        self.output_activation = output_activation
+        self.output_activation_name = output_name
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        return y if self.output_activation is None else self.output_activation(y)
+
+    def penalty(self) -> torch.Tensor | None:
+        total: torch.Tensor | None = None
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                term = layer.penalty()
+                if term is not None:
+                    total = term if total is None else total + term
+        return total
+
+    @property
+    def has_penalty(self) -> bool:
+        return any(
+            isinstance(m, Dense) and (m.kernel_penalty or m.bias_penalty) for m in self.layers
+        )
