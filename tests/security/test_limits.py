@@ -1,0 +1,223 @@
+"""Request limits: 413 before parsing (declared and streamed bodies), 422 for non-finite numbers.
+
+Run against a small FastAPI app with the service's error handlers, in-process and through a real
+uvicorn (chunked transfer encoding is the server's business, so it is tested through one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from app.errors import install_error_handlers
+from app.limits import RequestLimitsMiddleware, non_finite_error
+
+LIMIT = 8000
+
+
+class Body(BaseModel):
+    values: list[list[float]]
+    name: str = ""
+
+
+def make_app(calls: list[str]) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=LIMIT)
+
+    @app.post("/json")
+    def post_json(body: Body) -> dict[str, Any]:
+        calls.append("json")
+        return {"rows": len(body.values)}
+
+    @app.post("/raw")
+    async def post_raw(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        calls.append("raw")
+        return {"bytes": len(body)}
+
+    return app
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+class InProcess:
+    """A synchronous face on httpx's ASGI transport, which streams a generator body chunk by
+    chunk (Starlette's TestClient would join it into one message)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        content = kwargs.get("content")
+        if isinstance(content, Iterator):
+            kwargs["content"] = _aiter(content)
+        return asyncio.run(self._post(path, **kwargs))
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post(path, **kwargs)
+
+
+async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.fixture
+def client(calls: list[str]) -> InProcess:
+    return InProcess(make_app(calls))
+
+
+def _chunks(total: int, size: int = 1000) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        sent += n
+        yield b"x" * n
+
+
+def test_a_body_within_the_limit_passes(client: InProcess, calls: list[str]) -> None:
+    r = client.post("/json", json={"values": [[1.0, 2.5e10, -3e-300]]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"rows": 1}
+    r = client.post("/raw", content=b"x" * LIMIT, headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json() == {"bytes": LIMIT}
+    assert calls == ["json", "raw"]
+
+
+def test_declared_length_over_the_limit_is_413_before_the_app(
+    client: InProcess, calls: list[str]
+) -> None:
+    for path, headers in (("/json", {}), ("/raw", {"content-type": "text/csv"})):
+        r = client.post(path, content=b"[" * (LIMIT + 1), headers=headers)
+        assert r.status_code == 413
+        body = r.json()
+        assert body["code"] == "too_large"
+        assert f"{LIMIT:,} bytes" in body["detail"] and "FITSERVE_MAX_BODY_BYTES" in body["detail"]
+    assert calls == []
+
+
+@pytest.mark.parametrize("path", ["/json", "/raw"])
+def test_a_streamed_body_is_cut_off_at_the_limit(
+    client: InProcess, calls: list[str], path: str
+) -> None:
+    headers = {"content-type": "application/json" if path == "/json" else "text/csv"}
+    r = client.post(path, content=_chunks(LIMIT + 50), headers=headers)
+    assert r.status_code == 413, r.text
+    assert r.json()["code"] == "too_large"
+    assert calls == []
+
+
+def test_a_streamed_body_under_the_limit_passes(client: InProcess, calls: list[str]) -> None:
+    r = client.post("/raw", content=_chunks(LIMIT), headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json() == {"bytes": LIMIT}
+
+
+def test_chunked_bodies_through_real_http(live_server: Any) -> None:
+    calls: list[str] = []
+    with live_server(make_app(calls)) as url, httpx.Client(base_url=url, timeout=10) as http:
+        for path in ("/raw", "/json"):
+            r = http.post(path, content=_chunks(10 * LIMIT), headers={"content-type": "text/csv"})
+            assert r.status_code == 413, r.text
+            assert r.json()["code"] == "too_large"
+        r = http.post("/raw", content=_chunks(LIMIT // 2), headers={"content-type": "text/csv"})
+        assert r.status_code == 200 and r.json() == {"bytes": LIMIT // 2}
+        r = http.post("/json", content=b"x" * (LIMIT + 1))
+        assert r.status_code == 413
+    assert calls == ["raw"]
+
+
+NON_FINITE = [
+    ('{"values": [[1.0, NaN]]}', "values[0][1]", "NaN"),
+    ('{"values": [[Infinity]]}', "values[0][0]", "Infinity"),
+    ('{"values": [[1], [-Infinity]]}', "values[1][0]", "-Infinity"),
+    ('{"values": [[1e999]]}', "values[0][0]", "1e999"),
+    ('{"values": [[-1.5E+400, 2]]}', "values[0][0]", "-1.5E+400"),
+    ('{"values": [[' + "9" * 400 + "]]}", "values[0][0]", "999"),
+    ('{"values": [[' + "1" * 5000 + "]]}", "values[0][0]", "111"),
+    ('{"values": [[1.' + "0" * 400 + "]]}", None, None),  # many digits, but a finite 1.0
+]
+
+
+@pytest.mark.parametrize("text, where, shown", NON_FINITE)
+def test_non_finite_numbers_are_422_naming_the_place(
+    client: InProcess, calls: list[str], text: str, where: str | None, shown: str | None
+) -> None:
+    r = client.post("/json", content=text, headers={"content-type": "application/json"})
+    if where is None:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["code"] == "validation_error"
+    assert body["detail"].startswith(f"{where} is {shown}")
+    assert "finite" in body["detail"]
+    assert body["errors"][0]["loc"][0] == "body"
+    assert calls == []
+
+
+def test_a_body_without_content_type_is_checked_too(client: InProcess) -> None:
+    # FastAPI parses a body without Content-Type as JSON, so the check must not skip it.
+    r = client.post("/json", content=b'{"values": [[NaN]]}')
+    assert r.status_code == 422 and "NaN" in r.json()["detail"]
+
+
+def test_the_words_inside_strings_are_fine(client: InProcess) -> None:
+    body = {"values": [[1.0]], "name": "NaN Infinity 1e999 " + "7" * 400}
+    r = client.post("/json", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_multipart_and_csv_bodies_are_not_json_checked(client: InProcess) -> None:
+    r = client.post("/raw", content=b"a,b\nNaN,1e999\n", headers={"content-type": "text/csv"})
+    assert r.status_code == 200  # CSV values are checked where the CSV is parsed
+
+
+def test_invalid_json_is_left_to_fastapi(client: InProcess) -> None:
+    r = client.post(
+        "/json", content=b'{"values": [[NaN', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "validation_error"  # FastAPI's json_invalid, with its position
+
+
+def test_bad_content_length_is_400() -> None:
+    calls: list[str] = []
+    app = make_app(calls)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/raw",
+        "headers": [(b"content-length", b"12abc")],
+        "app": app,
+    }
+    middleware = RequestLimitsMiddleware(app, max_body_bytes=LIMIT)
+    asyncio.run(middleware(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert b"Content-Length" in sent[1]["body"]
+    assert calls == []
+
+
+def test_non_finite_error_is_cheap_for_ordinary_bodies() -> None:
+    assert non_finite_error(json.dumps({"x": [[0.5] * 100] * 100}).encode()) is None
+    assert non_finite_error(b'{"x": "tree123e456"}') is None
