@@ -85,6 +85,9 @@ class Dataset(Base):
     targets: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Set when a dataset that jobs or models still refer to is deleted: its arrays are emptied and
+    # it is hidden, but the rows that name it keep their provenance (migration 0002).
+    deleted_at: Mapped[datetime | None]
 
 
 class Job(Base):

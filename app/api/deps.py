@@ -28,4 +28,6 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit as the handler returns, before the response is sent, so a client never
+# sees a 201/202 for a row that isn't committed yet (or whose commit then fails).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -1,0 +1,190 @@
+"""/v1/datasets: upload (JSON arrays or a multipart CSV), list, read, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from app.api.deps import SessionDep, SettingsDep
+from app.auth import OwnerDep
+from app.errors import Unprocessable, Unsupported
+from app.schemas import MAX_NAME, DatasetCreate, DatasetList, DatasetRead, ErrorResponse
+from app.services import datasets as service
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    404: {"model": ErrorResponse, "description": "No such dataset (or not yours)."},
+}
+
+_CSV_FORM = {
+    "type": "object",
+    "required": ["file", "target", "name"],
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "A UTF-8 CSV file with a header row.",
+        },
+        "target": {
+            "type": "string",
+            "description": "The target column's name; comma-separated for several (regression).",
+            "example": "species",
+        },
+        "name": {
+            "type": "string",
+            "maxLength": MAX_NAME,
+            "description": "A label.",
+            "example": "iris",
+        },
+        "task": {
+            "type": "string",
+            "enum": ["classification", "regression"],
+            "description": "Inferred from the target column when left out.",
+        },
+    },
+}
+
+
+def _json_body_schema() -> dict[str, Any]:
+    schema = DatasetCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetRead,
+    summary="Upload a dataset: JSON arrays, or a CSV file as multipart/form-data",
+    responses={
+        **_ERRORS,
+        413: {"model": ErrorResponse, "description": "Over the size limits."},
+        415: {"model": ErrorResponse, "description": "Neither JSON nor multipart/form-data."},
+        422: {"model": ErrorResponse, "description": "Data that can't be a dataset."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _json_body_schema()},
+                "multipart/form-data": {"schema": _CSV_FORM},
+            },
+        }
+    },
+)
+async def create_dataset(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+) -> DatasetRead:
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        row = await _from_form(request, session=session, owner=owner, settings=settings)
+    elif media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        body = _parse_json(await request.body())
+        row = await run_in_threadpool(
+            service.create_from_json, session, owner=owner, body=body, settings=settings
+        )
+    else:
+        raise Unsupported(
+            f"Content-Type {media!r} is not accepted: send JSON (application/json) or a CSV file "
+            "as multipart/form-data with fields file, target and name"
+        )
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return DatasetRead.model_validate(row)
+
+
+def _parse_json(raw: bytes) -> DatasetCreate:
+    try:
+        return DatasetCreate.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+async def _from_form(request: Request, **kwargs: Any) -> Any:
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Unprocessable(
+                "the form needs a file field holding the CSV (curl: -F file=@data.csv)",
+                loc=("body", "file"),
+            )
+        fields = {}
+        for key in ("target", "name", "task"):
+            value = form.get(key)
+            if value is not None and not isinstance(value, str):
+                raise Unprocessable(f"form field {key} must be text, not a file", loc=("body", key))
+            fields[key] = value
+        unknown = sorted(set(form.keys()) - {"file", "target", "name", "task"})
+        if unknown:
+            raise Unprocessable(
+                f"unknown form field(s): {', '.join(unknown)}; "
+                "the form takes file, target, name and task",
+                loc=("body", unknown[0]),
+            )
+        target, name, task = fields["target"], fields["name"], fields["task"]
+        if not target:
+            raise Unprocessable(
+                "the form needs a target field naming the target column (e.g. -F target=species)",
+                loc=("body", "target"),
+            )
+        if not name:
+            name = (upload.filename or "").rsplit("/", 1)[-1].removesuffix(".csv")
+        if not name or len(name) > MAX_NAME:
+            raise Unprocessable(
+                f"the form needs a name field of 1 to {MAX_NAME} characters", loc=("body", "name")
+            )
+        if task not in (None, "", "classification", "regression"):
+            raise Unprocessable(
+                f"task {task!r} is not known; use classification or regression (or leave it out)",
+                loc=("body", "task"),
+            )
+        data = await upload.read()
+    return await run_in_threadpool(
+        service.create_from_csv,
+        kwargs["session"],
+        owner=kwargs["owner"],
+        name=name,
+        data=data,
+        target=target,
+        task=task or None,
+        settings=kwargs["settings"],
+    )
+
+
+@router.get(
+    "", response_model=DatasetList, summary="Built-in datasets and yours", responses=_ERRORS
+)
+def list_datasets(session: SessionDep, owner: OwnerDep) -> DatasetList:
+    rows = service.list_datasets(session, owner=owner)
+    return DatasetList(items=[DatasetRead.model_validate(r) for r in rows])
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, summary="One dataset", responses=_ERRORS)
+def get_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> DatasetRead:
+    return DatasetRead.model_validate(
+        service.get_dataset(session, owner=owner, dataset_id=dataset_id)
+    )
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    summary="Delete a dataset (409 while a queued or running job uses it)",
+    responses={**_ERRORS, 409: {"model": ErrorResponse, "description": "In use, or built-in."}},
+)
+def delete_dataset(dataset_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    service.delete_dataset(session, owner=owner, dataset_id=dataset_id)
+    return Response(status_code=204)

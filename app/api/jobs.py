@@ -1,0 +1,95 @@
+"""/v1/jobs: submit (202 + Location), list, read, metrics, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import SessionDep, SettingsDep
+from app.auth import OwnerDep
+from app.schemas import ErrorResponse, JobCreate, JobList, JobRead, JobStatus, MetricsRead
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobRead,
+    summary="Queue a training job; poll the Location it returns",
+    responses={
+        401: _ERRORS[401],
+        409: {"model": ErrorResponse, "description": "Too many queued jobs."},
+        422: {"model": ErrorResponse, "description": "A spec that can't train on the dataset."},
+    },
+)
+def submit_job(
+    body: JobCreate, response: Response, session: SessionDep, owner: OwnerDep, settings: SettingsDep
+) -> JobRead:
+    job = service.submit_job(session, owner=owner, body=body, settings=settings)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get(
+    "", response_model=JobList, summary="Your jobs, newest first", responses={401: _ERRORS[401]}
+)
+def list_jobs(
+    session: SessionDep,
+    owner: OwnerDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    dataset_id: Annotated[
+        str | None, Query(max_length=32, description="Only jobs on this dataset.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Skip this many.")] = 0,
+) -> JobList:
+    items = service.list_jobs(
+        session, owner=owner, status=status, dataset_id=dataset_id, limit=limit, offset=offset
+    )
+    return JobList(items=items)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    summary="A job's state and latest metrics",
+    responses=_ERRORS,
+)
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
+    return service.get_job(session, owner=owner, job_id=job_id)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsRead,
+    summary="One metrics row per finished epoch, in order",
+    responses=_ERRORS,
+)
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    after: Annotated[
+        int, Query(ge=0, le=1_000_000, description="Only epochs after this one (for polling).")
+    ] = 0,
+) -> MetricsRead:
+    return service.get_metrics(session, owner=owner, job_id=job_id, after=after)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobRead,
+    summary="Cancel a queued job now, or ask a running one to stop after its epoch",
+    responses={**_ERRORS, 409: {"model": ErrorResponse, "description": "Already finished."}},
+)
+def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
+    return service.cancel_job(session, owner=owner, job_id=job_id)

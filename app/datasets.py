@@ -1,0 +1,360 @@
+"""Datasets: parse what users upload (JSON arrays or a CSV file), encode it for the database,
+decode it for the worker, and the built-in real datasets.
+
+Stored format (see app/tables.py): `features` is safetensors {"x": float32 (rows, n_features)};
+`targets` is safetensors {"y": int64 (rows,)} of class indices for classification, or
+{"y": float32 (rows, n_outputs)} for regression. Class i is `classes[i]`; classes are the labels
+as the dataset spelled them (integers stay integers), sorted (numerically when all labels are
+numbers) so the same labels always get the same indices. `sha256` is over the features bytes
+followed by the targets bytes, so equal data hashes equally.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from app.errors import Unprocessable
+
+# An integer-valued target with at most this many distinct values is taken as class labels when
+# the task isn't given; more distinct values read as a regression target (diabetes has 214).
+MAX_INFERRED_CLASSES = 20
+MAX_CLASSES = 10_000
+
+_INT_LABEL = re.compile(r"^[+-]?\d{1,18}$")
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ParsedDataset:
+    """Arrays and metadata ready to become a `Dataset` row."""
+
+    task: str
+    x: np.ndarray  # float32 (rows, n_features)
+    y: np.ndarray  # int64 (rows,) | float32 (rows, n_outputs)
+    feature_names: list[str]
+    target_names: list[str]
+    classes: list[Any] | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task == "classification" else int(self.y.shape[1])
+
+
+@dataclass(frozen=True)
+class EncodedDataset:
+    features: bytes
+    targets: bytes
+    sha256: str
+
+
+def check_text(value: str, what: str) -> str:
+    """Names end up in the database and in JSON: no control characters or lone surrogates."""
+    if _BAD_TEXT.search(value):
+        raise Unprocessable(f"{what} {value!r} contains a control character; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unprocessable(f"{what} contains an invalid (lone surrogate) character") from None
+    return value
+
+
+# ------------------------------------------------------------------ encode / decode
+
+
+def encode_arrays(parsed: ParsedDataset) -> EncodedDataset:
+    features = st_save({"x": np.ascontiguousarray(parsed.x, dtype=np.float32)})
+    y_dtype = np.int64 if parsed.task == "classification" else np.float32
+    targets = st_save({"y": np.ascontiguousarray(parsed.y, dtype=y_dtype)})
+    return EncodedDataset(features, targets, hashlib.sha256(features + targets).hexdigest())
+
+
+def decode_arrays(row: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A `Dataset` row's arrays: x float32 (rows, n_features); y int64 (rows,) or float32
+    (rows, n_outputs) — what `models.fit` takes."""
+    x = st_load(bytes(row.features))["x"]
+    y = st_load(bytes(row.targets))["y"]
+    if x.ndim != 2 or x.shape != (row.rows, row.n_features) or y.shape[0] != row.rows:
+        raise ValueError(f"dataset {row.id} arrays do not match its row (corrupt or edited)")
+    return x, y
+
+
+# ------------------------------------------------------------------ targets -> task, classes
+
+
+def _label_sort_key(labels: Sequence[Any]) -> Any:
+    """Numbers (and text that spells numbers: "1.5", "10.0") sort by value, other text as text."""
+    if all(isinstance(v, (int, float)) or _is_number(v) for v in labels):
+        return float
+    return str
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _infer_task(values: Sequence[Any]) -> str:
+    """Text labels are classes; numbers with a fraction are a regression target; integers are
+    classes when there are few distinct values (<= MAX_INFERRED_CLASSES)."""
+    if any(isinstance(v, str) and not _is_number(v) for v in values):
+        return "classification"
+    numbers = [float(v) for v in values]
+    if any(not n.is_integer() for n in numbers):
+        return "regression"
+    return "classification" if len(set(numbers)) <= MAX_INFERRED_CLASSES else "regression"
+
+
+def encode_classes(labels: Sequence[Any], *, where: str) -> tuple[np.ndarray, list[Any]]:
+    """Labels -> (int64 class indices, sorted classes). CSV text labels that all spell integers
+    become integers, so 0..9 sort as numbers, not as text."""
+    if not labels:
+        raise Unprocessable(f"{where} is empty; give one label per row")
+    if all(isinstance(v, str) for v in labels) and all(_INT_LABEL.match(v) for v in labels):
+        labels = [int(v) for v in labels]
+    kinds = {type(v) for v in labels}
+    if kinds == {float}:
+        if not all(v.is_integer() for v in labels):
+            raise Unprocessable(
+                f"{where} holds fractional numbers, which can't be class labels: use "
+                '"task": "regression", or give labels as strings or integers'
+            )
+        labels = [int(v) for v in labels]
+    elif len(kinds) > 1:
+        raise Unprocessable(
+            f"{where} mixes label types ({', '.join(sorted(k.__name__ for k in kinds))}); "
+            "give every label as a string, or every label as an integer"
+        )
+    classes = sorted(set(labels), key=_label_sort_key(labels))
+    if len(classes) < 2:
+        raise Unprocessable(
+            f"{where} has a single class ({classes[0]!r}); classification needs at least 2 classes"
+        )
+    if len(classes) > MAX_CLASSES:
+        raise Unprocessable(
+            f"{where} has {len(classes)} distinct labels, over the limit of {MAX_CLASSES}; "
+            'a target with that many values is probably a regression target ("task": "regression")'
+        )
+    for c in classes:
+        if isinstance(c, str):
+            check_text(c, "class label")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in labels], dtype=np.int64), classes
+
+
+def _regression_targets(values: Sequence[Any], *, where: str) -> np.ndarray:
+    rows = [v if isinstance(v, list) else [v] for v in values]
+    width = len(rows[0]) if rows else 0
+    if width == 0:
+        raise Unprocessable(f"{where} rows are empty; give at least one target value per row")
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            raise Unprocessable(
+                f"{where}[{i}] has {len(r)} values but {where}[0] has {width}; "
+                "every row needs the same number of target values"
+            )
+        for v in r:
+            if isinstance(v, str):
+                raise Unprocessable(
+                    f"{where}[{i}] is the text {v!r}; regression targets must be numbers "
+                    '(for class labels use "task": "classification")'
+                )
+    y = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(y).all():
+        bad = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise Unprocessable(f"{where}[{bad}] is not a finite number; remove NaN/Infinity values")
+    if np.abs(y).max(initial=0.0) > np.finfo(np.float32).max:
+        raise Unprocessable(f"{where} holds a value too large for float32 (|v| > 3.4e38)")
+    return y.astype(np.float32)
+
+
+def build_dataset(
+    *,
+    x: np.ndarray,
+    targets: Sequence[Any],
+    task: str | None,
+    feature_names: list[str],
+    target_names: list[str],
+    where: str = "targets",
+) -> ParsedDataset:
+    """Common path for JSON and CSV uploads: x is already a finite 2-D float array."""
+    rows = int(x.shape[0])
+    if rows == 0:
+        raise Unprocessable("the dataset has no rows; give at least one row of features")
+    if len(targets) != rows:
+        raise Unprocessable(
+            f"features has {rows} rows but {where} has {len(targets)}; give one target per row"
+        )
+    if np.abs(x).max(initial=0.0) > np.finfo(np.float32).max:
+        raise Unprocessable("features hold a value too large for float32 (|v| > 3.4e38)")
+    multi = any(isinstance(v, list) for v in targets)
+    if task is None:
+        task = "regression" if multi else _infer_task(targets)
+    if task == "classification":
+        if multi:
+            raise Unprocessable(
+                f"{where} has several values per row; classification takes one label per row "
+                '(use "task": "regression" for several numeric outputs)'
+            )
+        y, classes = encode_classes(list(targets), where=where)
+    else:
+        y, classes = _regression_targets(targets, where=where), None
+    if task == "regression" and len(target_names) != y.shape[1]:
+        target_names = [f"target_{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["target"]
+    return ParsedDataset(
+        task=task,
+        x=x.astype(np.float32),
+        y=y,
+        feature_names=feature_names,
+        target_names=target_names,
+        classes=classes,
+    )
+
+
+def features_array(features: Sequence[Sequence[float]], *, where: str = "features") -> np.ndarray:
+    """JSON rows -> float64 (rows, n_features), naming the first ragged row."""
+    if not features:
+        raise Unprocessable(f"{where} is empty; give at least one row")
+    width = len(features[0])
+    if width == 0:
+        raise Unprocessable(f"{where}[0] is empty; every row needs at least one feature")
+    for i, row in enumerate(features):
+        if len(row) != width:
+            raise Unprocessable(
+                f"{where}[{i}] has {len(row)} values but {where}[0] has {width}; "
+                "every row needs the same number of features"
+            )
+    return np.asarray(features, dtype=np.float64)
+
+
+def default_feature_names(n: int) -> list[str]:
+    return [f"x{i}" for i in range(n)]
+
+
+def check_feature_names(names: list[str], n_features: int) -> list[str]:
+    if len(names) != n_features:
+        raise Unprocessable(
+            f"feature_names has {len(names)} names but the rows have {n_features} features; "
+            "give one name per feature (or leave feature_names out)"
+        )
+    if len(set(names)) != len(names):
+        raise Unprocessable("feature_names must be unique")
+    return [check_text(n, "feature name") for n in names]
+
+
+# ------------------------------------------------------------------ CSV
+
+
+def parse_csv(
+    data: bytes, *, target: str, task: str | None = None, where: str = "file"
+) -> ParsedDataset:
+    """A CSV with a header row; `target` names the target column(s), comma-separated."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Unprocessable(
+            f"{where} is not UTF-8 text (byte {exc.start} is invalid); save the CSV as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
+    try:
+        table = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise Unprocessable(f"{where} is not valid CSV: {exc}") from None
+    if not table:
+        raise Unprocessable(f"{where} is empty; send a CSV with a header row and data rows")
+    header = [c.strip() for c in table[0]]
+    body = table[1:]
+    if not body:
+        raise Unprocessable(f"{where} has a header row but no data rows")
+    for name in header:
+        check_text(name, "column name")
+    if any(not name for name in header):
+        raise Unprocessable(f"{where}'s header row has an empty column name; name every column")
+    if len(set(header)) != len(header):
+        dupes = sorted({n for n in header if header.count(n) > 1})
+        raise Unprocessable(f"{where}'s header repeats column names: {', '.join(dupes)}")
+    target_cols = [t.strip() for t in target.split(",") if t.strip()]
+    if not target_cols:
+        raise Unprocessable("target is empty; give the name of the target column")
+    missing = [t for t in target_cols if t not in header]
+    if missing:
+        raise Unprocessable(
+            f"target column {missing[0]!r} is not in the header; the columns are: "
+            + ", ".join(header)
+        )
+    if len(set(target_cols)) != len(target_cols):
+        raise Unprocessable("target names a column twice")
+    feature_cols = [i for i, name in enumerate(header) if name not in target_cols]
+    if not feature_cols:
+        raise Unprocessable("every column is a target; leave at least one feature column")
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise Unprocessable(
+                f"{where} data row {i + 1} has {len(row)} values but the header has "
+                f"{len(header)} columns; every row needs one value per column"
+            )
+    x = _numeric_columns(body, feature_cols, header, where=where)
+    target_idx = [header.index(t) for t in target_cols]
+    if task == "regression" or len(target_cols) > 1:
+        y_num = _numeric_columns(body, target_idx, header, where=where)
+        targets: list[Any] = y_num.tolist() if len(target_cols) > 1 else y_num[:, 0].tolist()
+        task = task or "regression"
+    else:
+        targets = [row[target_idx[0]].strip() for row in body]
+        for i, v in enumerate(targets):
+            if not v:
+                raise Unprocessable(f"{where} data row {i + 1} has no value in column {target!r}")
+        if task is None and _infer_task(targets) == "regression":
+            task = "regression"
+            targets = [float(v) for v in targets]
+    return build_dataset(
+        x=x,
+        targets=targets,
+        task=task,
+        feature_names=[header[i] for i in feature_cols],
+        target_names=target_cols,
+        where=f"column {target!r}",
+    )
+
+
+def _numeric_columns(
+    body: list[list[str]], cols: list[int], header: list[str], *, where: str
+) -> np.ndarray:
+    cells = [[row[c] for c in cols] for row in body]
+    try:
+        out = np.array(cells, dtype=np.float64)
+    except ValueError:
+        out = None
+    if out is not None and np.isfinite(out).all():
+        return out
+    # Slow path, only to name the first bad cell.
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if not _is_number(cell):
+                raise Unprocessable(
+                    f"{where} data row {i + 1}, column {header[cols[j]]!r}: {cell!r} is not a "
+                    "finite number; features (and regression targets) must be numbers — encode "
+                    "categories as numbers or drop the column"
+                )
+    raise Unprocessable(f"{where} holds a value that is not a finite number")

@@ -1,0 +1,201 @@
+"""fitserve's errors, drawn once, and the one handler that turns them into responses.
+
+    Exception
+    └── FitserveError               status 400, code "bad_request"; base of everything a user sees
+        ├── Unauthorized            401 "unauthorized"      no key, a malformed or unknown key
+        ├── NotFound                404 "not_found"         doesn't exist, or belongs to another key
+        ├── Conflict                409 "conflict"          the row's state forbids it (cancel a
+        │                                                    finished job, delete a dataset in use)
+        ├── PayloadTooLarge         413 "too_large"         over a configured limit
+        ├── Unsupported             415 "unsupported_media_type"
+        ├── Unprocessable           422 "unprocessable"     parses, but can't work (spec vs data)
+        └── ServiceUnavailable      503 "unavailable"       the database is not answering
+
+Every response body is `{"detail": message, "code": ...}`; FastAPI's validation errors add
+`"errors": [{"loc": [...], "msg": ...}]` and their message names the field path. Starlette's own
+404/405 and database failures go through the same shape, so a client parses one thing. Messages
+say what is wrong and how to fix it: the service shows them to the user as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("fitserve.errors")
+
+
+class FitserveError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers
+
+
+class Unauthorized(FitserveError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(FitserveError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(FitserveError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(FitserveError):
+    status_code = 413
+    code = "too_large"
+
+
+class Unsupported(FitserveError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(FitserveError):
+    """A request that parsed but can't work; `loc` points at the field, as pydantic's do."""
+
+    status_code = 422
+    code = "unprocessable"
+
+    def __init__(self, message: str, *, loc: tuple[str | int, ...] = (), code: str | None = None):
+        super().__init__(message, code=code)
+        self.loc = tuple(loc)
+
+
+class ServiceUnavailable(FitserveError):
+    status_code = 503
+    code = "unavailable"
+
+
+def error_body(message: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"detail": message, "code": code, **extra}
+
+
+def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
+    """("body", "layers", 0, "units") -> "body.layers[0].units"."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "request"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    shown = [f"{_loc_text(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    if len(errors) > 5:
+        shown.append(f"... and {len(errors) - 5} more")
+    return "; ".join(shown)
+
+
+def _clean_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # The input values are left out: they may be huge (a dataset) or not JSON (NaN, bytes).
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors[:50]]
+
+
+async def _fitserve_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FitserveError)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, Unprocessable) and exc.loc:
+        extra["errors"] = [{"loc": list(exc.loc), "msg": exc.message}]
+    return JSONResponse(
+        error_body(exc.message, exc.code, **extra), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    return JSONResponse(
+        error_body(validation_message(errors), "validation_error", errors=_clean_errors(errors)),
+        status_code=422,
+    )
+
+
+_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = "no such route; the API lives under /v1 (see /docs)"
+    elif exc.status_code == 405:
+        message = "this route does not take that method (see /docs for the methods it takes)"
+    else:
+        message = str(exc.detail)
+    code = _STARLETTE_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(message, code),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error: %s", exc)
+    return JSONResponse(
+        error_body(
+            "the database is not answering (or is busy); try again in a few seconds", "unavailable"
+        ),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Reached only when a concurrent request changed the same rows between our check and our write.
+    log.info("integrity error: %s", exc)
+    return JSONResponse(
+        error_body(
+            "the request clashed with a concurrent change (for example the dataset was deleted); "
+            "reload and try again",
+            "conflict",
+        ),
+        status_code=409,
+    )
+
+
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.info("data error: %s", exc)
+    return JSONResponse(
+        error_body(
+            "the database cannot store a value in this request (for example a NUL character "
+            "in a name); remove it and try again",
+            "unprocessable",
+        ),
+        status_code=422,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(FitserveError, _fitserve_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.IntegrityError, _integrity_error)
+    app.add_exception_handler(sa_exc.DataError, _data_error)
+    app.add_exception_handler(sa_exc.OperationalError, _database_down)
+    app.add_exception_handler(sa_exc.InterfaceError, _database_down)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_down)

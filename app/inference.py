@@ -1,0 +1,51 @@
+"""An LRU cache of eval-mode predictors by model id, shared by the request threads.
+
+Loading is done outside the lock (it parses safetensors and builds a module), so one slow load
+never blocks predictions from other cached models; two threads that miss the same id at once may
+both load it, and the first to finish wins — cheaper than a per-key lock for networks this size.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+
+class ModelCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model_id: str, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if model_id in self._items:
+                self._items.move_to_end(model_id)
+                self.hits += 1
+                return self._items[model_id]
+            self.misses += 1
+        predictor = load()
+        with self._lock:
+            if model_id in self._items:  # another thread loaded it meanwhile
+                self._items.move_to_end(model_id)
+                return self._items[model_id]
+            self._items[model_id] = predictor
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return predictor
+
+    def discard(self, model_id: str) -> None:
+        with self._lock:
+            self._items.pop(model_id, None)
+
+    def __contains__(self, model_id: object) -> bool:
+        with self._lock:
+            return model_id in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

@@ -1,0 +1,78 @@
+"""The app factory. Nothing happens at import: `create_app()` builds an app, and its lifespan
+builds the engine, the sessionmaker and the model cache, and registers the built-in datasets.
+
+    uvicorn --factory app.main:create_app      # settings from the environment (FITSERVE_*)
+    create_app(Settings(database_url=...))      # tests: one app per database
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import exc as sa_exc
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker
+from app.errors import install_error_handlers
+from app.inference import ModelCache
+
+log = logging.getLogger("fitserve")
+
+DESCRIPTION = """Train Keras-style feed-forward networks over HTTP and serve their predictions.
+
+Post a network spec and a dataset to `/v1/jobs`; a worker trains it and writes per-epoch metrics;
+the finished model answers `/v1/models/{id}/predict` with dropout off. Errors are
+`{"detail": message, "code": ...}`.
+"""
+
+
+def _register_builtins(app: FastAPI) -> None:
+    from app.services.datasets import register_builtins
+
+    try:
+        with app.state.sessionmaker.begin() as session:
+            added = register_builtins(session)
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.InterfaceError) as exc:
+        # The API still starts (and /health says 503) so an operator can see what's wrong.
+        log.warning(
+            "could not register the built-in datasets (%s); is the database up and migrated? "
+            "run `fitserve migrate`",
+            exc.__class__.__name__,
+        )
+        return
+    if added:
+        log.info("registered built-in datasets: %s", ", ".join(added))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.model_cache = ModelCache(settings.model_cache_size)
+    await run_in_threadpool(_register_builtins, app)
+    try:
+        yield
+    finally:
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from app.api import datasets, health, jobs, networks
+
+    app = FastAPI(
+        title="fitserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings if settings is not None else Settings()
+    install_error_handlers(app)
+    for module in (health, datasets, networks, jobs):
+        app.include_router(module.router)
+    return app

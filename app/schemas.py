@@ -1,0 +1,361 @@
+"""Request and response models, in families: DatasetCreate / DatasetRead / DatasetList, ...
+
+Requests are strict (see issue 5): unknown fields are errors, strings are never coerced to
+numbers, floats are finite, every number and name is bounded. Every field has a description and
+an example, and the examples run as they are: together they train and query the iris model.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from models import NetworkSpec, TrainingConfig
+from models.spec import IRIS_NETWORK, IRIS_TRAINING
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+Task = Literal["classification", "regression"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME = 200
+EXAMPLE_ID = "6f1d2c3b4a5e4f60818293a4b5c6d7e8"
+EXAMPLE_TIME = "2026-11-27T18:00:00Z"
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (such as NUL or newlines)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive UTC timestamps (CURRENT_TIMESTAMP); say so, as Postgres does.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_printable)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a message that says what to fix, and a machine-readable code."""
+
+    detail: str = Field(description="What is wrong and how to fix it.", examples=["job not found"])
+    code: str = Field(description="Machine-readable error code.", examples=["not_found"])
+    errors: list[dict[str, Any]] | None = Field(
+        None,
+        description="For validation errors: each problem's location and message.",
+        examples=[[{"loc": ["body", "network", "layers", 0, "units"], "msg": "Field required"}]],
+    )
+
+
+# ------------------------------------------------------------------ health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field(description="ok when the database answers.", examples=["ok"])
+    database: Literal["sqlite", "postgresql"] = Field(
+        description="The database engine behind the service.", examples=["sqlite"]
+    )
+    version: str = Field(description="fitserve's version.", examples=["0.1.0"])
+
+
+# ------------------------------------------------------------------ datasets
+
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
+IRIS_FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+
+TargetValue = str | int | float | list[float]
+
+
+class DatasetCreate(_Request):
+    """A dataset as JSON arrays. (A CSV file is sent as multipart/form-data instead: fields `file`,
+    `target` (column name, comma-separated for several), `name`, and optionally `task`.)"""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "iris-sample",
+                    "task": "classification",
+                    "features": IRIS_ROWS,
+                    "targets": ["setosa", "versicolor", "virginica"],
+                    "feature_names": IRIS_FEATURES,
+                }
+            ]
+        }
+    )
+
+    name: Name = Field(
+        description="A label for the dataset (not unique).", examples=["iris-sample"]
+    )
+    task: Task | None = Field(
+        None,
+        description="classification or regression; inferred when left out: text labels and "
+        "integers with at most 20 distinct values are classes, other numbers a regression target.",
+        examples=["classification"],
+    )
+    features: list[list[float]] = Field(
+        min_length=1,
+        description="One row of numeric features per example; every row the same length.",
+        examples=[IRIS_ROWS],
+    )
+    targets: list[TargetValue] = Field(
+        min_length=1,
+        description="One target per row: class labels (strings or integers) for classification; "
+        "numbers, or rows of numbers for several outputs, for regression.",
+        examples=[["setosa", "versicolor", "virginica"]],
+    )
+    feature_names: list[Name] | None = Field(
+        None,
+        description="One name per feature column; x0, x1, ... when left out.",
+        examples=[IRIS_FEATURES],
+    )
+    target_names: list[Name] | None = Field(
+        None,
+        description="Names of the target columns (regression with several outputs).",
+        examples=[["species"]],
+    )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _one_kind_per_target(cls, v: Any) -> Any:
+        # Checked before the union so a bad item gets one clear message, not one per union arm.
+        if not isinstance(v, list):
+            return v
+        for i, item in enumerate(v):
+            ok = isinstance(item, (str, int, float)) and not isinstance(item, bool)
+            ok = ok or (
+                isinstance(item, list)
+                and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in item)
+            )
+            if not ok:
+                raise ValueError(
+                    f"targets[{i}] is {type(item).__name__}; a target is a class label (string or "
+                    "integer), a number, or a list of numbers"
+                )
+        return v
+
+
+class DatasetRead(_Response):
+    id: str = Field(description="Dataset id.", examples=[EXAMPLE_ID])
+    name: str = Field(
+        description="The dataset's name; built-ins are referable by it.", examples=["iris"]
+    )
+    builtin: bool = Field(description="A built-in dataset shipped with fitserve.", examples=[True])
+    task: Task = Field(description="classification or regression.", examples=["classification"])
+    rows: int = Field(description="Number of examples.", examples=[150])
+    n_features: int = Field(description="Feature columns: the network's input_dim.", examples=[4])
+    n_outputs: int = Field(
+        description="Target columns (regression); 1 for classification.", examples=[1]
+    )
+    feature_names: list[str] = Field(description="Feature column names.", examples=[IRIS_FEATURES])
+    target_names: list[str] = Field(description="Target column names.", examples=[["species"]])
+    classes: list[str | int] | None = Field(
+        None,
+        description="Class labels as the dataset spelled them, sorted; class i is classes[i].",
+        examples=[["setosa", "versicolor", "virginica"]],
+    )
+    sha256: str = Field(
+        description="sha256 of the stored features and targets (safetensors bytes).",
+        examples=["345ebab3" + "0" * 56],
+    )
+    created_at: Timestamp = Field(description="When it was stored.", examples=[EXAMPLE_TIME])
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetRead] = Field(description="Built-ins and your datasets, newest first.")
+
+
+# ------------------------------------------------------------------ networks
+
+
+class LayerSummaryRead(BaseModel):
+    name: str = Field(
+        description="Keras-style layer name (dense, dense_1, ...).", examples=["dense"]
+    )
+    type: str = Field(description="Layer type.", examples=["dense"])
+    output_shape: list[int | None] = Field(
+        description="Output shape; null is the batch dimension.", examples=[[None, 8]]
+    )
+    params: int = Field(description="Parameters in this layer.", examples=[40])
+
+
+class NetworkSummary(BaseModel):
+    """Keras' model.summary() as data: 4→8→8→3 has 40 + 72 + 27 = 139 parameters."""
+
+    layers: list[LayerSummaryRead] = Field(description="One entry per layer, in order.")
+    total_params: int = Field(description="All parameters.", examples=[139])
+    trainable_params: int = Field(description="Parameters the optimizer updates.", examples=[139])
+    non_trainable_params: int = Field(
+        description="E.g. batch normalization's moving mean and variance.", examples=[0]
+    )
+
+
+# ------------------------------------------------------------------ jobs
+
+
+class JobCreate(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "iris 4-8-8-3",
+                    "network": IRIS_NETWORK,
+                    "dataset": "iris",
+                    "training": IRIS_TRAINING,
+                }
+            ]
+        }
+    )
+
+    network: NetworkSpec = Field(description="The network: Keras Sequential layers.")
+    dataset: Name = Field(
+        description="A dataset id, or a built-in's name "
+        "(iris, wine, breast_cancer, diabetes, digits).",
+        examples=["iris"],
+    )
+    training: TrainingConfig = Field(description="Keras' compile() and fit() arguments.")
+    name: Name | None = Field(None, description="A label for the job.", examples=["iris 4-8-8-3"])
+
+
+EXAMPLE_METRICS = {
+    "epoch": 200,
+    "loss": 0.061,
+    "accuracy": 0.98,
+    "learning_rate": 0.001,
+    "seconds": 0.02,
+    "grad_norm": 0.12,
+    "layer_grad_norms": {"dense": 0.08, "dense_1": 0.07, "dense_2": 0.05},
+}
+
+
+class EpochMetrics(BaseModel):
+    """One finished epoch, as models.EpochRecord.as_dict() writes it (other keys pass through)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_METRICS]})
+
+    epoch: int = Field(description="1-based epoch number.", examples=[200])
+    loss: float | None = Field(
+        None, description="Mean training loss of the epoch.", examples=[0.061]
+    )
+    accuracy: float | None = Field(
+        None, description="Training accuracy (classification).", examples=[0.98]
+    )
+    mae: float | None = Field(
+        None, description="Training mean absolute error (regression).", examples=[None]
+    )
+    val_loss: float | None = Field(None, description="Validation loss.", examples=[None])
+    val_accuracy: float | None = Field(None, description="Validation accuracy.", examples=[None])
+    val_mae: float | None = Field(
+        None, description="Validation mean absolute error.", examples=[None]
+    )
+    learning_rate: float | None = Field(None, description="Learning rate used.", examples=[0.001])
+    seconds: float | None = Field(None, description="Wall time of the epoch.", examples=[0.02])
+    grad_norm: float | None = Field(
+        None, description="Global gradient norm (last step).", examples=[0.12]
+    )
+    layer_grad_norms: dict[str, float | None] | None = Field(
+        None, description="Gradient norm per layer: watch for vanishing/exploding gradients."
+    )
+
+
+class JobRead(_Response):
+    id: str = Field(description="Job id.", examples=[EXAMPLE_ID])
+    name: str | None = Field(description="The job's label.", examples=["iris 4-8-8-3"])
+    status: JobStatus = Field(description="Where the job is in its life.", examples=["running"])
+    dataset_id: str | None = Field(description="The dataset it trains on.", examples=[EXAMPLE_ID])
+    network: dict[str, Any] = Field(description="The network spec, defaults filled in.")
+    training: dict[str, Any] = Field(description="The training config, defaults filled in.")
+    epoch: int = Field(description="Epochs finished so far.", examples=[42])
+    epochs: int = Field(description="Epochs asked for.", examples=[200])
+    metrics: EpochMetrics | None = Field(None, description="The latest finished epoch's metrics.")
+    model_id: str | None = Field(description="The trained model, once succeeded.", examples=[None])
+    error: str | None = Field(
+        description="Why it failed, in words you can act on.", examples=[None]
+    )
+    error_code: str | None = Field(description="Machine-readable failure code.", examples=[None])
+    attempts: int = Field(description="Times a worker has claimed it.", examples=[1])
+    device: str | None = Field(description="Where it trains (cpu, cuda:0).", examples=["cpu"])
+    created_at: Timestamp = Field(description="Submitted at.", examples=[EXAMPLE_TIME])
+    started_at: Timestamp | None = Field(description="First claimed at.", examples=[EXAMPLE_TIME])
+    finished_at: Timestamp | None = Field(
+        description="Reached a terminal state at.", examples=[None]
+    )
+    updated_at: Timestamp | None = Field(None, description="Last change.", examples=[EXAMPLE_TIME])
+
+
+class JobList(BaseModel):
+    items: list[JobRead] = Field(description="Your jobs, newest first.")
+
+
+class MetricsRead(BaseModel):
+    epochs: list[EpochMetrics] = Field(description="One row per finished epoch, in order.")
+
+
+# ------------------------------------------------------------------ models
+
+
+class ModelRead(_Response):
+    id: str = Field(description="Model id.", examples=[EXAMPLE_ID])
+    job_id: str = Field(description="The job that trained it.", examples=[EXAMPLE_ID])
+    dataset_id: str | None = Field(
+        description="The dataset it was trained on.", examples=[EXAMPLE_ID]
+    )
+    task: Task = Field(description="classification or regression.", examples=["classification"])
+    classes: list[str | int] | None = Field(
+        description="Class labels; predictions are spelled like these.",
+        examples=[["setosa", "versicolor", "virginica"]],
+    )
+    network: dict[str, Any] = Field(description="The network spec.", examples=[IRIS_NETWORK])
+    training: dict[str, Any] = Field(description="The training config.", examples=[IRIS_TRAINING])
+    summary: NetworkSummary = Field(description="Layers and parameter counts.")
+    metrics: EpochMetrics | None = Field(description="The final epoch's metrics.")
+    standardization: dict[str, Any] | None = Field(
+        None,
+        description="Feature mean and std applied to inputs before the network (standardize=true).",
+        examples=[None],
+    )
+    input_dim: int = Field(description="Features each input row needs.", examples=[4])
+    created_at: Timestamp = Field(description="Stored at.", examples=[EXAMPLE_TIME])
+
+
+class ModelList(BaseModel):
+    items: list[ModelRead] = Field(description="Your models, newest first.")
+
+
+class PredictRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_ROWS}]})
+
+    inputs: list[list[float]] = Field(
+        min_length=1,
+        description="Rows of features, each as long as the model's input_dim.",
+        examples=[IRIS_ROWS],
+    )
+
+
+class PredictResponse(BaseModel):
+    outputs: list[list[float]] = Field(
+        description="The final activation's values per row (probabilities for softmax/sigmoid).",
+        examples=[[[0.98, 0.02, 0.0], [0.01, 0.96, 0.03], [0.0, 0.02, 0.98]]],
+    )
+    predictions: list[str | int] | None = Field(
+        None,
+        description="Classification: the predicted class label per row, as the dataset spelled it.",
+        examples=[["setosa", "versicolor", "virginica"]],
+    )

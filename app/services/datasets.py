@@ -1,0 +1,201 @@
+"""Dataset use cases: create (JSON or CSV), list, read, delete, resolve, and the built-ins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.data import BUILTINS
+from app.datasets import (
+    ParsedDataset,
+    build_dataset,
+    check_feature_names,
+    check_text,
+    default_feature_names,
+    encode_arrays,
+    features_array,
+    parse_csv,
+)
+from app.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from app.schemas import DatasetCreate
+from app.services import is_id, owned_by
+from app.tables import Dataset, Job, Model
+
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
+# Any constant shared by every fitserve process: serializes built-in registration on Postgres.
+_BUILTIN_LOCK_KEY = 0x66697473  # "fits"
+
+
+def visible(owner: str | None) -> Any:
+    """Datasets a caller may read: the built-ins and its own, not deleted."""
+    return and_(
+        or_(Dataset.builtin.is_(True), owned_by(Dataset.owner_id, owner)),
+        Dataset.deleted_at.is_(None),
+    )
+
+
+def _check_size(parsed: ParsedDataset, settings: Settings) -> None:
+    cells = parsed.rows * (parsed.n_features + parsed.n_outputs)
+    if cells > settings.max_dataset_cells:
+        raise PayloadTooLarge(
+            f"the dataset has {parsed.rows:,} rows x {parsed.n_features + parsed.n_outputs} "
+            f"columns = {cells:,} values; the limit is {settings.max_dataset_cells:,} "
+            "(FITSERVE_MAX_DATASET_CELLS): upload fewer rows or columns"
+        )
+
+
+def _store(
+    session: Session, *, owner: str | None, name: str, parsed: ParsedDataset, builtin: bool = False
+) -> Dataset:
+    encoded = encode_arrays(parsed)
+    row = Dataset(
+        owner_id=owner,
+        name=name,
+        builtin=builtin,
+        task=parsed.task,
+        rows=parsed.rows,
+        n_features=parsed.n_features,
+        n_outputs=parsed.n_outputs,
+        feature_names=parsed.feature_names,
+        target_names=parsed.target_names,
+        classes=parsed.classes,
+        features=encoded.features,
+        targets=encoded.targets,
+        sha256=encoded.sha256,
+    )
+    session.add(row)
+    session.flush()
+    session.refresh(row)  # created_at comes from the database
+    return row
+
+
+def create_from_json(
+    session: Session, *, owner: str | None, body: DatasetCreate, settings: Settings
+) -> Dataset:
+    x = features_array(body.features)
+    names = (
+        check_feature_names(body.feature_names, x.shape[1])
+        if body.feature_names is not None
+        else default_feature_names(x.shape[1])
+    )
+    parsed = build_dataset(
+        x=x,
+        targets=body.targets,
+        task=body.task,
+        feature_names=names,
+        target_names=body.target_names or ["target"],
+    )
+    _check_size(parsed, settings)
+    return _store(session, owner=owner, name=body.name, parsed=parsed)
+
+
+def create_from_csv(
+    session: Session,
+    *,
+    owner: str | None,
+    name: str,
+    data: bytes,
+    target: str,
+    task: str | None,
+    settings: Settings,
+) -> Dataset:
+    check_text(name, "name")
+    parsed = parse_csv(data, target=target, task=task)
+    _check_size(parsed, settings)
+    return _store(session, owner=owner, name=name, parsed=parsed)
+
+
+def list_datasets(session: Session, *, owner: str | None) -> list[Dataset]:
+    query = select(Dataset).where(visible(owner))
+    # Built-ins first (a stable menu), then the caller's own, newest first.
+    query = query.order_by(Dataset.builtin.desc(), Dataset.created_at.desc(), Dataset.id)
+    return list(session.scalars(query))
+
+
+def get_dataset(session: Session, *, owner: str | None, dataset_id: str) -> Dataset:
+    row = (
+        None
+        if not is_id(dataset_id)
+        else session.scalar(select(Dataset).where(Dataset.id == dataset_id, visible(owner)))
+    )
+    if row is None:
+        raise NotFound(f"dataset {dataset_id!r} not found; list yours with GET /v1/datasets")
+    return row
+
+
+def resolve_dataset(session: Session, *, owner: str | None, ref: str) -> Dataset:
+    """A dataset by id, or a built-in by name."""
+    row = None
+    if is_id(ref):
+        row = session.scalar(select(Dataset).where(Dataset.id == ref, visible(owner)))
+    if row is None:
+        row = session.scalar(
+            select(Dataset)
+            .where(Dataset.builtin.is_(True), Dataset.name == ref, Dataset.deleted_at.is_(None))
+            .limit(1)
+        )
+    if row is None:
+        raise Unprocessable(
+            f"dataset {ref!r} not found: give the id of one of your datasets (GET /v1/datasets) "
+            f"or a built-in name ({', '.join(BUILTINS)})",
+            loc=("body", "dataset"),
+        )
+    return row
+
+
+def delete_dataset(session: Session, *, owner: str | None, dataset_id: str) -> None:
+    row = (
+        None
+        if not is_id(dataset_id)
+        else session.scalar(
+            select(Dataset)
+            .where(Dataset.id == dataset_id, visible(owner))
+            # Holds off a concurrent submit's foreign-key check until we're done (Postgres).
+            .with_for_update()
+        )
+    )
+    if row is None:
+        raise NotFound(f"dataset {dataset_id!r} not found; list yours with GET /v1/datasets")
+    if row.builtin:
+        raise Conflict(
+            f"{row.name!r} is a built-in dataset shared by everyone; it can't be deleted"
+        )
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.dataset_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by {active} queued or running job(s); wait for them "
+            "to finish or cancel them (POST /v1/jobs/{id}/cancel), then delete it"
+        )
+    referenced = session.scalar(select(exists().where(Job.dataset_id == row.id))) or session.scalar(
+        select(exists().where(Model.dataset_id == row.id))
+    )
+    if referenced:
+        # Finished jobs and models name it: keep a tombstone for their provenance, drop the data.
+        row.deleted_at = func.now()
+        row.features = b""
+        row.targets = b""
+    else:
+        session.delete(row)
+    session.flush()
+
+
+def register_builtins(session: Session) -> list[str]:
+    """Store each built-in dataset that isn't there yet; safe to run from several processes."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BUILTIN_LOCK_KEY})
+    present = set(session.scalars(select(Dataset.name).where(Dataset.builtin.is_(True))))
+    added = []
+    for builtin in BUILTINS.values():
+        if builtin.name in present:
+            continue
+        parsed = parse_csv(builtin.read_bytes(), target=builtin.target, task=builtin.task)
+        _store(session, owner=None, name=builtin.name, parsed=parsed, builtin=True)
+        added.append(builtin.name)
+    return added

@@ -1,0 +1,205 @@
+"""Job use cases: submit (validate against the dataset, then enqueue in the request's
+transaction), list, read, metrics, cancel."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+import models
+from app.config import Settings
+from app.errors import Conflict, NotFound, Unprocessable
+from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
+from app.services import is_id, owned_by
+from app.services.datasets import resolve_dataset
+from app.tables import TERMINAL_STATUSES, Job, JobMetric
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a diverged epoch's loss is shown as null rather than failing the read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def metrics_view(row: JobMetric | None) -> EpochMetrics | None:
+    if row is None:
+        return None
+    values = finite_or_none(dict(row.values or {}))
+    values["epoch"] = row.epoch
+    return EpochMetrics.model_validate(values)
+
+
+def job_view(job: Job, latest: JobMetric | None) -> JobRead:
+    read = JobRead.model_validate(job)
+    read.metrics = metrics_view(latest)
+    return read
+
+
+def _params_message(count: int, limit: int) -> str:
+    return (
+        f"the network would have {count:.1e} parameters; the limit is {limit:.1e} "
+        "(FITSERVE_MAX_PARAMS): use fewer or narrower layers"
+    )
+
+
+def check_params(network: models.NetworkSpec, settings: Settings) -> None:
+    count = models.count_params(network)
+    if count > settings.max_params:
+        raise Unprocessable(_params_message(count, settings.max_params), loc=("body", "network"))
+
+
+def submit_job(
+    session: Session, *, owner: str | None, body: JobCreate, settings: Settings
+) -> JobRead:
+    dataset = resolve_dataset(session, owner=owner, ref=body.dataset)
+    check_params(body.network, settings)
+    try:
+        models.check_compatible(
+            body.network,
+            body.training,
+            task=dataset.task,  # type: ignore[arg-type]
+            n_features=dataset.n_features,
+            n_outputs=dataset.n_outputs,
+            n_classes=len(dataset.classes) if dataset.classes is not None else None,
+            rows=dataset.rows,
+        )
+    except models.SpecError as exc:
+        loc = ("body", *exc.loc) if exc.loc else ("body",)
+        raise Unprocessable(
+            f"{exc.message} (dataset {dataset.name!r}: {dataset.rows} rows, "
+            f"{dataset.n_features} features, {_target_text(dataset)})",
+            loc=loc,
+        ) from None
+    queued = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(owned_by(Job.owner_id, owner), Job.status == "queued")
+    )
+    if queued is not None and queued >= settings.max_queued_jobs_per_key:
+        raise Conflict(
+            f"you have {queued} queued jobs, the limit is {settings.max_queued_jobs_per_key} "
+            "(FITSERVE_MAX_QUEUED_JOBS_PER_KEY): wait for some to start or cancel them",
+            code="too_many_queued",
+        )
+    job = Job(
+        owner_id=owner,
+        name=body.name,
+        dataset_id=dataset.id,
+        network=body.network.model_dump(mode="json", exclude_none=True),
+        training=body.training.model_dump(mode="json", exclude_none=True),
+        status="queued",
+        epochs=body.training.epochs,
+        epoch=0,
+        attempts=0,
+        max_attempts=settings.max_attempts,
+        precision=body.training.precision,
+    )
+    _enqueue(session, job)
+    session.refresh(job)
+    return job_view(job, None)
+
+
+def _enqueue(session: Session, job: Job) -> None:
+    session.add(job)
+    session.flush()
+
+
+def _target_text(dataset: Any) -> str:
+    if dataset.task == "classification":
+        return f"{len(dataset.classes or [])} classes"
+    return f"{dataset.n_outputs} target column(s)"
+
+
+def _get(session: Session, *, owner: str | None, job_id: str) -> Job:
+    job = None
+    if is_id(job_id):
+        job = session.scalar(select(Job).where(Job.id == job_id, owned_by(Job.owner_id, owner)))
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found; list yours with GET /v1/jobs")
+    return job
+
+
+def _latest(session: Session, job: Job) -> JobMetric | None:
+    if job.epoch <= 0:
+        return None
+    return session.get(JobMetric, (job.id, job.epoch))
+
+
+def get_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
+    job = _get(session, owner=owner, job_id=job_id)
+    return job_view(job, _latest(session, job))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner: str | None,
+    status: str | None = None,
+    dataset_id: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[JobRead]:
+    # The latest metrics row is the one for the job's progress epoch: one outer join, no N+1.
+    query = (
+        select(Job, JobMetric)
+        .outerjoin(JobMetric, and_(JobMetric.job_id == Job.id, JobMetric.epoch == Job.epoch))
+        .where(owned_by(Job.owner_id, owner))
+    )
+    if status is not None:
+        query = query.where(Job.status == status)
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    return [job_view(job, metric) for job, metric in session.execute(query)]
+
+
+def get_metrics(session: Session, *, owner: str | None, job_id: str, after: int = 0) -> MetricsRead:
+    job = _get(session, owner=owner, job_id=job_id)
+    rows = session.scalars(
+        select(JobMetric)
+        .where(JobMetric.job_id == job.id, JobMetric.epoch > after)
+        .order_by(JobMetric.epoch)
+    )
+    return MetricsRead(epochs=[m for m in (metrics_view(r) for r in rows) if m is not None])
+
+
+def cancel_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
+    """queued -> cancelled at once; running -> cancelling (the worker stops at its next epoch);
+    cancelling stays; a finished job is a conflict."""
+    job = _get(session, owner=owner, job_id=job_id)
+    if job.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"job {job_id!r} already finished ({job.status}); only queued or running jobs can be "
+            "cancelled",
+            code="job_finished",
+        )
+    _request_cancel(session, job_id=job.id)
+    session.refresh(job)
+    if job.status in ("succeeded", "failed"):
+        # It finished between our read and our write.
+        raise Conflict(f"job {job_id!r} already finished ({job.status})", code="job_finished")
+    return job_view(job, _latest(session, job))
+
+
+def _request_cancel(session: Session, *, job_id: str) -> None:
+    now = datetime.now(UTC)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", finished_at=now, updated_at=now)
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(status="cancelling", updated_at=now)
+    )
+    session.flush()

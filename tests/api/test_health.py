@@ -1,0 +1,60 @@
+"""GET /health and the one error shape for routes and methods that don't exist."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.main import create_app
+from tests.api.conftest import assert_error
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_reports_the_database(client: httpx.AsyncClient, settings: Settings) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"] == ("postgresql" if settings.is_postgres else "sqlite")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-dir-for-fitserve/fitserve.db",
+        # Nothing listens on port 1: connection refused at once.
+        pytest.param("postgresql://postgres@127.0.0.1:1/postgres", marks=pytest.mark.postgres),
+    ],
+)
+async def test_health_is_503_when_the_database_is_down(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(Settings(database_url=url))
+    async with app.router.lifespan_context(app):  # starts anyway, and says why in the log
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert_error(await client.get("/health"), 503, "database")
+            # Any route that needs the database answers 503 too, never a 500.
+            body = assert_error(await client.get("/v1/datasets"), 503, "database")
+            assert body["code"] == "unavailable"
+    assert "fitserve migrate" in caplog.text
+
+
+async def test_unknown_route_and_method_use_the_error_shape(client: httpx.AsyncClient) -> None:
+    assert assert_error(await client.get("/v2/nothing"), 404, "/v1")["code"] == "not_found"
+    body = assert_error(await client.put("/health"), 405, "method")
+    assert body["code"] == "method_not_allowed"
+
+
+async def test_create_app_reads_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    monkeypatch.setenv("FITSERVE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("FITSERVE_MODEL_CACHE_SIZE", "3")
+    app = create_app()  # as `uvicorn --factory app.main:create_app` calls it
+    assert app.state.settings.database_url == sqlite_url
+    async with app.router.lifespan_context(app):
+        assert app.state.model_cache.capacity == 3
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/health")).json()["database"] == "sqlite"
