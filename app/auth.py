@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, SettingsDep
 from app.config import LOOPBACK_HOSTS, Settings
+from app.errors import Unauthorized
 from app.tables import ApiKey
 
 KEY_PREFIX = "fs_"
@@ -100,8 +101,6 @@ def current_owner(request: Request, session: SessionDep, settings: SettingsDep) 
     A key that is sent is always checked, even where keys are optional, so a client never
     believes it is isolated while it is not.
     """
-    from app.errors import Unauthorized
-
     header = request.headers.get("authorization")
     if header is None:
         if settings.api_keys_required:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.inference import ModelCache
+from app.limits import RequestLimitsMiddleware
 
 log = logging.getLogger("fitserve")
 
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings if settings is not None else Settings()
     install_error_handlers(app)
+    # Outermost of our layers: oversized or non-finite bodies are refused before any parsing.
+    app.add_middleware(RequestLimitsMiddleware)
     for module in (health, datasets, networks, jobs):
         app.include_router(module.router)
     return app
