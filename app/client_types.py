@@ -171,7 +171,7 @@ class EpochMetrics(_Result):
     learning_rate: float | None = None
     seconds: float | None = None
     grad_norm: float | None = None
-    layer_grad_norms: dict[str, float] | None = None
+    layer_grad_norms: dict[str, float | None] | None = None
 
 
 class Job(_Result):

@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served from local assets by install_offline_docs: FastAPI's own pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings if settings is not None else Settings()
     install_error_handlers(app)
@@ -78,4 +81,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimitsMiddleware)
     for module in (health, datasets, networks, jobs):
         app.include_router(module.router)
+    _install_extras(app)
     return app
+
+
+def _install_extras(app: FastAPI) -> None:
+    """What users reach for beside the REST API: live events, the dashboard, /metrics, docs."""
+    from app.api import events
+    from app.dashboard import router as dashboard_router
+    from app.docs import install_offline_docs
+    from app.metrics import install_metrics
+
+    app.include_router(events.router)
+    app.include_router(dashboard_router)
+    install_metrics(app)
+    install_offline_docs(app)

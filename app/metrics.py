@@ -19,7 +19,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -38,6 +44,13 @@ PREDICTION_SECONDS = Histogram(
     "fitserve_prediction_seconds",
     "Time spent computing predictions (one Predictor.predict call), in seconds.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,
+)
+
+# In this process: an event stream that outlives its client would show here as a leak.
+EVENT_STREAMS = Gauge(
+    "fitserve_event_streams_open",
+    "Job event streams (GET /v1/jobs/{id}/events) being served by this process.",
     registry=None,
 )
 
@@ -166,5 +179,6 @@ def install_metrics(app: FastAPI) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(lambda: app.state.sessionmaker()))
     registry.register(PREDICTION_SECONDS)
+    registry.register(EVENT_STREAMS)
     app.state.metrics_registry = registry
     app.include_router(router)

@@ -72,6 +72,12 @@ LOSS_ALIASES = {
 _LAYER_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 
 
+def format_count(n: int) -> str:
+    """4.0e10 rather than Python's 4.0e+10: how the limits read in messages."""
+    mantissa, _, exponent = f"{n:.1e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 class _Strict(BaseModel):
     # strict: "0.1" is not a number here; allow_inf_nan: NaN/inf never reach the optimizer
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
@@ -278,7 +284,10 @@ class NetworkSpec(_Strict):
             elif isinstance(layer, LayerNormalization):
                 total += 2 * width
         if total > MAX_PARAMS:
-            raise ValueError(f"the network has {total:,} parameters; the limit is {MAX_PARAMS:,}")
+            raise ValueError(
+                f"the network would have {format_count(total)} parameters; the limit is "
+                f"{format_count(MAX_PARAMS)}: use fewer or narrower layers"
+            )
         names = [layer.name for layer in self.layers if layer.name is not None]
         if len(names) != len(set(names)):
             raise ValueError("layer names must be unique")

@@ -1,0 +1,214 @@
+"""GET /v1/jobs/{id}/events: a job's progress as server-sent events, built from database rows.
+
+    retry: 1000
+
+    event: status                     a status change: {"status", "epoch", "epochs", ...}
+    id: 0
+    data: {"status": "running", ...}
+
+    event: epoch                      one per metrics row, data = the row (same as /metrics)
+    id: 1
+    data: {"epoch": 1, "loss": 1.02, ...}
+
+    : keep-alive                      a comment while nothing happens, so proxies keep it open
+
+An event's id is the number of epochs delivered so far, so a reconnect with `Last-Event-ID: N`
+(what EventSource and app.client send) resumes with epoch N+1: nothing lost, nothing repeated. A
+(re)connection opens with the job's current status; the last event carries the terminal status,
+after the final epoch. Everything comes from the rows the worker writes, so the stream survives
+API restarts and works with workers on other machines.
+
+Each poll opens its own short-lived session: a session held for the stream's lifetime would pin
+a pooled connection (and, on SQLite, a transaction) for minutes. When the client goes away the
+response is cancelled and the polling stops with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.auth import OwnerDep
+from app.errors import NotFound, Unprocessable
+from app.metrics import EVENT_STREAMS
+from app.schemas import ErrorResponse
+from app.services import is_id, owned_by
+from app.services.jobs import finite_or_none
+from app.tables import TERMINAL_STATUSES, Job, JobMetric
+
+# Between polls of the database: well under an epoch of a small network, light on the database.
+POLL_SECONDS = 0.5
+# A comment after this much silence; proxies commonly drop idle connections after 60 s.
+KEEPALIVE_SECONDS = 15.0
+# Epoch rows sent per poll at most, so a reconnect to a long job streams in bounded batches.
+BATCH_ROWS = 500
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SessionFactory = Callable[[], Session]
+
+
+def read_job_status(session: Session, *, owner: str | None, job_id: str) -> dict[str, Any] | None:
+    """The job's state as a status event's data; None when it doesn't exist or isn't the
+    caller's."""
+    if not is_id(job_id):
+        return None
+    job = session.scalar(select(Job).where(Job.id == job_id, owned_by(Job.owner_id, owner)))
+    if job is None:
+        return None
+    return {
+        "status": job.status,
+        "epoch": job.epoch,
+        "epochs": job.epochs,
+        "device": job.device,
+        "attempts": job.attempts,
+        "model_id": job.model_id,
+        "error": job.error,
+        "error_code": job.error_code,
+    }
+
+
+def read_epochs_after(session: Session, *, job_id: str, after: int) -> list[dict[str, Any]]:
+    """Metrics rows past epoch `after`, in order, each as its JSON object."""
+    rows = session.scalars(
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.epoch > after)
+        .order_by(JobMetric.epoch)
+        .limit(BATCH_ROWS)
+    )
+    return [finite_or_none({**(row.values or {}), "epoch": row.epoch}) for row in rows]
+
+
+def _status(make_session: SessionFactory, *, owner: str | None, job_id: str) -> Any:
+    with make_session() as session:
+        return read_job_status(session, owner=owner, job_id=job_id)
+
+
+def _poll(
+    make_session: SessionFactory, *, owner: str | None, job_id: str, after: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    with make_session() as session:
+        # Status first: the worker commits an epoch's row before it marks the job finished, so a
+        # terminal status read here guarantees the rows read next include the last epoch.
+        status = read_job_status(session, owner=owner, job_id=job_id)
+        if status is None:
+            return None, []
+        return status, read_epochs_after(session, job_id=job_id, after=after)
+
+
+def _event(kind: str, event_id: int, data: dict[str, Any]) -> str:
+    return f"event: {kind}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def stream_events(
+    make_session: SessionFactory,
+    *,
+    owner: str | None,
+    job_id: str,
+    after: int,
+    poll_seconds: float = POLL_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> AsyncIterator[str]:
+    EVENT_STREAMS.inc()
+    try:
+        yield "retry: 1000\n\n"
+        sent_status: str | None = None
+        last_write = time.monotonic()
+        while True:
+            status, rows = await run_in_threadpool(
+                _poll, make_session, owner=owner, job_id=job_id, after=after
+            )
+            if status is None:  # deleted while we watched
+                return
+            terminal = status["status"] in TERMINAL_STATUSES
+            chunks = []
+            if status["status"] != sent_status and not terminal:
+                chunks.append(_event("status", after, status))
+                sent_status = status["status"]
+            for row in rows:
+                after = row["epoch"]
+                chunks.append(_event("epoch", after, row))
+            if terminal and len(rows) < BATCH_ROWS:
+                chunks.append(_event("status", after, status))
+            if chunks:
+                yield "".join(chunks)
+                last_write = time.monotonic()
+                if terminal and len(rows) < BATCH_ROWS:
+                    return
+                if len(rows) == BATCH_ROWS:
+                    continue  # more rows waiting: no pause
+            elif time.monotonic() - last_write >= keepalive_seconds:
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+            await asyncio.sleep(poll_seconds)
+    finally:
+        EVENT_STREAMS.dec()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    summary="Live progress as server-sent events (epochs and status changes)",
+    description=(
+        "`text/event-stream`: an `epoch` event per finished epoch (data: the metrics row) and a "
+        "`status` event per status change; the last event carries the terminal status. Each "
+        "event's id is the number of epochs delivered; reconnect with `Last-Event-ID` to resume "
+        "without loss or repeats. Keep-alive comments every 15 s."
+    ),
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        401: {"model": ErrorResponse, "description": "No or unknown API key."},
+        404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
+        422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    owner: OwnerDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=20,
+            description="Resume after this event id (the number of epochs already received).",
+        ),
+    ] = None,
+    after_query: Annotated[
+        int | None,
+        Query(
+            alias="last_event_id",
+            ge=0,
+            le=10_000_000,
+            description="The same for EventSource's first connection, which can't send headers "
+            "(the header wins when both are sent).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    after = after_query or 0
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit():
+            raise Unprocessable(
+                f"Last-Event-ID must be an event id this stream sent (a number of epochs), "
+                f"got {last_event_id!r}; omit it to start from the first epoch",
+                loc=("header", "Last-Event-ID"),
+            )
+        after = int(last_event_id)
+    make_session = request.app.state.sessionmaker
+    if await run_in_threadpool(_status, make_session, owner=owner, job_id=job_id) is None:
+        raise NotFound(f"job {job_id!r} not found; list yours with GET /v1/jobs")
+    return StreamingResponse(
+        stream_events(make_session, owner=owner, job_id=job_id, after=after),
+        media_type="text/event-stream",
+        # No caching, and no buffering in front of us (nginx honours X-Accel-Buffering).
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,153 @@
+// fitserve dashboard, job page: draws the learning curves and per-layer gradient norms as inline
+// SVG from the rows embedded in the page, then follows the job's event stream and redraws.
+(function () {
+  "use strict";
+  var page = document.getElementById("job");
+  if (!page) return;
+  var rows = JSON.parse(document.getElementById("history").textContent);
+  var TERMINAL = ["succeeded", "failed", "cancelled"];
+  var SVGNS = "http://www.w3.org/2000/svg";
+  // Colours of the matplotlib/Tableau palette: loss blue, val_loss orange, metric green/red.
+  var LAYER_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+                       "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+  var W = 640, H = 260, L = 60, R = 16, T = 14, B = 34;
+
+  function node(name, attrs, text) {
+    var n = document.createElementNS(SVGNS, name);
+    for (var k in attrs) n.setAttribute(k, attrs[k]);
+    if (text !== undefined) n.textContent = text;
+    return n;
+  }
+
+  function ticks(lo, hi, count) {
+    var out = [];
+    for (var i = 0; i <= count; i++) out.push(lo + (hi - lo) * i / count);
+    return out;
+  }
+
+  function label(v, logY) {
+    if (logY) return Math.pow(10, v).toExponential(1);
+    var a = Math.abs(v);
+    return (a !== 0 && (a < 0.01 || a >= 10000)) ? v.toExponential(1) : String(+v.toPrecision(3));
+  }
+
+  // series: [{name, colour, points: [[epoch, value], ...]}]; logY draws log10(value).
+  function draw(svg, series, logY) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+    svg.appendChild(node("rect", {x: L, y: T, width: W - L - R, height: H - T - B,
+                                  fill: "#fff", stroke: "#bbb"}));
+    var ty = function (v) { return logY ? Math.log10(v) : v; };
+    var ok = function (p) { return typeof p[1] === "number" && isFinite(p[1]) && (!logY || p[1] > 0); };
+    series = series.map(function (s) {
+      return {name: s.name, colour: s.colour, points: s.points.filter(ok)};
+    }).filter(function (s) { return s.points.length > 0; });
+    if (series.length === 0) {
+      svg.appendChild(node("text", {x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#888"},
+                           "waiting for the first epoch"));
+      return;
+    }
+    var all = [].concat.apply([], series.map(function (s) { return s.points; }));
+    var x0 = Math.min.apply(null, all.map(function (p) { return p[0]; }));
+    var x1 = Math.max.apply(null, all.map(function (p) { return p[0]; }));
+    if (x1 === x0) { x1 = x0 + 1; }
+    var ys = all.map(function (p) { return ty(p[1]); });
+    var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+    if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    var pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad;
+    var sx = function (x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+    var sy = function (y) { return T + (1 - (ty(y) - y0) / (y1 - y0)) * (H - T - B); };
+    ticks(y0, y1, 4).forEach(function (v) {
+      var y = T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
+      svg.appendChild(node("line", {x1: L, x2: W - R, y1: y, y2: y, stroke: "#eee"}));
+      svg.appendChild(node("text", {x: L - 6, y: y + 4, "text-anchor": "end", "font-size": 11,
+                                    fill: "#555"}, label(v, logY)));
+    });
+    ticks(x0, x1, Math.min(5, x1 - x0)).forEach(function (v) {
+      svg.appendChild(node("text", {x: sx(v), y: H - B + 16, "text-anchor": "middle",
+                                    "font-size": 11, fill: "#555"}, String(Math.round(v))));
+    });
+    svg.appendChild(node("text", {x: L + (W - L - R) / 2, y: H - 4, "text-anchor": "middle",
+                                  "font-size": 11, fill: "#555"}, "epoch"));
+    series.forEach(function (s, i) {
+      var pts = s.points.map(function (p) { return sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1); });
+      if (pts.length === 1) {
+        var xy = pts[0].split(",");
+        svg.appendChild(node("circle", {cx: xy[0], cy: xy[1], r: 4, fill: s.colour, "class": "curve",
+                                        "data-series": s.name}));
+      } else {
+        svg.appendChild(node("polyline", {points: pts.join(" "), fill: "none", stroke: s.colour,
+                                          "stroke-width": 3, "stroke-linejoin": "round",
+                                          "class": "curve", "data-series": s.name}));
+      }
+      svg.appendChild(node("rect", {x: W - R - 150, y: T + 8 + i * 16, width: 12, height: 4,
+                                    fill: s.colour}));
+      svg.appendChild(node("text", {x: W - R - 132, y: T + 14 + i * 16, "font-size": 11,
+                                    fill: "#333"}, s.name));
+    });
+  }
+
+  function column(key) {
+    return rows.map(function (r) { return [r.epoch, r[key]]; });
+  }
+
+  function render() {
+    draw(document.getElementById("chart-loss"), [
+      {name: "loss", colour: "#1f77b4", points: column("loss")},
+      {name: "val_loss", colour: "#ff7f0e", points: column("val_loss")}
+    ], false);
+    var metric = rows.some(function (r) { return typeof r.mae === "number"; }) ? "mae" : "accuracy";
+    draw(document.getElementById("chart-metric"), [
+      {name: metric, colour: "#2ca02c", points: column(metric)},
+      {name: "val_" + metric, colour: "#d62728", points: column("val_" + metric)}
+    ], false);
+    var layers = [];
+    rows.forEach(function (r) {
+      Object.keys(r.layer_grad_norms || {}).forEach(function (k) {
+        if (layers.indexOf(k) < 0) layers.push(k);
+      });
+    });
+    draw(document.getElementById("chart-grads"), layers.map(function (name, i) {
+      return {name: name, colour: LAYER_COLOURS[i % LAYER_COLOURS.length],
+              points: rows.map(function (r) { return [r.epoch, (r.layer_grad_norms || {})[name]]; })};
+    }), true);
+    var last = rows[rows.length - 1];
+    document.getElementById("progress").textContent =
+      (last ? last.epoch : 0) + " / " + page.dataset.epochs;
+  }
+
+  var pending = false;
+  function schedule() {
+    if (pending) return;
+    pending = true;
+    window.requestAnimationFrame(function () { pending = false; render(); });
+  }
+
+  function showStatus(data) {
+    var badge = document.getElementById("status");
+    badge.textContent = data.status;
+    badge.className = "badge " + data.status;
+    if (data.model_id) {
+      var link = document.getElementById("model");
+      link.textContent = data.model_id;
+      link.setAttribute("href", page.dataset.models + data.model_id);
+    }
+    if (data.error) document.getElementById("error").textContent = data.error;
+  }
+
+  render();
+  if (TERMINAL.indexOf(page.dataset.status) < 0 && window.EventSource) {
+    // EventSource resends Last-Event-ID on reconnect, so the stream resumes where it stopped.
+    var source = new EventSource(page.dataset.events);
+    source.addEventListener("epoch", function (e) {
+      var row = JSON.parse(e.data);
+      var last = rows[rows.length - 1];
+      if (!last || row.epoch > last.epoch) { rows.push(row); schedule(); }
+    });
+    source.addEventListener("status", function (e) {
+      var data = JSON.parse(e.data);
+      showStatus(data);
+      if (TERMINAL.indexOf(data.status) >= 0) source.close();
+    });
+  }
+})();

@@ -1,0 +1,216 @@
+"""The dashboard's HTML, built server-side with every user-supplied string escaped.
+
+Job and dataset names, errors, feature names and class labels all come from users: they go
+through `esc` (text and attributes) or `json_island` (data for the page's script), never raw.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from html import escape
+from importlib import resources
+from typing import Any
+
+from app.tables import TERMINAL_STATUSES
+
+LIVE_JS = resources.files("app.dashboard").joinpath("live.js").read_text(encoding="utf-8")
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #222; background: #f6f7f9; }
+header { background: #1d2733; color: #fff; padding: 10px 24px; }
+header a { color: #fff; text-decoration: none; font-weight: 600; margin-right: 18px; }
+main { padding: 16px 24px; max-width: 1400px; }
+table { border-collapse: collapse; background: #fff; margin: 8px 0 16px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e5e8; text-align: left; }
+th { background: #eef0f3; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
+.badge { padding: 1px 8px; border-radius: 9px; font-size: 12px; background: #ddd; }
+.badge.queued { background: #e8e8e8; } .badge.running { background: #cfe3ff; }
+.badge.succeeded { background: #c9f0d0; } .badge.failed { background: #ffd0d0; }
+.badge.cancelling, .badge.cancelled { background: #fbe7c6; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0; background: #fff; border: 1px solid #e3e5e8; padding: 8px; }
+figcaption { font-weight: 600; margin-bottom: 4px; }
+svg.chart { width: 640px; height: 260px; display: block; }
+.error { color: #a40000; white-space: pre-wrap; }
+textarea { width: 640px; height: 120px; font-family: ui-monospace, monospace; }
+"""
+
+
+def esc(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def json_island(element_id: str, data: Any) -> str:
+    """Data for the page's script. `<`, `>` and `&` are escaped inside the JSON so no string can
+    close the script element."""
+    text = (
+        json.dumps(data, separators=(",", ":"))
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+    return f'<script type="application/json" id="{esc(element_id)}">{text}</script>'
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def number(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def layout(title: str, body: str, *, root: str = "", refresh: int | None = None) -> str:
+    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)} · fitserve</title>{meta}<style>{STYLE}</style></head><body>"
+        f'<header><a href="{esc(root)}/dashboard">fitserve</a>'
+        f'<a href="{esc(root)}/dashboard">jobs</a><a href="{esc(root)}/docs">API docs</a>'
+        f"</header><main>{body}</main></body></html>"
+    )
+
+
+def badge(status: str) -> str:
+    return f'<span class="badge {esc(status)}" id="status">{esc(status)}</span>'
+
+
+def jobs_page(jobs: list[Any], *, root: str = "") -> str:
+    rows = []
+    for job in jobs:
+        loss = job.metrics.loss if job.metrics is not None else None
+        accuracy = job.metrics.accuracy if job.metrics is not None else None
+        model = (
+            f'<a class="id" href="{esc(root)}/dashboard/models/{esc(job.model_id)}">'
+            f"{esc(job.model_id[:8])}</a>"
+            if job.model_id
+            else ""
+        )
+        rows.append(
+            "<tr>"
+            f'<td><a class="id" href="{esc(root)}/dashboard/jobs/{esc(job.id)}">'
+            f"{esc(job.id[:8])}</a></td>"
+            f"<td>{esc(job.name or '')}</td>"
+            f'<td><span class="badge {esc(job.status)}">{esc(job.status)}</span></td>'
+            f'<td class="num">{job.epoch} / {job.epochs}</td>'
+            f'<td class="num">{number(loss)}</td><td class="num">{number(accuracy)}</td>'
+            f"<td>{model}</td><td>{when(job.created_at)}</td>"
+            "</tr>"
+        )
+    table = (
+        "<table><tr><th>job</th><th>name</th><th>status</th><th>epoch</th><th>loss</th>"
+        "<th>accuracy</th><th>model</th><th>submitted</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No jobs yet: submit one with <code>fitserve train spec.json --dataset iris</code>"
+        " or <code>POST /v1/jobs</code>.</p>"
+    )
+    active = any(job.status not in TERMINAL_STATUSES for job in jobs)
+    return layout("jobs", f"<h1>Jobs</h1>{table}", root=root, refresh=5 if active else None)
+
+
+METRIC_COLUMNS = ("loss", "accuracy", "mae", "val_loss", "val_accuracy", "val_mae", "seconds")
+
+
+def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
+    model_href = f"{root}/dashboard/models/{job.model_id}" if job.model_id else "#"
+    # The stream resumes after the rows embedded in the page, so nothing is drawn twice.
+    after = history[-1]["epoch"] if history else 0
+    events_url = f"{root}/v1/jobs/{job.id}/events?last_event_id={after}"
+    columns = [c for c in METRIC_COLUMNS if any(row.get(c) is not None for row in history)]
+    recent = history[-10:]
+    table_rows = "".join(
+        f'<tr><td class="num">{row["epoch"]}</td>'
+        + "".join(f'<td class="num">{number(row.get(c))}</td>' for c in columns)
+        + "</tr>"
+        for row in reversed(recent)
+    )
+    table = (
+        "<table><tr><th>epoch</th>"
+        + "".join(f"<th>{esc(c)}</th>" for c in columns)
+        + f"</tr>{table_rows}</table>"
+        if recent
+        else ""
+    )
+    body = f"""
+<h1>Job <span class="id">{esc(job.id)}</span> {badge(job.status)}</h1>
+<section id="job" data-status="{esc(job.status)}" data-epochs="{esc(job.epochs)}"
+  data-events="{esc(events_url)}"
+  data-models="{esc(root)}/dashboard/models/">
+<p>{esc(job.name or "")} · epoch <span id="progress">{job.epoch} / {job.epochs}</span>
+ · device {esc(job.device or "-")} · attempts {job.attempts}
+ · model <a class="id" id="model" href="{esc(model_href)}">{esc(job.model_id or "-")}</a></p>
+<p class="error" id="error">{esc(job.error or "")}</p>
+<div class="charts">
+<figure><figcaption>Loss</figcaption><svg class="chart" id="chart-loss"></svg></figure>
+<figure><figcaption>Accuracy / MAE</figcaption><svg class="chart" id="chart-metric"></svg></figure>
+<figure><figcaption>Gradient norm per layer (log scale): vanishing sinks, exploding climbs
+</figcaption><svg class="chart" id="chart-grads"></svg></figure>
+</div>
+<h2>Latest epochs</h2>{table}
+</section>
+{json_island("history", history)}
+<script>{LIVE_JS}</script>"""
+    return layout(f"job {job.id[:8]}", body, root=root)
+
+
+def model_page(model: Any, *, feature_names: list[str], root: str = "") -> str:
+    summary = model.summary
+    layer_rows = "".join(
+        f"<tr><td>{esc(layer.name)}</td><td>{esc(layer.type)}</td>"
+        f"<td><code>{esc(tuple(layer.output_shape))}</code></td>"
+        f'<td class="num">{layer.params:,}</td></tr>'
+        for layer in summary.layers
+    )
+    metrics = model.metrics.model_dump(exclude_none=True) if model.metrics is not None else {}
+    metric_text = " · ".join(
+        f"{esc(k)} {number(v)}" for k, v in metrics.items() if k in METRIC_COLUMNS
+    )
+    classes = ", ".join(esc(c) for c in model.classes or []) or "-"
+    header = ",".join(feature_names)
+    body = f"""
+<h1>Model <span class="id">{esc(model.id)}</span></h1>
+<p>{esc(model.task)} · trained by job
+ <a class="id" href="{esc(root)}/dashboard/jobs/{esc(model.job_id)}">{esc(model.job_id)}</a>
+ · classes: {classes}</p>
+<p>Final epoch: {metric_text or "-"}</p>
+<h2>Summary</h2>
+<table><tr><th>layer</th><th>type</th><th>output shape</th><th>params</th></tr>{layer_rows}
+<tr><th colspan="3">total params</th><th class="num">{summary.total_params:,}</th></tr>
+<tr><td colspan="3">trainable</td><td class="num">{summary.trainable_params:,}</td></tr>
+<tr><td colspan="3">non-trainable</td><td class="num">{summary.non_trainable_params:,}</td></tr>
+</table>
+<h2>Predict</h2>
+<form id="predict" data-url="{esc(root)}/v1/models/{esc(model.id)}/predict">
+<p>One input row per line, {len(feature_names)} comma-separated numbers:
+<code>{esc(header)}</code></p>
+<textarea name="inputs" required></textarea><br><button type="submit">Predict</button>
+</form>
+<p class="error" id="predict-error"></p>
+<table id="predict-output"></table>
+<script>
+document.getElementById("predict").addEventListener("submit", function (event) {{
+  event.preventDefault();
+  var form = event.target, out = document.getElementById("predict-output");
+  var error = document.getElementById("predict-error");
+  var inputs = form.inputs.value.trim().split(/\\n+/).map(function (line) {{
+    return line.split(",").map(Number);
+  }});
+  error.textContent = ""; out.textContent = "";
+  fetch(form.dataset.url, {{method: "POST", headers: {{"Content-Type": "application/json"}},
+                           body: JSON.stringify({{inputs: inputs}})}})
+    .then(function (r) {{ return r.json().then(function (body) {{ return [r.ok, body]; }}); }})
+    .then(function (result) {{
+      if (!result[0]) {{ error.textContent = result[1].detail; return; }}
+      result[1].outputs.forEach(function (row, i) {{
+        var tr = out.insertRow();
+        tr.insertCell().textContent = inputs[i].join(", ");
+        if (result[1].predictions) tr.insertCell().textContent = result[1].predictions[i];
+        tr.insertCell().textContent = row.map(function (v) {{ return v.toFixed(4); }}).join(", ");
+      }});
+    }});
+}});
+</script>"""
+    return layout(f"model {model.id[:8]}", body, root=root)
