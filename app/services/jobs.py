@@ -17,6 +17,7 @@ from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by
 from app.services.datasets import resolve_dataset
 from app.tables import TERMINAL_STATUSES, Job, JobMetric
+from models.spec import format_count
 
 
 def finite_or_none(value: Any) -> Any:
@@ -46,7 +47,8 @@ def job_view(job: Job, latest: JobMetric | None) -> JobRead:
 
 def _params_message(count: int, limit: int) -> str:
     return (
-        f"the network would have {count:.1e} parameters; the limit is {limit:.1e} "
+        f"the network would have {format_count(count)} parameters; "
+        f"the limit is {format_count(limit)} "
         "(FITSERVE_MAX_PARAMS): use fewer or narrower layers"
     )
 
