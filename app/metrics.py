@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import OwnerDep
 from app.queue.clock import db_now
+from app.schemas import ErrorResponse
 from app.tables import JOB_STATUSES, Job, JobMetric
 
 # The window behind fitserve_epochs_per_second: long enough to smooth one slow epoch, short
@@ -164,7 +165,10 @@ router = APIRouter(tags=["metrics"])
     summary="Prometheus metrics",
     description="Jobs by status, queue depth, epochs per second, training seconds, prediction "
     "latency, worker heartbeats — in the Prometheus text format.",
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    },
 )
 def metrics(request: Request, owner: OwnerDep) -> Response:
     del owner  # the key check is the point; the figures are totals

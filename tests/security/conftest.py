@@ -1,16 +1,42 @@
-"""A live uvicorn on 127.0.0.1 for tests whose behaviour depends on real HTTP (chunked bodies)."""
+"""Fixtures for the security tests: an API with keys required on a real database (SQLite and
+Postgres), two keys, row counts, and a live uvicorn for what depends on real HTTP."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from app.auth import create_key
+from app.config import Settings
+from app.db import make_engine, upgrade_head
+from app.main import create_app
+from app.tables import ApiKey, Dataset, Job, JobCheckpoint, JobClaim, JobMetric, Model
+
+# Small limits, so each limit can be passed with a small request.
+TEST_LIMITS = dict(
+    max_body_bytes=2_000_000,
+    max_dataset_cells=50_000,
+    max_predict_rows=100,
+    max_queued_jobs_per_key=20,
+)
+
+COUNTED = (ApiKey, Dataset, Job, JobMetric, JobCheckpoint, JobClaim, Model)
 
 
 @contextmanager
@@ -41,3 +67,91 @@ def _serve(app: Any) -> Iterator[str]:
 def live_server() -> Callable[[Any], AbstractContextManager[str]]:
     """`with live_server(app) as url:` serves app over real HTTP for the block."""
     return _serve
+
+
+# ------------------------------------------------------------------ a database per test module
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database shared by one module's tests, on SQLite and again on Postgres.
+    The tests that share it check row-count differences, never absolute counts."""
+    if request.param == "sqlite":
+        path = Path(tmp_path_factory.mktemp("security")) / "fitserve.db"
+        url = f"sqlite:///{path}"
+        upgrade_head(url)
+        yield url
+        return
+    template = request.getfixturevalue("postgres_template")
+    admin = _libpq(
+        os.environ.get(
+            "FITSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+    )
+    name = f"fitserve_security_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")  # type: ignore[arg-type]
+    yield Settings(database_url=admin.rpartition("/")[0] + "/" + name).database_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+@dataclass
+class Api:
+    """A running app with keys required (uvicorn on loopback), and what the tests need beside it."""
+
+    app: FastAPI
+    http: httpx.Client
+    settings: Settings
+    engine: Engine
+    key_a: str
+    key_b: str
+    owner_a: str
+    owner_b: str
+
+    def auth(self, key: str | None) -> dict[str, str]:
+        return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+    @property
+    def a(self) -> dict[str, str]:
+        return self.auth(self.key_a)
+
+    @property
+    def b(self) -> dict[str, str]:
+        return self.auth(self.key_b)
+
+    def row_counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            return {
+                table.__tablename__: session.scalar(select(func.count()).select_from(table)) or 0
+                for table in COUNTED
+            }
+
+
+def _new_key(engine: Engine, name: str) -> tuple[str, str]:
+    with Session(engine) as session, session.begin():
+        key, secret = create_key(session, name=name)
+        return secret, key.id
+
+
+@pytest.fixture(scope="module")
+def api(module_database_url: str) -> Iterator[Api]:
+    settings = Settings(database_url=module_database_url, require_api_keys=True, **TEST_LIMITS)
+    engine = make_engine(settings.database_url)
+    suffix = uuid.uuid4().hex[:8]
+    key_a, owner_a = _new_key(engine, f"tenant-a-{suffix}")
+    key_b, owner_b = _new_key(engine, f"tenant-b-{suffix}")
+    app = create_app(settings)
+    try:
+        with _serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+            yield Api(app, http, settings, engine, key_a, key_b, owner_a, owner_b)
+    finally:
+        engine.dispose()
