@@ -133,7 +133,7 @@ def encode_classes(labels: Sequence[Any], *, where: str) -> tuple[np.ndarray, li
     if all(isinstance(v, str) for v in labels) and all(_INT_LABEL.match(v) for v in labels):
         labels = [int(v) for v in labels]
     kinds = {type(v) for v in labels}
-    if kinds == {float}:
+    if kinds == {float} or kinds == {int, float}:
         if not all(v.is_integer() for v in labels):
             raise Unprocessable(
                 f"{where} holds fractional numbers, which can't be class labels: use "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, text
@@ -195,7 +196,19 @@ def register_builtins(session: Session) -> list[str]:
     for builtin in BUILTINS.values():
         if builtin.name in present:
             continue
-        parsed = parse_csv(builtin.read_bytes(), target=builtin.target, task=builtin.task)
-        _store(session, owner=None, name=builtin.name, parsed=parsed, builtin=True)
+        _store(
+            session,
+            owner=None,
+            name=builtin.name,
+            parsed=_parse_builtin(builtin.name),
+            builtin=True,
+        )
         added.append(builtin.name)
     return added
+
+
+@cache
+def _parse_builtin(name: str) -> ParsedDataset:
+    # Parsed once per process: every app a test suite (or a restart loop) builds reuses it.
+    builtin = BUILTINS[name]
+    return parse_csv(builtin.read_bytes(), target=builtin.target, task=builtin.task)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.main import create_app
 
+T = TypeVar("T")
 DATA = Path(__file__).resolve().parents[2] / "app" / "data"
 
 
@@ -40,11 +43,29 @@ async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+class Rows:
+    """Direct looks at the app's database, each in its own short transaction (on SQLite every
+    transaction takes the write lock, so a test must never hold one open across a request)."""
+
+    def __init__(self, sessionmaker: sessionmaker[Session]) -> None:
+        self.sessionmaker = sessionmaker
+
+    def get(self, table: type[T], key: Any) -> T | None:
+        with self.sessionmaker() as session:
+            return session.get(table, key)
+
+    def count(self, table: type[Any], *where: Any) -> int:
+        with self.sessionmaker() as session:
+            return session.scalar(select(func.count()).select_from(table).where(*where)) or 0
+
+    def begin(self) -> Any:
+        """A session that commits on leaving the block."""
+        return self.sessionmaker.begin()
+
+
 @pytest.fixture
-def db(app: object) -> AsyncIterator[Session]:
-    """A session on the app's database, to look at rows directly."""
-    with app.state.sessionmaker() as session:  # type: ignore[attr-defined]
-        yield session  # type: ignore[misc]
+def db(app: Any) -> Rows:
+    return Rows(app.state.sessionmaker)
 
 
 def iris_csv() -> bytes:

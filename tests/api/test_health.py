@@ -28,7 +28,9 @@ async def test_health_reports_the_database(client: httpx.AsyncClient, settings: 
         pytest.param("postgresql://postgres@127.0.0.1:1/postgres", marks=pytest.mark.postgres),
     ],
 )
-async def test_health_is_503_when_the_database_is_down(url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_health_is_503_when_the_database_is_down(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     app = create_app(Settings(database_url=url))
     async with app.router.lifespan_context(app):  # starts anyway, and says why in the log
         transport = httpx.ASGITransport(app=app)

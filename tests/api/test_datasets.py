@@ -1,0 +1,215 @@
+"""/v1/datasets through the ASGI app, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import httpx
+import numpy as np
+import pytest
+
+from app.auth import create_key
+from app.config import Settings
+from app.data import BUILTINS
+from app.datasets import decode_arrays
+from app.main import create_app
+from app.tables import Dataset, Job
+from tests.api.conftest import Rows, assert_error, iris_csv
+
+pytestmark = pytest.mark.anyio
+
+IRIS_NETWORK = {
+    "layers": [
+        {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ]
+}
+
+
+async def upload_csv(
+    client: httpx.AsyncClient, data: bytes, *, target: str, name: str = "upload", **extra: str
+) -> httpx.Response:
+    files = {"file": ("data.csv", data, "text/csv")}
+    return await client.post(
+        "/v1/datasets", files=files, data={"target": target, "name": name, **extra}
+    )
+
+
+def count_datasets(db: Rows) -> int:
+    return db.count(Dataset)
+
+
+async def test_builtins_are_listed_with_their_shapes(client: httpx.AsyncClient) -> None:
+    items = (await client.get("/v1/datasets")).json()["items"]
+    builtins = {d["name"]: d for d in items if d["builtin"]}
+    assert set(builtins) == set(BUILTINS)
+    expected = {b.name: b for b in BUILTINS.values()}
+    for name, d in builtins.items():
+        # Shapes straight from the shipped CSV files: rows below the header, columns minus targets.
+        lines = expected[name].read_bytes().decode().strip().splitlines()
+        assert d["rows"] == len(lines) - 1
+        assert d["n_features"] == len(lines[0].split(",")) - 1
+        assert d["task"] == expected[name].task
+    assert builtins["iris"]["classes"] == ["setosa", "versicolor", "virginica"]
+    assert builtins["digits"]["classes"] == list(range(10))
+    assert builtins["breast_cancer"]["classes"] == ["benign", "malignant"]
+    assert builtins["diabetes"]["classes"] is None
+
+
+async def test_builtins_register_once_across_restarts(settings: Settings, db: Rows) -> None:
+    before = count_datasets(db)
+    for _ in range(2):
+        again = create_app(settings)
+        async with again.router.lifespan_context(again):
+            pass
+    assert count_datasets(db) == before == len(BUILTINS)
+
+
+async def test_csv_upload_stores_the_same_arrays_as_the_file(
+    client: httpx.AsyncClient, db: Rows
+) -> None:
+    response = await upload_csv(client, iris_csv(), target="species", name="my iris")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/datasets/{body['id']}"
+    assert (body["task"], body["rows"], body["n_features"]) == ("classification", 150, 4)
+    assert body["classes"] == ["setosa", "versicolor", "virginica"]
+    assert body["feature_names"][0] == "sepal_length_cm"
+    # The same bytes as the built-in iris: equal data, equal hash.
+    iris = next(
+        d for d in (await client.get("/v1/datasets")).json()["items"] if d["name"] == "iris"
+    )
+    assert body["sha256"] == iris["sha256"]
+
+    x, y = decode_arrays(db.get(Dataset, body["id"]))
+    rows = list(csv.reader(io.StringIO(iris_csv().decode())))[1:]
+    np.testing.assert_allclose(x, np.array([r[:4] for r in rows], dtype=np.float32))
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert [body["classes"][i] for i in y] == [r[4] for r in rows]
+
+    fetched = await client.get(body and f"/v1/datasets/{body['id']}")
+    assert fetched.json() == body
+
+
+async def test_json_upload_classification_keeps_label_spelling(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/datasets",
+        json={
+            "name": "tiny",
+            "features": [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]],
+            "targets": [10, 2, 2, 10],
+            "feature_names": ["a", "b"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["task"] == "classification"
+    assert body["classes"] == [2, 10]  # integers sorted as numbers, not as text
+    assert body["feature_names"] == ["a", "b"]
+
+
+async def test_json_upload_regression_with_two_outputs(client: httpx.AsyncClient, db: Rows) -> None:
+    response = await client.post(
+        "/v1/datasets",
+        json={
+            "name": "two outputs",
+            "features": [[1.0], [2.0], [3.0]],
+            "targets": [[0.5, 1.5], [1.0, 2.0], [1.5, 2.5]],
+        },
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["task"], body["n_outputs"], body["classes"]) == ("regression", 2, None)
+    _, y = decode_arrays(db.get(Dataset, body["id"]))
+    assert y.dtype == np.float32 and y.shape == (3, 2)
+    np.testing.assert_allclose(y[:, 1], [1.5, 2.0, 2.5])
+
+
+async def test_csv_task_is_inferred_from_the_target_column(client: httpx.AsyncClient) -> None:
+    diabetes = BUILTINS["diabetes"].read_bytes()
+    body = (await upload_csv(client, diabetes, target="progression")).json()
+    assert (body["task"], body["n_outputs"]) == ("regression", 1)
+    digits = BUILTINS["digits"].read_bytes()
+    body = (await upload_csv(client, digits, target="digit")).json()
+    assert body["task"] == "classification" and body["classes"] == list(range(10))
+    # Asked for, a numeric target is a regression target even with few values.
+    forced = await upload_csv(client, digits, target="digit", task="regression")
+    assert forced.json()["task"] == "regression"
+
+
+async def test_csv_with_two_regression_targets(client: httpx.AsyncClient) -> None:
+    data = b"a,b,t1,t2\n1,2,0.5,3\n2,3,0.25,4\n4,5,0.125,5\n"
+    body = (await upload_csv(client, data, target="t1, t2")).json()
+    assert (body["task"], body["n_outputs"], body["target_names"]) == (
+        "regression",
+        2,
+        ["t1", "t2"],
+    )
+    assert body["feature_names"] == ["a", "b"]
+
+
+async def test_delete_while_queued_is_409_then_204(client: httpx.AsyncClient, db: Rows) -> None:
+    dataset = (await upload_csv(client, iris_csv(), target="species")).json()
+    job = await client.post(
+        "/v1/jobs",
+        json={
+            "network": IRIS_NETWORK,
+            "dataset": dataset["id"],
+            "training": {"loss": "categorical_crossentropy"},
+        },
+    )
+    assert job.status_code == 202, job.text
+    assert_error(await client.delete(f"/v1/datasets/{dataset['id']}"), 409, "queued or running")
+    assert (await client.post(f"/v1/jobs/{job.json()['id']}/cancel")).status_code == 202
+    assert (await client.delete(f"/v1/datasets/{dataset['id']}")).status_code == 204
+    assert_error(await client.get(f"/v1/datasets/{dataset['id']}"), 404, "not found")
+    assert dataset["id"] not in {
+        d["id"] for d in (await client.get("/v1/datasets")).json()["items"]
+    }
+    # The cancelled job still names its dataset (a tombstone without the arrays).
+    assert db.get(Job, job.json()["id"]).dataset_id == dataset["id"]
+    assert db.get(Dataset, dataset["id"]).features == b""
+    assert (await client.get(f"/v1/jobs/{job.json()['id']}")).status_code == 200
+
+
+async def test_delete_unreferenced_removes_the_row(client: httpx.AsyncClient, db: Rows) -> None:
+    dataset = (await upload_csv(client, iris_csv(), target="species")).json()
+    assert (await client.delete(f"/v1/datasets/{dataset['id']}")).status_code == 204
+    assert db.get(Dataset, dataset["id"]) is None
+    assert_error(await client.delete(f"/v1/datasets/{dataset['id']}"), 404)
+
+
+async def test_builtins_cannot_be_deleted(client: httpx.AsyncClient) -> None:
+    iris = next(
+        d for d in (await client.get("/v1/datasets")).json()["items"] if d["name"] == "iris"
+    )
+    assert_error(await client.delete(f"/v1/datasets/{iris['id']}"), 409, "built-in")
+
+
+async def test_other_keys_datasets_are_404(client: httpx.AsyncClient, db: Rows) -> None:
+    with db.begin() as session:
+        (_, secret_a), (_, secret_b) = create_key(session, name="a"), create_key(session, name="b")
+    a = {"Authorization": f"Bearer {secret_a}"}
+    b = {"Authorization": f"Bearer {secret_b}"}
+    files = {"file": ("d.csv", iris_csv(), "text/csv")}
+    mine = await client.post(
+        "/v1/datasets", files=files, data={"target": "species", "name": "a's"}, headers=a
+    )
+    assert mine.status_code == 201
+    dataset_id = mine.json()["id"]
+    assert (await client.get(f"/v1/datasets/{dataset_id}", headers=a)).status_code == 200
+    assert_error(await client.get(f"/v1/datasets/{dataset_id}", headers=b), 404)
+    assert_error(await client.delete(f"/v1/datasets/{dataset_id}", headers=b), 404)
+    assert_error(await client.get(f"/v1/datasets/{dataset_id}"), 404)  # keyless isn't a's either
+    listed_b = {d["id"] for d in (await client.get("/v1/datasets", headers=b)).json()["items"]}
+    assert dataset_id not in listed_b and len(listed_b) == len(BUILTINS)
+
+
+async def test_dataset_cell_limit_is_a_413(database_url: str) -> None:
+    app = create_app(Settings(database_url=database_url, max_dataset_cells=100))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await upload_csv(client, iris_csv(), target="species")
+            assert_error(response, 413, "750", "limit is 100")
