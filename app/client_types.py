@@ -206,9 +206,13 @@ class ModelInfo(_Result):
     dataset_id: str | None = None
     task: str | None = None
     network: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
     classes: list[Any] | None = None
     metrics: dict[str, Any] | None = None
+    standardization: dict[str, Any] | None = None
+    input_dim: int | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from app.api import datasets, health, jobs, networks
+    from app.api import datasets, health, jobs, models, networks
 
     app = FastAPI(
         title="fitserve",
@@ -79,20 +79,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost of our layers: oversized or non-finite bodies are refused before any parsing.
     app.add_middleware(RequestLimitsMiddleware)
-    for module in (health, datasets, networks, jobs):
+    for module in (health, datasets, networks, jobs, models):
         app.include_router(module.router)
     _install_extras(app)
     return app
 
 
 def _install_extras(app: FastAPI) -> None:
-    """What users reach for beside the REST API: live events, the dashboard, /metrics, docs."""
-    from app.api import events
+    """What users reach for beside the REST API: live events, batch prediction, the dashboard,
+    /metrics and the offline docs."""
+    from app.api import batch, events
     from app.dashboard import router as dashboard_router
     from app.docs import install_offline_docs
     from app.metrics import install_metrics
 
     app.include_router(events.router)
+    app.include_router(batch.router)
     app.include_router(dashboard_router)
     install_metrics(app)
     install_offline_docs(app)

@@ -24,7 +24,7 @@ main { padding: 16px 24px; max-width: 1400px; }
 table { border-collapse: collapse; background: #fff; margin: 8px 0 16px; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e3e5e8; text-align: left; }
 th { background: #eef0f3; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
 .badge { padding: 1px 8px; border-radius: 9px; font-size: 12px; background: #ddd; }
 .badge.queued { background: #e8e8e8; } .badge.running { background: #cfe3ff; }

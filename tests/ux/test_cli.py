@@ -1,0 +1,126 @@
+"""`fitserve train|jobs|datasets|predict` as a user runs them, against a live server and worker."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.ux.conftest import CLI, IRIS_CSV, IRIS_NETWORK, IRIS_TRAINING, ROOT, LiveServer
+
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def fitserve(
+    server: LiveServer, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args, "--server", server.url],
+        cwd=ROOT,
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_train_shows_progress_and_prints_the_model_id(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"network": IRIS_NETWORK, "training": IRIS_TRAINING}))
+    result = fitserve(live_server, "train", str(spec), "--dataset", "iris", "--epochs", "15")
+    assert result.returncode == 0, result.stderr
+    model_id = result.stdout.strip()
+    assert HEX_ID.fullmatch(model_id), result.stdout
+    # Not a terminal: one progress line per epoch, each with the measured figures.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == [f"{n}/15" for n in range(1, 16)]
+    assert all("loss" in line and "accuracy" in line and "val_loss" in line for line in lines)
+    assert "ETA" in lines[0] and "ETA" not in lines[-1]
+    assert "succeeded" in result.stderr
+
+    listing = fitserve(live_server, "jobs", "list")
+    assert listing.returncode == 0 and model_id in listing.stdout
+
+    shown = json.loads(
+        fitserve(live_server, "jobs", "show", _job_of(listing.stdout, model_id)).stdout
+    )
+    assert shown["status"] == "succeeded" and len(shown["history"]) == 15
+
+    predicted = fitserve(live_server, "predict", model_id, "--csv", str(IRIS_CSV))
+    assert predicted.returncode == 0, predicted.stderr
+    rows = list(csv.DictReader(io.StringIO(predicted.stdout)))
+    assert len(rows) == 150
+    truth = [row["species"] for row in csv.DictReader(io.StringIO(IRIS_CSV.read_text()))]
+    correct = sum(row["prediction"] == label for row, label in zip(rows, truth, strict=True))
+    assert correct / 150 >= 0.85
+
+
+def _job_of(listing: str, model_id: str) -> str:
+    line = next(line for line in listing.splitlines() if model_id in line)
+    return line.split()[0]
+
+
+def test_train_just_a_network_with_flags(live_server: LiveServer, tmp_path: Path) -> None:
+    spec = tmp_path / "network.json"
+    spec.write_text(json.dumps(IRIS_NETWORK))
+    result = fitserve(
+        live_server, "train", str(spec), "--dataset", "iris", "--epochs", "2",
+        "--loss", "sparse_categorical_crossentropy", "--batch-size", "full",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert HEX_ID.fullmatch(result.stdout.strip())
+
+
+def test_train_errors_exit_non_zero_with_the_message(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.json"
+    bad: dict[str, Any] = {
+        "layers": [{**IRIS_NETWORK["layers"][0], "input_dim": 7}, IRIS_NETWORK["layers"][1]]
+    }
+    spec.write_text(json.dumps({"network": bad, "training": IRIS_TRAINING}))
+    result = fitserve(live_server, "train", str(spec), "--dataset", "iris", "--epochs", "2")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "error" in result.stderr and "7" in result.stderr
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = fitserve(live_server, "train", str(broken), "--dataset", "iris")
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+def test_datasets_upload_and_list(live_server: LiveServer) -> None:
+    result = fitserve(
+        live_server,
+        "datasets",
+        "upload",
+        str(IRIS_CSV),
+        "--target",
+        "species",
+        "--name",
+        "cli-iris",
+    )
+    assert result.returncode == 0, result.stderr
+    dataset_id = result.stdout.strip()
+    assert HEX_ID.fullmatch(dataset_id)
+    assert "150 rows" in result.stderr and "3 classes" in result.stderr
+    listing = fitserve(live_server, "datasets", "list")
+    assert dataset_id in listing.stdout and "cli-iris" in listing.stdout
+
+    missing = fitserve(live_server, "datasets", "upload", str(IRIS_CSV), "--target", "nope")
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_jobs_cancel_and_unknown_ids(live_server: LiveServer) -> None:
+    result = fitserve(live_server, "jobs", "show", "f" * 32)
+    assert result.returncode == 1 and "not found" in result.stderr
+    result = fitserve(live_server, "jobs", "cancel", "f" * 32)
+    assert result.returncode == 1 and "not found" in result.stderr
