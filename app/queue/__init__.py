@@ -1,0 +1,2 @@
+"""The durable job queue: the job row is the queue entry (store.py) and the worker loop that
+claims, trains and writes back under a fenced lease (worker.py, runner.py)."""

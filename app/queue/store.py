@@ -1,0 +1,473 @@
+"""The queue's statements: the job row is the queue entry, so each state change is one statement.
+
+Every function takes the session first and neither commits nor rolls back: the caller owns the
+transaction (the API's request session, or the worker's `sessionmaker.begin()`).
+
+Fencing: a claim bumps `lease_token`; every later write of that worker names the token it holds.
+A fenced write that touches no row means the job was taken over (or finished, or cancelled): it
+raises `LeaseLost` and the worker must stop at once and write nothing more.
+
+Times come from the database's clock (`db_now`), never the worker's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from app.queue.clock import db_now
+from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
+
+NOTIFY_CHANNEL = "fitserve_jobs"
+# Backoff after a crashed attempt doubles per attempt, up to this.
+MAX_RETRY_BACKOFF_SECONDS = 300.0
+
+jobs = Job.__table__
+claims = JobClaim.__table__
+LIVE = ("running", "cancelling")
+
+
+class QueueError(Exception):
+    """Base of the queue's errors."""
+
+
+class LeaseLost(QueueError):
+    """A fenced write touched no row: another worker holds the job now, or it has ended."""
+
+
+class JobNotFound(QueueError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} does not exist")
+        self.job_id = job_id
+
+
+class JobConflict(QueueError):
+    """The job's state forbids the request (e.g. cancelling a job that already succeeded)."""
+
+    def __init__(self, job_id: str, status: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs from the job row it just claimed."""
+
+    job_id: str
+    lease_token: int
+    attempts: int
+    max_attempts: int
+    name: str | None
+    dataset_id: str
+    network: dict[str, Any]
+    training: dict[str, Any]
+    epochs: int
+    epoch: int
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _fenced(job_id: str, lease_token: int, statuses: tuple[str, ...] = LIVE) -> Any:
+    return and_(jobs.c.id == job_id, jobs.c.lease_token == lease_token, jobs.c.status.in_(statuses))
+
+
+def _close_claim(session: Session, *, job_id: str, lease_token: int, outcome: str) -> None:
+    """End the audit row of this attempt, so claims can be checked for overlap."""
+    session.execute(
+        update(claims)
+        .where(claims.c.job_id == job_id, claims.c.lease_token == lease_token)
+        .where(claims.c.ended_at.is_(None))
+        .values(ended_at=db_now(), outcome=outcome)
+    )
+
+
+def enqueue_job(session: Session, *, job: Job) -> Job:
+    """Queue a job: an INSERT in the caller's transaction; Postgres wakes idle workers at commit."""
+    job.status = "queued"
+    session.add(job)
+    session.flush()
+    if _is_postgres(session):
+        # NOTIFY is transactional: listeners hear it only if (and when) the INSERT commits.
+        session.execute(
+            text("SELECT pg_notify(:channel, :job_id)"),
+            {"channel": NOTIFY_CHANNEL, "job_id": job.id},
+        )
+    return job
+
+
+def reap_expired_jobs(session: Session) -> int:
+    """End jobs whose worker vanished and that may not run again: a cancelling job is cancelled;
+    one that used up max_attempts fails with `worker_lost` instead of crash-looping."""
+    expired = and_(jobs.c.status.in_(LIVE), jobs.c.lease_expires_at < db_now())
+    cancelled = session.execute(
+        update(jobs)
+        .where(expired, jobs.c.status == "cancelling")
+        .values(
+            status="cancelled", finished_at=db_now(), lease_expires_at=None, updated_at=db_now()
+        )
+    ).rowcount
+    failed = session.execute(
+        update(jobs)
+        .where(expired, jobs.c.status == "running", jobs.c.attempts >= jobs.c.max_attempts)
+        .values(
+            status="failed",
+            error_code="worker_lost",
+            error=(
+                "the job's worker stopped responding (crashed, was killed or lost the database) "
+                "on every one of its attempts; check the worker logs for out-of-memory kills, "
+                "or try a smaller batch_size or network"
+            ),
+            finished_at=db_now(),
+            lease_expires_at=None,
+            updated_at=db_now(),
+        )
+    ).rowcount
+    return int(cancelled or 0) + int(failed or 0)
+
+
+def _claimable(t: Any) -> Any:
+    """Queued jobs whose backoff has passed, and running jobs whose worker's lease ran out."""
+    return or_(
+        and_(t.c.status == "queued", t.c.available_at <= db_now()),
+        and_(
+            t.c.status == "running",
+            t.c.lease_expires_at < db_now(),
+            t.c.attempts < t.c.max_attempts,
+        ),
+    )
+
+
+def _claim_statement() -> Any:
+    candidate = jobs.alias("candidate")
+    next_id = (
+        select(candidate.c.id)
+        .where(_claimable(candidate))
+        .order_by(candidate.c.available_at, candidate.c.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(jobs)
+        # Re-checked on the row itself, as it is once the lock is ours.
+        .where(jobs.c.id == next_id, _claimable(jobs))
+        .values(
+            status="running",
+            claimed_by=bindparam("worker", type_=String()),
+            lease_token=jobs.c.lease_token + 1,
+            attempts=jobs.c.attempts + 1,
+            lease_expires_at=db_now(bindparam("lease_seconds", type_=Float())),
+            heartbeat_at=db_now(),
+            started_at=db_now(),
+            updated_at=db_now(),
+        )
+        .returning(
+            jobs.c.id,
+            jobs.c.lease_token,
+            jobs.c.attempts,
+            jobs.c.max_attempts,
+            jobs.c.name,
+            jobs.c.dataset_id,
+            jobs.c.network,
+            jobs.c.training,
+            jobs.c.epochs,
+            jobs.c.epoch,
+        )
+    )
+
+
+# Built once: constructing the aliased subquery costs more than running it.
+CLAIM_NEXT_JOB = _claim_statement()
+
+
+def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Claim | None:
+    """Take the oldest claimable job with one UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
+    LOCKED LIMIT 1): Postgres claimers skip each other's locked row; on SQLite the lock clause
+    drops out, BEGIN IMMEDIATE already made this transaction the only writer."""
+    row = session.execute(
+        CLAIM_NEXT_JOB, {"worker": worker, "lease_seconds": float(lease_seconds)}
+    ).one_or_none()
+    if row is None:
+        return None
+    # A re-claimed job's previous attempt ended when its lease ran out.
+    session.execute(
+        update(claims)
+        .where(claims.c.job_id == row.id, claims.c.ended_at.is_(None))
+        .values(ended_at=db_now(), outcome="lease_expired")
+    )
+    session.execute(
+        insert(claims).values(
+            job_id=row.id, lease_token=row.lease_token, worker=worker, claimed_at=db_now()
+        )
+    )
+    return Claim(
+        job_id=row.id,
+        lease_token=row.lease_token,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        name=row.name,
+        dataset_id=row.dataset_id,
+        network=row.network,
+        training=row.training,
+        epochs=row.epochs,
+        epoch=row.epoch,
+    )
+
+
+def heartbeat(session: Session, *, job_id: str, lease_token: int, lease_seconds: float) -> str:
+    """Extend the lease; returns the status so the worker learns of a cancel request.
+    Raises LeaseLost when the job is no longer ours."""
+    status = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token))
+        .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now())
+        .returning(jobs.c.status)
+    ).scalar_one_or_none()
+    if status is None:
+        raise LeaseLost(job_id)
+    return str(status)
+
+
+def set_runtime(
+    session: Session, *, job_id: str, lease_token: int, device: str, precision: str
+) -> None:
+    """Record where the attempt runs, as the training process resolved it."""
+    result = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token))
+        .values(device=device, precision=precision, updated_at=db_now())
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+
+
+def record_epoch(
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    epoch: int,
+    values: dict[str, Any],
+    checkpoint: bytes,
+    lease_seconds: float,
+) -> None:
+    """One finished epoch: its metrics row, the checkpoint to resume from and the job's progress,
+    together. The fenced UPDATE goes first, so a worker that lost the job writes nothing; it also
+    extends the lease, an epoch end being proof of life."""
+    result = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token))
+        .values(
+            epoch=epoch,
+            lease_expires_at=db_now(lease_seconds),
+            heartbeat_at=db_now(),
+            updated_at=db_now(),
+        )
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+    loss = values.get("loss")
+    session.execute(
+        insert(JobMetric.__table__).values(
+            job_id=job_id, epoch=epoch, loss=loss, values=values, created_at=db_now()
+        )
+    )
+    session.execute(delete(JobCheckpoint.__table__).where(JobCheckpoint.job_id == job_id))
+    session.execute(
+        insert(JobCheckpoint.__table__).values(
+            job_id=job_id,
+            epoch=epoch,
+            lease_token=lease_token,
+            data=checkpoint,
+            created_at=db_now(),
+        )
+    )
+
+
+def load_checkpoint(session: Session, *, job_id: str) -> tuple[int, bytes] | None:
+    """The latest checkpoint (epoch, models.Checkpoint bytes) a re-claimed job resumes from."""
+    row = session.execute(
+        select(JobCheckpoint.epoch, JobCheckpoint.data).where(JobCheckpoint.job_id == job_id)
+    ).one_or_none()
+    return None if row is None else (int(row.epoch), bytes(row.data))
+
+
+def finish_job(session: Session, *, job_id: str, lease_token: int, model: Model) -> None:
+    """Success, atomically: the Model row (final weights + last metrics) and `succeeded` commit
+    together or not at all. Raises LeaseLost if the job is no longer ours or not running
+    (a cancel that arrived during the last epoch: see `finish_cancelled`)."""
+    model.id = model.id or new_id()
+    model.job_id = job_id
+    result = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token, ("running",)))
+        .values(
+            status="succeeded",
+            model_id=model.id,
+            error=None,
+            error_code=None,
+            lease_expires_at=None,
+            finished_at=db_now(),
+            updated_at=db_now(),
+        )
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+    session.add(model)
+    session.flush()
+    _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="succeeded")
+
+
+def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None:
+    """The worker stopped a cancelling job: it ends `cancelled`, keeping the metrics so far."""
+    result = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token, ("cancelling",)))
+        .values(
+            status="cancelled", lease_expires_at=None, finished_at=db_now(), updated_at=db_now()
+        )
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+    _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="cancelled")
+
+
+def fail_job(
+    session: Session, *, job_id: str, lease_token: int, error: str, error_code: str
+) -> None:
+    """A failure no retry can fix (a spec that can't train, out of memory): `failed` at once,
+    with an error the user can act on."""
+    result = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token))
+        .values(
+            status="failed",
+            error=error,
+            error_code=error_code,
+            lease_expires_at=None,
+            finished_at=db_now(),
+            updated_at=db_now(),
+        )
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+    _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="failed")
+
+
+def retry_job(
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    error: str,
+    error_code: str,
+    backoff_seconds: float,
+) -> str:
+    """An attempt that crashed (its training process died): back to the queue after a backoff,
+    or — once max_attempts are used — `failed` with `error_code`. Returns the new status.
+    A cancelling job is cancelled rather than retried."""
+    fence = _fenced(job_id, lease_token)
+    row = session.execute(
+        update(jobs)
+        .where(fence)
+        .values(
+            status=case(
+                (jobs.c.status == "cancelling", "cancelled"),
+                (jobs.c.attempts < jobs.c.max_attempts, "queued"),
+                else_="failed",
+            ),
+            error=case(
+                (jobs.c.status == "cancelling", jobs.c.error),
+                else_=error,
+            ),
+            error_code=case(
+                (jobs.c.status == "cancelling", jobs.c.error_code),
+                (jobs.c.attempts < jobs.c.max_attempts, None),
+                else_=error_code,
+            ),
+            available_at=db_now(min(backoff_seconds, MAX_RETRY_BACKOFF_SECONDS)),
+            finished_at=case(
+                (and_(jobs.c.status == "running", jobs.c.attempts < jobs.c.max_attempts), None),
+                else_=db_now(),
+            ),
+            claimed_by=None,
+            lease_expires_at=None,
+            updated_at=db_now(),
+        )
+        .returning(jobs.c.status)
+    ).scalar_one_or_none()
+    if row is None:
+        raise LeaseLost(job_id)
+    _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="crashed")
+    return str(row)
+
+
+def release_job(session: Session, *, job_id: str, lease_token: int) -> str:
+    """Hand a job back on a graceful stop (SIGTERM) without an attempt penalty; it resumes from
+    its last checkpoint on the next claim. A cancelling job is cancelled instead."""
+    status = session.execute(
+        update(jobs)
+        .where(_fenced(job_id, lease_token))
+        .values(
+            status=case((jobs.c.status == "cancelling", "cancelled"), else_="queued"),
+            finished_at=case((jobs.c.status == "cancelling", db_now()), else_=None),
+            attempts=case(
+                (jobs.c.status == "cancelling", jobs.c.attempts), else_=jobs.c.attempts - 1
+            ),
+            claimed_by=None,
+            lease_expires_at=None,
+            available_at=db_now(),
+            updated_at=db_now(),
+        )
+        .returning(jobs.c.status)
+    ).scalar_one_or_none()
+    if status is None:
+        raise LeaseLost(job_id)
+    _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="released")
+    return str(status)
+
+
+def cancel_job(session: Session, *, job_id: str) -> Job:
+    """Cancel: a queued job becomes `cancelled` in the same statement that checks it is still
+    queued, so a concurrent claim either ran first (and the job is `cancelling`) or finds nothing.
+    A running job becomes `cancelling`; its worker stops at the next batch boundary.
+    Cancelling a job that is already cancelled or cancelling returns it unchanged.
+    Raises JobNotFound, or JobConflict for a job that already succeeded or failed."""
+    status = session.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+        .values(
+            status=case((jobs.c.status == "queued", "cancelled"), else_="cancelling"),
+            finished_at=case((jobs.c.status == "queued", db_now()), else_=None),
+            updated_at=db_now(),
+        )
+        .returning(jobs.c.status)
+    ).scalar_one_or_none()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise JobNotFound(job_id)
+    if status is None and job.status in ("succeeded", "failed"):
+        raise JobConflict(
+            job_id,
+            job.status,
+            f"job {job_id} already {job.status}; only queued or running jobs can be cancelled",
+        )
+    return job
