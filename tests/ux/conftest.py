@@ -94,18 +94,25 @@ def _wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], server: Li
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
     tmp = tmp_path_factory.mktemp("live")
     database_url = f"sqlite:///{tmp}/fitserve.db"
     upgrade_head(database_url)
-    port = free_port()
     env = {
         **os.environ,
         "FITSERVE_DATABASE_URL": database_url,
         "FITSERVE_DEVICE": "cpu",
         "FITSERVE_POLL_SECONDS": "0.1",
     }
-    env.pop("FITSERVE_REQUIRE_API_KEYS", None)
+    env.pop("FITSERVE_REQUIRE_API_KEYS", None)  # keyless loopback mode, as `make run` serves
+    return env, tmp, database_url
+
+
+@pytest.fixture(scope="session")
+def live_api(live_env: tuple[dict[str, str], Path, str]) -> Iterator[LiveServer]:
+    """uvicorn serving create_app() on a free loopback port; no worker (jobs stay queued)."""
+    env, tmp, database_url = live_env
+    port = free_port()
     server = LiveServer(f"http://127.0.0.1:{port}", database_url, tmp)
     api = _start(
         [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
@@ -113,13 +120,27 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         tmp / "api.log",
         env,
     )  # fmt: skip
-    worker = _start([*CLI, "worker", "--database-url", database_url], tmp / "worker.log", env)
     try:
-        _wait_healthy(server.url, [api, worker], server)
+        _wait_healthy(server.url, [api], server)
         yield server
     finally:
-        _stop(worker)
         _stop(api)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    live_api: LiveServer, live_env: tuple[dict[str, str], Path, str]
+) -> Iterator[LiveServer]:
+    """The live API plus a separate `fitserve worker` process on the same database."""
+    env, tmp, database_url = live_env
+    worker = _start([*CLI, "worker", "--database-url", database_url], tmp / "worker.log", env)
+    try:
+        time.sleep(0.5)
+        if worker.poll() is not None:
+            pytest.fail(f"`fitserve worker` exited at once:\n{live_api.logs()}")
+        yield live_api
+    finally:
+        _stop(worker)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from tests.ux.conftest import IRIS_NETWORK, IRIS_TRAINING, LiveServer, run_chrom
 LOSS_BLUE = (0x1F, 0x77, 0xB4)  # the loss curve's stroke in app/dashboard/live.js
 
 
-def test_docs_pages_use_only_local_assets(live_server: LiveServer) -> None:
+def test_docs_pages_use_only_local_assets(live_api: LiveServer) -> None:
+    live_server = live_api
     for page in ("/docs", "/redoc"):
         html = httpx.get(live_server.url + page, timeout=10).text
         urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html)
@@ -28,8 +29,9 @@ def test_docs_pages_use_only_local_assets(live_server: LiveServer) -> None:
 
 
 def test_swagger_ui_lists_every_operation_offline(
-    live_server: LiveServer, chromium: str, tmp_path: Path
+    live_api: LiveServer, chromium: str, tmp_path: Path
 ) -> None:
+    live_server = live_api
     schema = httpx.get(f"{live_server.url}/openapi.json", timeout=10).json()
     result = run_chromium(
         chromium, f"{live_server.url}/docs", tmp_path, "--virtual-time-budget=20000", "--dump-dom"
@@ -43,7 +45,8 @@ def test_swagger_ui_lists_every_operation_offline(
     assert "opblock-summary-method" in dom
 
 
-def test_redoc_renders_offline(live_server: LiveServer, chromium: str, tmp_path: Path) -> None:
+def test_redoc_renders_offline(live_api: LiveServer, chromium: str, tmp_path: Path) -> None:
+    live_server = live_api
     result = run_chromium(
         chromium, f"{live_server.url}/redoc", tmp_path, "--virtual-time-budget=20000", "--dump-dom"
     )
@@ -82,7 +85,8 @@ def test_dashboard_job_page_draws_the_curves(
     assert len([name for name in lines if name.startswith("dense")]) == 2  # one per layer
 
 
-def test_dashboard_lists_jobs_and_escapes_user_text(live_server: LiveServer) -> None:
+def test_dashboard_lists_jobs_and_escapes_user_text(live_api: LiveServer) -> None:
+    live_server = live_api
     name = '<script>alert("x")</script>'
     body = {"network": IRIS_NETWORK, "dataset": "iris", "training": {**IRIS_TRAINING, "epochs": 1}}
     job = httpx.post(f"{live_server.url}/v1/jobs", json={**body, "name": name}, timeout=10).json()
@@ -105,5 +109,5 @@ def test_dashboard_model_page(live_server: LiveServer, trained_job: dict[str, An
 
 
 @pytest.mark.parametrize("path", ["/dashboard/models/nope", "/dashboard/models/" + "0" * 32])
-def test_dashboard_unknown_model(live_server: LiveServer, path: str) -> None:
-    assert httpx.get(live_server.url + path, timeout=10).status_code == 404
+def test_dashboard_unknown_model(live_api: LiveServer, path: str) -> None:
+    assert httpx.get(live_api.url + path, timeout=10).status_code == 404
