@@ -104,8 +104,21 @@ def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
     return text or "request"
 
 
+def _given(error: dict[str, Any]) -> str:
+    """The value the client sent, when it is short enough to echo: a typo is found at a glance
+    ("activation: Input should be 'relu', ... (got 'relu2')"). repr keeps NUL and lone
+    surrogates printable; datasets and other long values are never echoed."""
+    value = error.get("input")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= 60 and error.get("type") != "missing" else ""
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
-    shown = [f"{_loc_text(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    shown = [
+        f"{_loc_text(e.get('loc', ()))}: {e.get('msg', 'invalid')}{_given(e)}" for e in errors[:5]
+    ]
     if len(errors) > 5:
         shown.append(f"... and {len(errors) - 5} more")
     return "; ".join(shown)

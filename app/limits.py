@@ -1,14 +1,17 @@
-"""Request limits enforced before any parsing: body size, and finite numbers in JSON bodies.
+"""Request limits enforced before any parsing: body size, and what JSON bodies may hold.
 
 `RequestLimitsMiddleware` is a pure ASGI middleware (no Starlette request objects, no buffering
 beyond what it checks):
 
-- a body whose Content-Length exceeds `max_body_bytes` is answered 413 before a byte is read;
-  a chunked body (no Content-Length) is counted as it streams and answered 413 the moment it
-  passes the limit;
+- a body whose Content-Length exceeds `max_body_bytes` is answered 413 before any of it is
+  parsed or kept; a chunked body (no Content-Length) is counted as it streams and refused the
+  moment it passes the limit. The rest of a refused body is read and dropped (up to a bound) so a
+  client still sending reads the 413 rather than a connection reset; a client that asked for
+  "Expect: 100-continue" is answered before it sends anything;
 - a JSON body is scanned for NaN, Infinity and numbers too large for a float64 (1e999). Python's
   json module accepts all three and pydantic would meet them as floats deep inside arrays, so they
-  are refused here once, for every route, with the place where they occur.
+  are refused here once, for every route, with the place where they occur. So is text holding
+  a lone surrogate ("\\ud800"): valid JSON, but not Unicode any database can store.
 
 Errors use the service's one shape: `{"detail": message, "code": ...}`.
 """
@@ -27,10 +30,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Cheap pre-filter over the raw bytes: only bodies that might hold a non-finite number get the
-# slow, hook-laden parse. float64 overflows at ~1.8e308, so an exponent of 3+ digits or a run of
-# 309+ digits is suspicious; the words may also sit harmlessly inside strings (a column "NaN").
-_SUSPICIOUS = re.compile(rb"NaN|Infinity|[eE][+]?0*[1-9][0-9]{2,}|[0-9]{309,}")
+# Cheap pre-filter over the raw bytes: only bodies that might hold a problem get the slow,
+# hook-laden parse. float64 overflows at ~1.8e308, so an exponent of 3+ digits or a run of 309+
+# digits is suspicious; \uD800-\uDFFF escapes may be lone surrogates. All of these may also sit
+# harmlessly inside strings (a column "NaN", a valid surrogate pair); the parse tells.
+_SUSPICIOUS = re.compile(rb"NaN|Infinity|[eE][+]?0*[1-9][0-9]{2,}|[0-9]{309,}|\\u[dD][89a-fA-F]")
 
 
 class _BodyTooLarge(Exception):
@@ -66,19 +70,43 @@ def _parse_int(text: str) -> int | float:
     return value if abs(value) < 2**1023 else _NonFinite(text)
 
 
-def _find_non_finite(value: Any, path: list[str | int]) -> tuple[list[str | int], str] | None:
+def _is_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _find_problem(value: Any, path: list[str | int]) -> tuple[list[str | int], str] | None:
+    """The first non-finite number or text with a lone surrogate, depth first, and its place."""
     if isinstance(value, _NonFinite):
-        return path, value.text
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
+        shown = value.text if len(value.text) <= 20 else value.text[:17] + "..."
+        return path, (
+            f"is {shown}: numbers must be finite (no NaN, Infinity or values beyond ±1.8e308); "
+            "remove or impute that value"
+        )
+    if isinstance(value, str):
+        if _is_lone_surrogate(value):
+            return path, (
+                "holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape), which is not valid "
+                "Unicode text and can't be stored; remove it or send the whole character"
+            )
         return None
-    for key, item in items:
-        found = _find_non_finite(item, [*path, key])
-        if found is not None:
-            return found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _is_lone_surrogate(key):
+                return [*path, key.encode("utf-8", "backslashreplace").decode()], (
+                    "is a field name with a lone surrogate, which is not valid Unicode text"
+                )
+            found = _find_problem(item, [*path, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_problem(item, [*path, i])
+            if found is not None:
+                return found
     return None
 
 
@@ -89,8 +117,9 @@ def _format_loc(path: list[str | int]) -> str:
     return out or "the body"
 
 
-def non_finite_error(body: bytes) -> tuple[str, list[str | int]] | None:
-    """The message and location of the first NaN/Infinity/overflowing number in a JSON body."""
+def body_problem(body: bytes) -> tuple[str, list[str | int]] | None:
+    """The message and location of the first NaN/Infinity/overflowing number, or string with a
+    lone surrogate, in a JSON body; None when there is none (or the body is not JSON at all)."""
     if not _SUSPICIOUS.search(body):
         return None
     try:
@@ -99,16 +128,11 @@ def non_finite_error(body: bytes) -> tuple[str, list[str | int]] | None:
         )
     except (ValueError, RecursionError):
         return None  # not valid JSON: FastAPI answers that itself, with the position
-    found = _find_non_finite(document, ["body"])
+    found = _find_problem(document, ["body"])
     if found is None:
         return None
-    path, text = found
-    shown = text if len(text) <= 20 else text[:17] + "..."
-    return (
-        f"{_format_loc(path[1:]) if len(path) > 1 else 'the body'} is {shown}: numbers must be "
-        "finite (no NaN, Infinity or values beyond ±1.8e308); remove or impute that value",
-        path,
-    )
+    path, problem = found
+    return f"{_format_loc(path[1:]) if len(path) > 1 else 'the body'} {problem}", path
 
 
 def _is_json(scope: Scope) -> bool:
@@ -155,7 +179,8 @@ def too_large_message(limit: int) -> str:
 
 
 class RequestLimitsMiddleware:
-    """413 for oversized bodies (declared or streamed), 422 for non-finite numbers in JSON.
+    """413 for oversized bodies (declared or streamed); 422 for non-finite numbers or lone
+    surrogates in JSON.
 
     `max_body_bytes` defaults to `app.state.settings.max_body_bytes`, read per request so an app
     built per test with its own Settings is honoured.
@@ -182,6 +207,10 @@ class RequestLimitsMiddleware:
             )
             return
         if declared is not None and declared > limit:
+            # A client waiting for "100 Continue" has sent nothing: answer at once. Others are
+            # already sending; read and drop what they send, or they may see a reset, not a 413.
+            if not _expects_continue(scope):
+                await _drain(receive, _drain_budget(limit))
             await _send_error(send, 413, too_large_message(limit), "too_large")
             return
         if _is_json(scope):
@@ -200,13 +229,15 @@ class RequestLimitsMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                if message.get("more_body", False):
+                    await _drain(receive, _drain_budget(limit))
                 await _send_error(send, 413, too_large_message(limit), "too_large")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = non_finite_error(body)
+        problem = body_problem(body)
         if problem is not None:
             detail, loc = problem
             # The shape of FastAPI's validation errors in app/errors.py: a client parses one thing.
@@ -220,12 +251,14 @@ class RequestLimitsMiddleware:
         size = 0
         rejected = False
         started = False
+        more_body = True
 
         async def counted_receive() -> Message:
-            nonlocal size, rejected
+            nonlocal size, rejected, more_body
             message = await receive()
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
+                more_body = bool(message.get("more_body", False))
                 if size > limit:
                     rejected = True
                     raise _BodyTooLarge
@@ -244,7 +277,31 @@ class RequestLimitsMiddleware:
             if not rejected:
                 raise
         if rejected and not started:
+            if more_body:
+                await _drain(receive, _drain_budget(limit))
             await _send_error(send, 413, too_large_message(limit), "too_large")
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(
+        name == b"expect" and value.strip().lower() == b"100-continue"
+        for name, value in scope.get("headers", ())
+    )
+
+
+def _drain_budget(limit: int) -> int:
+    # Past this, a client is sending far more than any request may hold: stop reading and let
+    # the connection close (it may then see a reset instead of the 413).
+    return max(4 * limit, 1 << 20)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a refused body, up to `budget` bytes; nothing is kept."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

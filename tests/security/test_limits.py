@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from app.errors import install_error_handlers
-from app.limits import RequestLimitsMiddleware, non_finite_error
+from app.limits import RequestLimitsMiddleware, body_problem
 
 LIMIT = 8000
 
@@ -218,6 +219,58 @@ def test_bad_content_length_is_400() -> None:
     assert calls == []
 
 
-def test_non_finite_error_is_cheap_for_ordinary_bodies() -> None:
-    assert non_finite_error(json.dumps({"x": [[0.5] * 100] * 100}).encode()) is None
-    assert non_finite_error(b'{"x": "tree123e456"}') is None
+def test_body_problem_is_cheap_for_ordinary_bodies() -> None:
+    assert body_problem(json.dumps({"x": [[0.5] * 100] * 100}).encode()) is None
+    assert body_problem(b'{"x": "tree123e456"}') is None
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (b'{"values": [[1]], "name": "a\\ud800b"}', "name holds a lone surrogate"),
+        (b'{"values": [[1]], "name": "\\udfff"}', "name holds a lone surrogate"),
+        (b'{"values": [[1]], "\\ud800": 1}', "is a field name with a lone surrogate"),
+    ],
+)
+def test_lone_surrogates_are_422_naming_the_place(
+    client: InProcess, calls: list[str], text: bytes, where: str
+) -> None:
+    r = client.post("/json", content=text, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert where in r.json()["detail"]
+    assert calls == []
+
+
+def test_a_surrogate_pair_is_fine(client: InProcess) -> None:
+    body = b'{"values": [[1]], "name": "smile \\ud83d\\ude00"}'
+    r = client.post("/json", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_a_large_declared_body_gets_the_413_not_a_reset(live_server: Any) -> None:
+    # The server answers without parsing; the client, still writing, must still read the answer.
+    calls: list[str] = []
+    big = b"x" * (50 * LIMIT)
+    with live_server(make_app(calls)) as url, httpx.Client(base_url=url, timeout=10) as http:
+        for _ in range(3):
+            r = http.post("/raw", content=big, headers={"content-type": "text/csv"})
+            assert r.status_code == 413 and r.json()["code"] == "too_large"
+    assert calls == []
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(live_server: Any) -> None:
+    with live_server(make_app([])) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /raw HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\n"
+                b"Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            answer = b""
+            while b"}" not in answer:  # the JSON error body has arrived
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"FITSERVE_MAX_BODY_BYTES" in answer
