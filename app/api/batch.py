@@ -13,6 +13,7 @@ import io
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -37,14 +38,27 @@ NDJSON = "application/x-ndjson"
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+@dataclass(frozen=True)
 class BatchInput:
-    def __init__(self, row: Model, dataset: Dataset | None) -> None:
-        self.model_id = row.id
-        self.weights = row.weights
-        self.task = row.task
-        self.classes = list(row.classes or [])
-        self.feature_names = list(dataset.feature_names) if dataset is not None else []
-        self.target_names = list(dataset.target_names) if dataset is not None else []
+    """What batch prediction needs from a model row and its dataset."""
+
+    model_id: str
+    weights: bytes
+    task: str
+    classes: list[Any]
+    feature_names: list[str]
+    target_names: list[str]
+
+    @classmethod
+    def from_rows(cls, row: Model, dataset: Dataset | None) -> BatchInput:
+        return cls(
+            model_id=row.id,
+            weights=row.weights,
+            task=row.task,
+            classes=list(row.classes or []),
+            feature_names=list(dataset.feature_names) if dataset is not None else [],
+            target_names=list(dataset.target_names) if dataset is not None else [],
+        )
 
 
 def _load(make_session: Any, *, owner: str | None, model_id: str) -> BatchInput:
@@ -56,7 +70,7 @@ def _load(make_session: Any, *, owner: str | None, model_id: str) -> BatchInput:
             )
         if row is None:
             raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
-        return BatchInput(row, session.get(Dataset, row.dataset_id))
+        return BatchInput.from_rows(row, session.get(Dataset, row.dataset_id))
 
 
 def parse_csv(text: str, feature_names: list[str]) -> np.ndarray:
