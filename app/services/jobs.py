@@ -4,19 +4,19 @@ transaction), list, read, metrics, cancel."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 import models
 from app.config import Settings
 from app.errors import Conflict, NotFound, Unprocessable
+from app.queue import store
 from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by
 from app.services.datasets import resolve_dataset
-from app.tables import TERMINAL_STATUSES, Job, JobMetric
+from app.tables import Job, JobMetric
 from models.spec import format_count
 
 
@@ -105,14 +105,9 @@ def submit_job(
         max_attempts=settings.max_attempts,
         precision=body.training.precision,
     )
-    _enqueue(session, job)
+    store.enqueue_job(session, job=job)
     session.refresh(job)
     return job_view(job, None)
-
-
-def _enqueue(session: Session, job: Job) -> None:
-    session.add(job)
-    session.flush()
 
 
 def _target_text(dataset: Any) -> str:
@@ -176,32 +171,11 @@ def get_metrics(session: Session, *, owner: str | None, job_id: str, after: int 
 
 def cancel_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
     """queued -> cancelled at once; running -> cancelling (the worker stops at its next epoch);
-    cancelling stays; a finished job is a conflict."""
+    a job already cancelled or cancelling is returned unchanged; a job that succeeded or failed
+    is a conflict."""
     job = _get(session, owner=owner, job_id=job_id)
-    if job.status in TERMINAL_STATUSES:
-        raise Conflict(
-            f"job {job_id!r} already finished ({job.status}); only queued or running jobs can be "
-            "cancelled",
-            code="job_finished",
-        )
-    _request_cancel(session, job_id=job.id)
-    session.refresh(job)
-    if job.status in ("succeeded", "failed"):
-        # It finished between our read and our write.
-        raise Conflict(f"job {job_id!r} already finished ({job.status})", code="job_finished")
+    try:
+        job = store.cancel_job(session, job_id=job.id)
+    except store.JobConflict as exc:
+        raise Conflict(str(exc), code="job_finished") from None
     return job_view(job, _latest(session, job))
-
-
-def _request_cancel(session: Session, *, job_id: str) -> None:
-    now = datetime.now(UTC)
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, updated_at=now)
-    )
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(status="cancelling", updated_at=now)
-    )
-    session.flush()

@@ -1,0 +1,158 @@
+"""Model use cases: read, list, weights, predict (through the app's LRU of Predictors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, defer
+
+import models
+from app.config import Settings
+from app.errors import NotFound, PayloadTooLarge, Unprocessable
+from app.inference import ModelCache
+from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest, PredictResponse
+from app.services import is_id, owned_by
+from app.services.jobs import metrics_view
+from app.tables import Model
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _get(session: Session, *, owner: str | None, model_id: str, weights: bool = False) -> Model:
+    row = None
+    if is_id(model_id):
+        query = select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
+        if not weights:
+            query = query.options(defer(Model.weights))
+        row = session.scalar(query)
+    if row is None:
+        raise NotFound(
+            f"model {model_id!r} not found; a succeeded job's model_id names one (GET /v1/jobs)"
+        )
+    return row
+
+
+def predictor(session: Session, *, cache: ModelCache, row: Model) -> models.Predictor:
+    """The model's eval-mode Predictor, loaded from its weights on a cache miss."""
+
+    def load() -> models.Predictor:
+        weights = session.scalar(select(Model.weights).where(Model.id == row.id))
+        assert weights is not None
+        return models.Predictor(bytes(weights))
+
+    return cache.get(row.id, load)
+
+
+def _view(row: Model, standardization: Any = None) -> ModelRead:
+    network = models.NetworkSpec.model_validate(row.network)
+    return ModelRead(
+        id=row.id,
+        job_id=row.job_id,
+        dataset_id=row.dataset_id,
+        task=row.task,  # type: ignore[arg-type]
+        classes=row.classes,
+        network=row.network,
+        training=row.training,
+        summary=NetworkSummary.model_validate(models.summary(network).model_dump()),
+        metrics=metrics_view(_final_metrics(row)),
+        standardization=standardization,
+        input_dim=network.input_dim,
+        created_at=row.created_at,
+    )
+
+
+class _MetricsRow:
+    """Model.metrics (the final epoch's dict) shaped like a JobMetric for metrics_view."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.epoch = int(values.get("epoch", 0))
+
+
+def _final_metrics(row: Model) -> Any:
+    return _MetricsRow(row.metrics) if row.metrics else None
+
+
+def get_model(
+    session: Session, *, owner: str | None, model_id: str, cache: ModelCache
+) -> ModelRead:
+    row = _get(session, owner=owner, model_id=model_id)
+    std = predictor(session, cache=cache, row=row).standardization
+    standardization = None if std is None else {"mean": std.mean.tolist(), "std": std.std.tolist()}
+    return _view(row, standardization)
+
+
+def list_models(
+    session: Session, *, owner: str | None, limit: int = 100, offset: int = 0
+) -> ModelList:
+    rows = session.scalars(
+        select(Model)
+        .options(defer(Model.weights))
+        .where(owned_by(Model.owner_id, owner))
+        .order_by(Model.created_at.desc(), Model.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return ModelList(items=[_view(r) for r in rows])
+
+
+def get_weights(session: Session, *, owner: str | None, model_id: str) -> bytes:
+    return bytes(_get(session, owner=owner, model_id=model_id, weights=True).weights)
+
+
+def predict(
+    session: Session,
+    *,
+    owner: str | None,
+    model_id: str,
+    body: PredictRequest,
+    settings: Settings,
+    cache: ModelCache,
+) -> PredictResponse:
+    rows = len(body.inputs)
+    if rows > settings.max_predict_rows:
+        raise PayloadTooLarge(
+            f"{rows:,} input rows; the limit is {settings.max_predict_rows:,} per request "
+            "(FITSERVE_MAX_PREDICT_ROWS): split the inputs, or use /predict.csv for batches"
+        )
+    row = _get(session, owner=owner, model_id=model_id)
+    network = models.NetworkSpec.model_validate(row.network)
+    width = network.input_dim
+    for i, values in enumerate(body.inputs):
+        if len(values) != width:
+            raise Unprocessable(
+                f"inputs[{i}] has {len(values)} values but the model takes {width} features "
+                "per row",
+                loc=("body", "inputs", i),
+            )
+    x = np.asarray(body.inputs, dtype=np.float64)
+    if np.abs(x).max(initial=0.0) > _FLOAT32_MAX:
+        bad = int(np.argwhere(np.abs(x) > _FLOAT32_MAX)[0][0])
+        raise Unprocessable(
+            f"inputs[{bad}] holds a value beyond float32's range (|v| > 3.4e38)",
+            loc=("body", "inputs", bad),
+        )
+    outputs = predictor(session, cache=cache, row=row).predict(x.astype(np.float32))
+    finite = np.isfinite(outputs).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise Unprocessable(
+            f"the model's output for inputs[{bad}] is not a finite number; are the inputs far "
+            "outside the range it was trained on?",
+            loc=("body", "inputs", bad),
+        )
+    predictions = None
+    if row.task == "classification" and row.classes:
+        predictions = _labels(outputs, list(row.classes))
+    return PredictResponse(outputs=outputs.tolist(), predictions=predictions)
+
+
+def _labels(outputs: np.ndarray, classes: list[Any]) -> list[Any]:
+    if outputs.shape[1] == 1:
+        # One sigmoid unit: the probability of class 1, as Keras' binary accuracy thresholds it.
+        index = (outputs[:, 0] >= 0.5).astype(np.int64)
+    else:
+        index = outputs.argmax(axis=1)
+    return [classes[i] for i in index.tolist()]
