@@ -248,26 +248,31 @@ class FitserveClient:
         resumed with Last-Event-ID, so no epoch is lost or repeated. `timeout` bounds the whole
         stream (WaitTimeout); the job itself goes on."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        failures = 0
-        while True:
-            if deadline is not None and time.monotonic() > deadline:
+
+        def expired() -> bool:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"job {job_id} still running after {timeout:g} s")
+            return False
+
+        failures = 0
+        while not expired():
+            # Keep-alive comments arrive every 15 s while a job is quiet, well inside 90 s; a
+            # deadline closer than that bounds the read instead.
+            read = 90.0 if deadline is None else min(90.0, max(0.05, deadline - time.monotonic()))
             headers = {"Accept": "text/event-stream"}
             if last_event_id is not None:
                 headers["Last-Event-ID"] = last_event_id
             parser = EventParser()
             try:
-                # Keep-alive comments arrive well inside the read timeout while a job is quiet.
-                timeout = httpx.Timeout(self._http.timeout.connect, read=90.0)
+                stream_timeout = httpx.Timeout(self._http.timeout.connect, read=read)
                 with self._http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=stream_timeout
                 ) as response:
                     if response.is_error:
                         response.read()
                         raise error_from_response(response)
                     for line in response.iter_lines():
-                        if deadline is not None and time.monotonic() > deadline:
-                            raise WaitTimeout(f"job {job_id} still running after {timeout:g} s")
+                        expired()
                         event = parser.feed(line)
                         if event is None:
                             continue
@@ -279,6 +284,11 @@ class FitserveClient:
                             TERMINAL_STATUSES
                         ):
                             return
+            except httpx.ReadTimeout as exc:
+                if not expired():
+                    failures += 1
+                    if failures > max_reconnects:
+                        raise self._unreachable(exc) from exc
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > max_reconnects:

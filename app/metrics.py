@@ -66,7 +66,7 @@ def observe_prediction() -> Iterator[None]:
         PREDICTION_SECONDS.observe(time.perf_counter() - start)
 
 
-def _as_utc(value: datetime) -> datetime:
+def _as_utc(value: Any) -> datetime:
     # SQLite hands back naive datetimes; every time fitserve stores is UTC (the database's clock).
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -145,10 +145,10 @@ class DatabaseCollector(Collector):
             "FITSERVE_LEASE_SECONDS.",
             labels=["worker"],
         )
-        for worker, beat in rows:
+        for worker, beat in rows:  # both non-NULL by the query
             beat = _as_utc(beat)
-            stamp.add_metric([worker], beat.timestamp())
-            age.add_metric([worker], max(0.0, (now - beat).total_seconds()))
+            stamp.add_metric([str(worker)], beat.timestamp())
+            age.add_metric([str(worker)], max(0.0, (now - beat).total_seconds()))
         yield stamp
         yield age
         yield GaugeMetricFamily(

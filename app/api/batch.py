@@ -142,8 +142,8 @@ def stream_predictions(
         labels = _labels(batch, outputs) if labelled else [None] * len(outputs)
         out = io.StringIO()
         if ndjson:
-            for label, row in zip(labels, outputs.tolist(), strict=True):
-                record: dict[str, Any] = {"outputs": row}
+            for label, values in zip(labels, outputs.tolist(), strict=True):
+                record: dict[str, Any] = {"outputs": values}
                 if labelled:
                     record["prediction"] = label
                 out.write(json.dumps(record) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from app.client import (
     InvalidInput,
     Job,
     NotFound,
+    WaitTimeout,
 )
 from tests.ux.conftest import IRIS_CSV, IRIS_NETWORK, IRIS_TRAINING, LiveServer, free_port
 
@@ -99,3 +101,16 @@ def test_errors_carry_the_servers_message(live_server: LiveServer) -> None:
     with FitserveClient(f"http://127.0.0.1:{free_port()}") as dead:
         with pytest.raises(ConnectionFailed, match="fitserve serve"):
             dead.health()
+
+
+def test_wait_gives_up_at_its_timeout_and_the_job_goes_on(live_api: LiveServer) -> None:
+    with FitserveClient(live_api.url) as client:
+        job = client.submit(IRIS_NETWORK, "iris", IRIS_TRAINING, epochs=5000)
+        try:
+            started = time.monotonic()
+            with pytest.raises(WaitTimeout, match="still running after 1.5 s"):
+                client.wait(job.id, timeout=1.5)
+            assert time.monotonic() - started < 10  # not held until the next keep-alive
+            assert client.get_job(job.id).status in ("queued", "running")
+        finally:
+            client.cancel(job.id)
