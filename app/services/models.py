@@ -12,6 +12,7 @@ import models
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
 from app.inference import ModelCache
+from app.metrics import observe_prediction
 from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest, PredictResponse
 from app.services import is_id, owned_by
 from app.services.jobs import metrics_view
@@ -134,7 +135,9 @@ def predict(
             f"inputs[{bad}] holds a value beyond float32's range (|v| > 3.4e38)",
             loc=("body", "inputs", bad),
         )
-    outputs = predictor(session, cache=cache, row=row).predict(x.astype(np.float32))
+    model = predictor(session, cache=cache, row=row)
+    with observe_prediction():  # the latency histogram on /metrics
+        outputs = model.predict(x.astype(np.float32))
     finite = np.isfinite(outputs).all(axis=1)
     if not finite.all():
         bad = int(np.argmin(finite))
