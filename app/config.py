@@ -26,8 +26,16 @@ class Settings(BaseSettings):
     poll_seconds: float = 0.5
     # A job that kills its worker this many times ends failed(worker_lost) instead of crash-looping.
     max_attempts: int = 3
+    # Backoff before re-running an attempt that crashed: doubles per attempt (2 s, 4 s, ...).
+    retry_backoff_seconds: float = 2.0
+    # On SIGTERM a worker lets the running epoch finish (and checkpoint) for this long, then
+    # stops at the next batch and hands the job back.
+    shutdown_grace_seconds: float = 10.0
     # Worker device: auto (CUDA when present), cpu, cuda, cuda:N.
     device: str = "auto"
+    # CPU threads per training process; None = torch's default (every core). `fitserve serve`
+    # sets cores / workers so workers don't oversubscribe (OpenMP spin-waits make that slow).
+    cpu_threads: int | None = None
 
     # Predictions: eval-mode networks kept in memory, least recently used evicted first.
     model_cache_size: int = 32

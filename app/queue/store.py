@@ -70,6 +70,7 @@ class Claim:
     """What a worker needs from the job row it just claimed."""
 
     job_id: str
+    owner_id: str | None
     lease_token: int
     attempts: int
     max_attempts: int
@@ -181,6 +182,7 @@ def _claim_statement() -> Any:
         )
         .returning(
             jobs.c.id,
+            jobs.c.owner_id,
             jobs.c.lease_token,
             jobs.c.attempts,
             jobs.c.max_attempts,
@@ -220,6 +222,7 @@ def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Cl
     )
     return Claim(
         job_id=row.id,
+        owner_id=row.owner_id,
         lease_token=row.lease_token,
         attempts=row.attempts,
         max_attempts=row.max_attempts,

@@ -1,0 +1,233 @@
+"""`fitserve serve | worker | migrate`: run the service, one standalone worker, or the migrations.
+
+`serve` is a small supervisor: it upgrades the schema, starts uvicorn on the app factory and N
+worker processes beside it (each in its own process group, so one Ctrl-C reaches the supervisor
+alone and every child gets exactly one SIGTERM), restarts a worker that exits, and on Ctrl-C or
+SIGTERM stops them all, giving workers their grace period to hand running jobs back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from app.config import Settings
+
+log = logging.getLogger("fitserve.serve")
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+# A worker that exits sooner than this after starting is restarted after a growing delay.
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+_WORKER_MAIN = "import sys; from app.cli import main; sys.exit(main())"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the API and N workers", description="Serve the API with N workers."
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--workers", type=_non_negative, default=1, help="workers (0: none)")
+    serve.set_defaults(handler=_serve)
+
+    worker = subparsers.add_parser(
+        "worker", help="run one worker", description="Claim and train queued jobs until stopped."
+    )
+    worker.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="auto (CUDA when present), cpu, cuda or cuda:N (default: FITSERVE_DEVICE or auto)",
+    )
+    worker.set_defaults(handler=_worker)
+
+    migrate = subparsers.add_parser(
+        "migrate", help="upgrade the database schema", description="Apply every migration."
+    )
+    migrate.set_defaults(handler=_migrate)
+
+    for parser in (serve, worker, migrate):
+        parser.add_argument(
+            "--database-url",
+            default=None,
+            help="database URL (default: FITSERVE_DATABASE_URL or sqlite:///./fitserve.db)",
+        )
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _device(text: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    if args.database_url is not None:
+        overrides["database_url"] = args.database_url
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from app.db import upgrade_head
+
+    settings = _settings(args)
+    upgrade_head(settings.database_url)
+    print(f"{make_url(settings.database_url).render_as_string()} is at the latest schema")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _logging()
+    from app.queue.worker import run_worker
+
+    return run_worker(_settings(args), device=args.device)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor itself is killed (Linux), instead of lingering."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.restart_delay = 1.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
+        )
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _logging()
+    from app.db import upgrade_head
+
+    settings = _settings(args, host=args.host, port=args.port)
+    upgrade_head(settings.database_url)
+    env = dict(os.environ)
+    # The children read their settings from the environment, as any deployment's would.
+    env.update(
+        FITSERVE_DATABASE_URL=settings.database_url,
+        FITSERVE_HOST=settings.host,
+        FITSERVE_PORT=str(settings.port),
+    )
+    if args.workers and settings.cpu_threads is None:
+        env["FITSERVE_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    api = _Child(
+        "api",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+        ],
+        env,
+    )
+    workers = [
+        _Child(f"worker {i + 1}", [sys.executable, "-c", _WORKER_MAIN, "worker"], env)
+        for i in range(args.workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info(
+                "%s: stopping the API and %d worker(s)", signal.Signals(signum).name, len(workers)
+            )
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for child in (api, *workers):
+        child.start()
+    code = 0
+    pending: dict[_Child, float] = {}  # worker -> when to restart it
+    while not stopping:
+        time.sleep(0.2)
+        api_code = api.exit_code()
+        if api_code is not None:
+            log.error("the API exited with code %d; stopping", api_code)
+            code = api_code or 1
+            break
+        now = time.monotonic()
+        for child in workers:
+            exited = child.exit_code()
+            if exited is not None and child not in pending:
+                quick = now - child.started < RESTART_BACKOFF_MAX_SECONDS
+                child.restart_delay = (
+                    min(child.restart_delay * 2, RESTART_BACKOFF_MAX_SECONDS) if quick else 1.0
+                )
+                log.warning(
+                    "%s exited with code %d; restarting in %.0fs",
+                    child.name,
+                    exited,
+                    child.restart_delay,
+                )
+                pending[child] = now + child.restart_delay
+        for child, when in list(pending.items()):
+            if now >= when:
+                del pending[child]
+                child.start()
+    return _stop_all([api, *workers], settings.shutdown_grace_seconds) or code
+
+
+def _stop_all(children: list[_Child], grace: float) -> int:
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace + 10.0  # workers finish an epoch, then hand jobs back
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", child.name)
+            child.process.kill()
+            child.process.wait()
+    return 0

@@ -1,0 +1,205 @@
+"""One training attempt, in a child process of the worker.
+
+The worker forks this process per attempt, so a CUDA error, an out-of-memory kill or a crash in
+native code ends the attempt and never the worker. The child never touches the database: it
+trains and reports over a pipe, and the worker makes every (fenced) write.
+
+Messages are frames of `4-byte header length | JSON header | optional binary payload`
+(checkpoints and weights are safetensors bytes; nothing here is pickled):
+
+    {"kind": "started", "device", "precision"}
+    {"kind": "epoch", "epoch", "values"}                + models.Checkpoint bytes
+    {"kind": "done", "stopped": null|"cancelled"|"shutdown", "metrics"} + models.save_model bytes
+    {"kind": "error", "code", "message", "retry"}
+
+The worker steers the child through one shared integer (`control`), read at every batch end —
+no database query and no syscall per batch.
+
+Fault injection (tests only): when FITSERVE_TEST_CRASH_JOB_NAME equals the job's name, the child
+exits at once with CRASH_EXIT_CODE, as a process killed by the kernel would — a real way to make
+a job kill its training process on every attempt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import struct
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+# torch.optim imports torch._dynamo (and sympy with it) when the first optimizer is built: seconds
+# that every forked attempt would pay again. Imported once here, in the worker, it is inherited.
+import torch._dynamo  # noqa: F401
+from safetensors.numpy import load as st_load
+
+import models
+
+# Values of the shared control word, set by the worker.
+RUN, CANCEL, STOP_AT_EPOCH_END, STOP_NOW = 0, 1, 2, 3
+CRASH_ENV = "FITSERVE_TEST_CRASH_JOB_NAME"
+CRASH_EXIT_CODE = 86
+_PR_SET_PDEATHSIG = 1
+_HEADER = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class AttemptInput:
+    """Everything one attempt needs, handed over by fork (never serialized)."""
+
+    job_id: str
+    name: str | None
+    network: dict[str, Any]
+    training: dict[str, Any]
+    features: bytes  # safetensors {"x": float32 (rows, n_features)}
+    targets: bytes  # safetensors {"y": int64 (rows,) | float32 (rows, n_outputs)}
+    task: str
+    classes: list[Any] | None
+    checkpoint: bytes | None  # models.Checkpoint bytes to resume from
+    device: str
+    cpu_threads: int | None  # None: torch's default
+
+
+def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return _HEADER.pack(len(head)) + head + payload
+
+
+def decode(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    (length,) = _HEADER.unpack_from(frame)
+    end = _HEADER.size + length
+    return json.loads(frame[_HEADER.size : end]), frame[end:]
+
+
+class _Relay(models.Callback):
+    """Reports each epoch (metrics + checkpoint) to the worker and obeys its control word."""
+
+    def __init__(self, conn: Connection, control: Any) -> None:
+        self.conn, self.control = conn, control
+
+    def on_train_begin(self, trainer: models.Trainer) -> None:
+        device = trainer.device
+        precision = trainer.config.precision if device.type == "cuda" else "fp32"
+        self.conn.send_bytes(
+            encode({"kind": "started", "device": str(device), "precision": precision})
+        )
+
+    def on_batch_end(self, trainer: models.Trainer) -> None:
+        if self.control.value in (CANCEL, STOP_NOW):
+            trainer.stop_training = True
+
+    def on_epoch_end(self, trainer: models.Trainer, record: models.EpochRecord) -> None:
+        if self.control.value in (CANCEL, STOP_NOW):
+            return  # a partial epoch: not worth a metrics row or a checkpoint
+        # Checkpoint before any stop is requested, so a resumed run carries on training.
+        checkpoint = trainer.checkpoint().to_bytes()
+        header = {"kind": "epoch", "epoch": record.epoch, "values": record.as_dict()}
+        self.conn.send_bytes(encode(header, checkpoint))
+        if self.control.value == STOP_AT_EPOCH_END:
+            raise models.StopTraining
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker killed with SIGKILL takes its training process with it (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+def _oom_message(job: AttemptInput) -> str:
+    batch = job.training.get("batch_size", 32)
+    try:
+        params = f"{models.count_params(job.network):,}"
+    except models.ModelsError:
+        params = "?"
+    return (
+        f"the GPU ran out of memory training {params} parameters with batch_size {batch}; "
+        "lower batch_size, use a smaller network, or set precision to bf16"
+    )
+
+
+def run_attempt(conn: Connection, control: Any, job: AttemptInput, parent_pid: int) -> None:
+    """The child's entry point: train, report, exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which steers us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
+    if job.name is not None and os.environ.get(CRASH_ENV) == job.name:
+        os._exit(CRASH_EXIT_CODE)
+    if job.cpu_threads:
+        torch.set_num_threads(job.cpu_threads)
+    try:
+        header, payload = _train(conn, control, job)
+    except torch.cuda.OutOfMemoryError:
+        header, payload = (
+            {
+                "kind": "error",
+                "code": "out_of_memory",
+                "retry": False,
+                "message": _oom_message(job),
+            },
+            b"",
+        )
+    except (
+        models.ModelsError,
+        ValueError,
+    ) as exc:  # the spec or data can't train: no retry fixes it
+        header, payload = (
+            {"kind": "error", "code": "training_error", "retry": False, "message": str(exc)},
+            b"",
+        )
+    except Exception as exc:  # noqa: BLE001 - anything else may be the machine's fault: retry
+        header, payload = (
+            {
+                "kind": "error",
+                "code": "training_crashed",
+                "retry": True,
+                "message": f"{type(exc).__name__}: {exc}",
+            },
+            b"",
+        )
+    conn.send_bytes(encode(header, payload))
+    conn.close()
+
+
+def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str, Any], bytes]:
+    x = st_load(job.features)["x"]
+    y = st_load(job.targets)["y"]
+    if job.task == "regression" and y.ndim == 1:
+        y = y.reshape(-1, 1)
+    resume = models.Checkpoint.from_bytes(job.checkpoint) if job.checkpoint else None
+    result = models.fit(
+        job.network,
+        job.training,
+        np.asarray(x),
+        np.asarray(y),
+        device=job.device,
+        callbacks=[_Relay(conn, control)],
+        resume=resume,
+    )
+    stop = control.value
+    stopped = (
+        "cancelled"
+        if stop == CANCEL
+        else "shutdown"
+        if stop in (STOP_AT_EPOCH_END, STOP_NOW)
+        else None
+    )
+    if stopped == "shutdown" and result.stopped_epoch is None:
+        stopped = None  # the stop came after the last epoch: the job is done
+    if stopped is not None:
+        return {"kind": "done", "stopped": stopped, "metrics": None}, b""
+    weights = models.save_model(
+        result, result.network, extra={"task": job.task, "classes": job.classes}
+    )
+    metrics = result.history[-1].as_dict() if result.history else None
+    return {"kind": "done", "stopped": None, "metrics": metrics}, weights
