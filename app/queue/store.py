@@ -290,7 +290,12 @@ def record_epoch(
     loss = values.get("loss")
     session.execute(
         insert(JobMetric.__table__).values(
-            job_id=job_id, epoch=epoch, loss=loss, values=values, created_at=db_now()
+            job_id=job_id,
+            epoch=epoch,
+            lease_token=lease_token,
+            loss=loss,
+            values=values,
+            created_at=db_now(),
         )
     )
     session.execute(delete(JobCheckpoint.__table__).where(JobCheckpoint.job_id == job_id))
