@@ -4,20 +4,37 @@ Pure PyTorch: never imports app, fastapi or sqlalchemy (tests/models/test_bounda
 """
 
 from models.build import Summary, build, check_compatible, count_params, summary
+from models.callbacks import Callback, EarlyStopping
+from models.data import Standardization
 from models.errors import ModelsError, SpecError, StopTraining, TrainingError, WeightsError
+from models.predict import Predictor
 from models.spec import NetworkSpec, TrainingConfig
+from models.train import EpochRecord, FitResult, Trainer, fit
+from models.weights import Checkpoint, LoadedModel, load_model, save_model
 
 __all__ = [
+    "Callback",
+    "Checkpoint",
+    "EarlyStopping",
+    "EpochRecord",
+    "FitResult",
+    "LoadedModel",
     "ModelsError",
     "NetworkSpec",
+    "Predictor",
     "SpecError",
+    "Standardization",
     "StopTraining",
     "Summary",
+    "Trainer",
     "TrainingConfig",
     "TrainingError",
     "WeightsError",
     "build",
     "check_compatible",
     "count_params",
+    "fit",
+    "load_model",
+    "save_model",
     "summary",
 ]

@@ -409,7 +409,7 @@ AnyOptimizer = Annotated[SGD | Adagrad | RMSprop | Adam | AdamW, Field(discrimin
 # ---------------------------------------------------------------- training
 
 
-class EarlyStopping(_Strict):
+class EarlyStoppingConfig(_Strict):
     """Keras EarlyStopping; best weights are restored however training ends."""
 
     monitor: MonitorName = Field(
@@ -471,7 +471,7 @@ class TrainingConfig(_Strict):
         lt=1.0,
         description="Fraction of rows held out for validation: the last rows, before shuffling.",
     )
-    early_stopping: EarlyStopping | None = Field(
+    early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when the monitored quantity stalls."
     )
     clipnorm: float | None = Field(
@@ -531,6 +531,17 @@ class TrainingConfig(_Strict):
         if isinstance(v, int) and not 1 <= v <= 1_000_000:
             raise ValueError('batch_size must be between 1 and 1000000, or "full"')
         return v
+
+    @model_validator(mode="after")
+    def _one_clipping(self) -> TrainingConfig:
+        given = [
+            k for k in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"set only one of clipnorm, global_clipnorm and clipvalue (as Keras); got {given}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _monitor_has_data(self) -> TrainingConfig:

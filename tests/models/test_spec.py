@@ -30,7 +30,7 @@ def test_examples_validate() -> None:
             model,
             *[
                 getattr(__import__("models.spec", fromlist=["x"]), n)
-                for n in ("Dense", "Adam", "EarlyStopping")
+                for n in ("Dense", "Adam", "EarlyStoppingConfig")
             ],
         ):
             for name, field in m.model_fields.items():

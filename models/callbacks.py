@@ -1,0 +1,110 @@
+"""Callback hooks (no-ops by default) and Keras' EarlyStopping.
+
+Hooks run on the training thread. `on_batch_end` runs after every optimizer step, so it must not
+read tensors to the host (that is a device sync) — set a flag or count, and act in `on_epoch_end`.
+Raise `StopTraining` from any hook, or set `trainer.stop_training = True`, to end training after
+the current step (batch hook) or epoch; `fit` then returns normally.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from models.spec import EarlyStoppingConfig
+
+if TYPE_CHECKING:
+    from models.train import EpochRecord, FitResult, Trainer
+
+
+class Callback:
+    """Subclass and override the hooks you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch (also when resuming)."""
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        """After each optimizer step; cheap, no host sync."""
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """After each epoch (and early stopping's update); `trainer.checkpoint()` works here."""
+
+    def on_train_end(self, trainer: Trainer, result: FitResult) -> None:
+        """After training ended, however it ended (not after an exception)."""
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    """Whether `callback` implements `hook`, so the loop can skip no-op batch hooks entirely."""
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+class EarlyStopping:
+    """Keras 3's EarlyStopping rules, with its state exposed for checkpoints.
+
+    Improvement: current < best - min_delta (min mode) or current > best + min_delta (max mode).
+    `wait` counts epochs since the last improvement; training stops when wait >= patience (never
+    after the first epoch, as Keras). With restore_best_weights the best epoch's weights are put
+    back when training ends, however it ends (Keras 3 behaviour).
+    """
+
+    def __init__(self, config: EarlyStoppingConfig) -> None:
+        self.config = config
+        self.mode = config.resolved_mode
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def _is_improvement(self, current: float) -> bool:
+        if self.best is None:
+            return True
+        d = self.config.min_delta
+        return current < self.best - d if self.mode == "min" else current > self.best + d
+
+    def update(self, epoch: int, logs: dict[str, Any], module: torch.nn.Module) -> bool:
+        """Record an epoch (1-based); True when training should stop."""
+        current = logs.get(self.config.monitor)
+        if current is None or not math.isfinite(current):
+            return False
+        keep = self.config.restore_best_weights
+        if keep and self.best_weights is None:
+            self.best_weights, self.best_epoch = _copy_state(module), epoch
+        self.wait += 1
+        if self._is_improvement(current):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if keep:
+                self.best_weights = _copy_state(module)
+            return False
+        if self.wait >= self.config.patience and epoch > 1:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if self.config.restore_best_weights and self.best_weights is not None:
+            module.load_state_dict(self.best_weights)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state; best_weights travel separately as tensors."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def load_state(
+        self, state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None
+    ) -> None:
+        self.best = state["best"]
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]
+        self.best_weights = best_weights
+
+
+def _copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

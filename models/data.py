@@ -1,0 +1,100 @@
+"""Arrays in, tensors out: checks on what `fit` and `Predictor` receive, and standardization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.errors import SpecError
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def features(x: Any, *, n_features: int | None = None) -> torch.Tensor:
+    """float32 (rows, features) on the CPU, sharing memory with `x` where it can."""
+    try:
+        t = torch.as_tensor(x) if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"features must be a numeric 2-D array ({e})", loc=("x",)) from e
+    if t.dtype == torch.bool or not (t.dtype.is_floating_point or _is_integer(t.dtype)):
+        raise SpecError(f"features must be numbers, got {t.dtype}", loc=("x",))
+    if t.dim() != 2:
+        raise SpecError(
+            f"features must be 2-D (rows, features), got shape {tuple(t.shape)}", loc=("x",)
+        )
+    if n_features is not None and t.shape[1] != n_features:
+        raise SpecError(
+            f"the network expects {n_features} features per row, got {t.shape[1]}", loc=("x",)
+        )
+    t = t.detach().to(device="cpu", dtype=torch.float32)
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        row = int(bad.any(dim=1).nonzero()[0, 0])
+        raise SpecError(
+            f"features contain NaN or infinity (first in row {row}); clean them first", loc=("x",)
+        )
+    return t
+
+
+def targets(y: Any, rows: int) -> torch.Tensor:
+    """int64 class indices (rows,), or float32 (rows, outputs) numbers/one-hot rows."""
+    try:
+        t = torch.as_tensor(y) if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"targets must be a numeric array ({e})", loc=("y",)) from e
+    t = t.detach().cpu()
+    if t.shape[0:1] != (rows,):
+        raise SpecError(f"{rows} feature rows but targets of shape {tuple(t.shape)}", loc=("y",))
+    if _is_integer(t.dtype) or t.dtype == torch.bool:
+        if t.dim() != 1:
+            raise SpecError("class-index targets must be 1-D (rows,)", loc=("y",))
+        return t.to(torch.int64)
+    if not t.dtype.is_floating_point:
+        raise SpecError(f"targets must be numbers, got {t.dtype}", loc=("y",))
+    if t.dim() == 1:
+        t = t.unsqueeze(1)
+    if t.dim() != 2:
+        raise SpecError(
+            f"targets must be (rows,) or (rows, outputs), got {tuple(t.shape)}", loc=("y",)
+        )
+    t = t.to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise SpecError("targets contain NaN or infinity; clean them first", loc=("y",))
+    return t
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Per-feature (x - mean) / std with statistics of the training rows, float32 (features,)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> Standardization:
+        x64 = x.to(torch.float64)
+        mean = x64.mean(dim=0)
+        std = x64.std(dim=0, correction=0)  # population std, as Keras' Normalization and sklearn
+        # a constant column has std 0: divide by 1 (sklearn's choice), so it maps to 0 in training
+        # and an unseen value at prediction stays finite rather than blowing up by 1/epsilon
+        std = torch.where(std > 1e-12 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))
+        return cls(mean.to(torch.float32), std.to(torch.float32))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"standardization/mean": self.mean.cpu(), "standardization/std": self.std.cpu()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Standardization | None:
+        if "standardization/mean" not in tensors:
+            return None
+        return cls(tensors["standardization/mean"], tensors["standardization/std"])

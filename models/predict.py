@@ -1,0 +1,52 @@
+"""Predictions from saved weights: eval mode, standardization applied, chunked, no autograd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import data as D
+from models.spec import NetworkSpec
+from models.weights import load_model
+
+_CHUNK_ELEMENTS = 1 << 22  # rows * features per forward pass: bounds memory for huge requests
+
+
+class Predictor:
+    """Loads `save_model` bytes once; `predict` returns the final activation's outputs.
+
+    Holds no per-request state, so one instance can serve concurrent requests.
+    """
+
+    def __init__(self, weights: bytes, *, device: str = "cpu") -> None:
+        loaded = load_model(weights)
+        self.network: NetworkSpec = loaded.network
+        self.standardization = loaded.standardization
+        self.extra: dict[str, Any] = loaded.extra
+        self.device = torch.device(device)
+        self.module = loaded.module.to(self.device).eval()
+
+    @property
+    def n_features(self) -> int:
+        return self.network.input_dim
+
+    @property
+    def n_outputs(self) -> int:
+        return self.network.output_units
+
+    def predict(self, x: Any) -> np.ndarray:
+        """(rows, n_features) -> float32 (rows, outputs); probabilities for softmax/sigmoid."""
+        xt = D.features(x, n_features=self.n_features)
+        chunk = max(1, _CHUNK_ELEMENTS // self.n_features)
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, xt.shape[0], chunk):
+                xb = xt[start : start + chunk].to(self.device)
+                if self.standardization is not None:
+                    xb = self.standardization.apply(xb)
+                outs.append(self.module(xb).float().cpu())
+        if not outs:
+            return np.zeros((0, self.n_outputs), dtype=np.float32)
+        return torch.cat(outs).numpy()

@@ -1,0 +1,507 @@
+"""The training loop: `fit(network, training, x, y)` -> FitResult.
+
+The dataset lives on the training device as tensors; each epoch draws a seeded permutation and
+slices batches from it. Loss, metric and gradient norms are accumulated on the device and read to
+the host once per epoch (`.item()` in the step would be a CPU-GPU sync per batch).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import data as D
+from models.build import as_network, as_training, build, check_compatible
+from models.callbacks import Callback, EarlyStopping, overrides
+from models.errors import SpecError, StopTraining, TrainingError
+from models.layers import Network
+from models.losses import make_objective
+from models.optim import clip_gradients, make_optimizer
+from models.spec import NetworkSpec, TrainingConfig, split_rows
+from models.weights import Checkpoint, flatten_optimizer, load_state, unflatten_optimizer
+
+_EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: bounds its memory
+# Below this many multiply-adds per step (6 * batch * params: forward + backward), CPU training
+# runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
+# waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
+_SINGLE_THREAD_FLOPS = 1 << 23
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    loss: float
+    metrics: dict[str, float]  # {"accuracy": ...} or {"mae": ...}
+    learning_rate: float
+    seconds: float
+    grad_norm: float  # mean over the epoch's steps of the global gradient norm
+    layer_grad_norms: dict[str, float]  # mean over the steps of each layer's gradient norm
+    val_loss: float | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"epoch": self.epoch, "loss": self.loss, **self.metrics}
+        if self.val_loss is not None:
+            d["val_loss"] = self.val_loss
+            d.update(self.val_metrics)
+        d.update(
+            learning_rate=self.learning_rate,
+            seconds=self.seconds,
+            grad_norm=self.grad_norm,
+            layer_grad_norms=dict(self.layer_grad_norms),
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
+        metric = "accuracy" if "accuracy" in d else "mae"
+        return cls(
+            epoch=d["epoch"],
+            loss=d["loss"],
+            metrics={metric: d[metric]},
+            learning_rate=d["learning_rate"],
+            seconds=d["seconds"],
+            grad_norm=d["grad_norm"],
+            layer_grad_norms=dict(d["layer_grad_norms"]),
+            val_loss=d.get("val_loss"),
+            val_metrics={f"val_{metric}": d[f"val_{metric}"]} if f"val_{metric}" in d else {},
+        )
+
+
+@dataclass
+class FitResult:
+    module: Network  # eval mode, on `device`
+    history: list[EpochRecord]
+    standardization: D.Standardization | None
+    stopped_epoch: int | None  # the epoch training was stopped after, None when all epochs ran
+    device: str
+    seed: int
+    network: NetworkSpec
+    training: TrainingConfig
+    best_epoch: int | None = None  # with early stopping
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:n`; anything else is refused."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d{1,3}))?", name)
+    if m is None:
+        raise SpecError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", loc=("device",))
+    if not torch.cuda.is_available():
+        raise SpecError(f"device {name} asked for but CUDA is not available here", loc=("device",))
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise SpecError(f"{name}: only {torch.cuda.device_count()} CUDA device(s)", loc=("device",))
+    return torch.device("cuda", index)
+
+
+def _derive_seeds(seed: int) -> tuple[int, int, int]:
+    # independent streams for init, shuffling and dropout from one user seed
+    init, shuffle, dropout = np.random.SeedSequence(seed).generate_state(3)
+    return int(init), int(shuffle), int(dropout)
+
+
+class Trainer:
+    """One training run; `fit` is `Trainer(...).run()`. Callbacks receive it as `trainer`."""
+
+    def __init__(
+        self,
+        network: NetworkSpec | dict[str, Any],
+        training: TrainingConfig | dict[str, Any],
+        x: Any,
+        y: Any,
+        *,
+        device: str | torch.device = "auto",
+        callbacks: Sequence[Callback] = (),
+        resume: Checkpoint | None = None,
+    ) -> None:
+        self.network, self.config = as_network(network), as_training(training)
+        self.device = resolve_device(device)
+        self.callbacks = list(callbacks)
+        self._batch_hooks = [cb for cb in self.callbacks if overrides(cb, "on_batch_end")]
+        self.stop_training = False
+        self.history: list[EpochRecord] = []
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps this run
+
+        xt = D.features(x, n_features=None)
+        yt = D.targets(y, xt.shape[0])
+        rows = xt.shape[0]
+        classification = (
+            not yt.dtype.is_floating_point or self.config.loss == "categorical_crossentropy"
+        )
+        units = self.network.output_units
+        if classification and yt.dtype.is_floating_point:  # one-hot / probability rows
+            n_classes = yt.shape[1]
+            if bool((yt < 0).any()):
+                raise SpecError("one-hot targets must be >= 0", loc=("y",))
+        else:
+            n_classes = (2 if units == 1 else units) if classification else 0
+        if classification and not yt.dtype.is_floating_point and rows:
+            lo, hi = int(yt.min()), int(yt.max())
+            if lo < 0 or hi >= n_classes:
+                raise SpecError(
+                    f"class labels must be 0..{n_classes - 1} for this output layer, "
+                    f"got {lo}..{hi}",
+                    loc=("y",),
+                )
+        if self.config.loss == "binary_crossentropy" and yt.dtype.is_floating_point:
+            if bool(((yt < 0) | (yt > 1)).any()):
+                raise SpecError("binary_crossentropy targets must lie in [0, 1]", loc=("y",))
+        check_compatible(
+            self.network,
+            self.config,
+            task="classification" if classification else "regression",
+            n_features=xt.shape[1],
+            n_outputs=None if classification else yt.shape[1],
+            n_classes=n_classes if classification else None,
+            rows=rows,
+        )
+        self.objective = make_objective(
+            self.config.loss,
+            output_activation=self.network.output_activation,
+            output_units=units,
+            classification=classification,
+        )
+        n_train = (
+            split_rows(rows, self.config.validation_split) if self.config.validation_split else rows
+        )
+        self.data_shape = {"rows": rows, "n_features": xt.shape[1]}
+
+        if resume is not None:
+            self._check_resume(resume)
+            self.seed = resume.seed
+            self.standardization = resume.standardization
+        else:
+            self.seed = (
+                self.config.seed
+                if self.config.seed is not None
+                else int(np.random.SeedSequence().generate_state(1)[0])
+            )
+            self.standardization = (
+                D.Standardization.fit(xt[:n_train]) if self.config.standardize else None
+            )
+        init_seed, self._shuffle_seed, self._dropout_seed = _derive_seeds(self.seed)
+
+        dev = self.device
+        xt = xt.to(dev)
+        if self.standardization is not None:
+            xt = self.standardization.apply(xt)
+        target, labels = self.objective.prepare(yt.to(dev))
+        self._train = (xt[:n_train], target[:n_train], labels[:n_train])
+        self._val = (xt[n_train:], target[n_train:], labels[n_train:]) if n_train < rows else None
+        self.n_train = n_train
+
+        self.module = build(self.network, seed=init_seed).to(dev)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.config.optimizer_config, self.params, dev)
+        self.early_stopping = (
+            EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
+        )
+        self._layer_names, self._norm_matrix = self._grad_norm_layout()
+        self._rng: dict[str, torch.Tensor] = {}
+        self._resume = resume
+        if resume is not None:
+            load_state(self.module, {k: v.to(dev) for k, v in resume.model_state.items()})
+            fresh = self.optimizer.state_dict()["param_groups"]
+            self.optimizer.load_state_dict(
+                unflatten_optimizer(resume.optimizer_state, resume.optimizer_values, fresh)
+            )
+            if self.early_stopping is not None and resume.early_stopping is not None:
+                best = resume.best_weights
+                best = {k: v.to(dev) for k, v in best.items()} if best is not None else None
+                self.early_stopping.load_state(resume.early_stopping, best)
+            self.history = [EpochRecord.from_dict(d) for d in resume.history]
+            self.epoch = resume.epoch
+            self.stop_training = resume.stop_training
+
+    def _check_resume(self, ckpt: Checkpoint) -> None:
+        if ckpt.network != self.network.model_dump(mode="json"):
+            raise SpecError("the checkpoint was made for a different network spec", loc=("resume",))
+        mine = self.config.model_dump(mode="json")
+        theirs = TrainingConfig.model_validate(ckpt.training).model_dump(mode="json")
+        mine.pop("epochs"), theirs.pop("epochs")  # training may be extended
+        if mine != theirs:
+            raise SpecError(
+                "the checkpoint was made with a different training config", loc=("resume",)
+            )
+        if ckpt.data != self.data_shape:
+            raise SpecError(
+                f"the checkpoint was made on data of shape {ckpt.data}", loc=("resume",)
+            )
+
+    def _grad_norm_layout(self) -> tuple[list[str], torch.Tensor]:
+        """Layer names with parameters, and a (layers + 1, params) 0/1 matrix: its product with the
+        squared per-parameter norms is each layer's squared norm and, in the last row, the total."""
+        by_param = {id(p): name.split(".")[1] for name, p in self.module.named_parameters()}
+        layers = list(dict.fromkeys(by_param[id(p)] for p in self.params))
+        m = torch.zeros(len(layers) + 1, len(self.params))
+        for j, p in enumerate(self.params):
+            m[layers.index(by_param[id(p)]), j] = 1.0
+        m[-1] = 1.0
+        return layers, m.to(self.device)
+
+    def _batch_size(self) -> int:
+        bs = self.config.batch_size
+        return self.n_train if bs == "full" else min(int(bs), self.n_train)
+
+    def _precision(self) -> tuple[Any, ExitStack]:
+        """The autocast context for the forward pass, and a stack that restores global settings
+        (TF32, CPU threads) when training ends."""
+        stack = ExitStack()
+        n_params = sum(p.numel() for p in self.params)
+        if self.device.type == "cpu" and 6 * self._batch_size() * n_params < _SINGLE_THREAD_FLOPS:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, threads)
+        if self.device.type != "cuda" or self.config.precision == "fp32":
+            return nullcontext(), stack
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", previous)
+        if self.config.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16), stack
+        return nullcontext(), stack
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> FitResult:
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        autocast, restore = self._precision()
+        with restore, torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            self._shuffle = torch.Generator(device=self.device)
+            if self._resume is not None and "shuffle" in self._resume.rng:
+                self._restore_rng(self._resume.rng)
+            else:
+                self._shuffle.manual_seed(self._shuffle_seed)
+                torch.manual_seed(self._dropout_seed)  # dropout draws from the global generator
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            try:
+                while self.epoch < self.config.epochs and not self.stop_training:
+                    self._run_epoch(autocast)
+            except StopTraining:
+                self.stop_training = True
+        stopped = None
+        if self.early_stopping is not None:
+            self.early_stopping.restore(self.module)
+            stopped = self.early_stopping.stopped_epoch
+        if stopped is None and self.epoch < self.config.epochs:
+            stopped = self.epoch
+        self.module.eval()
+        result = FitResult(
+            module=self.module,
+            history=self.history,
+            standardization=self.standardization,
+            stopped_epoch=stopped,
+            device=str(self.device),
+            seed=self.seed,
+            network=self.network,
+            training=self.config,
+            best_epoch=self.early_stopping.best_epoch if self.early_stopping else None,
+        )
+        for cb in self.callbacks:
+            try:
+                cb.on_train_end(self, result)
+            except StopTraining:
+                pass
+        return result
+
+    def _run_epoch(self, autocast: Any) -> None:
+        started = time.perf_counter()
+        module, opt, objective, params = self.module, self.optimizer, self.objective, self.params
+        x, target, labels = self._train
+        n, bs, dev = self.n_train, self._batch_size(), self.device
+        fwd = module.logits if objective.from_logits else module
+        has_penalty = module.has_penalty
+        clip = self.config.clipnorm or self.config.global_clipnorm or self.config.clipvalue
+        norm_matrix, hooks = self._norm_matrix, self._batch_hooks
+        shared = labels is target  # class indices serve as both: gather once
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        norm_sum = torch.zeros(norm_matrix.shape[0], device=dev)
+        perm = (
+            torch.randperm(n, generator=self._shuffle, device=dev) if self.config.shuffle else None
+        )
+        module.train()
+        steps = 0
+        for start in range(0, n, bs):
+            if perm is not None:
+                idx = perm[start : start + bs]
+                xb, tb = x[idx], target[idx]
+                lb = tb if shared else labels[idx]
+            else:
+                xb, tb = x[start : start + bs], target[start : start + bs]
+                lb = tb if shared else labels[start : start + bs]
+            with autocast:
+                out = fwd(xb)
+                loss = objective.loss(out, tb)
+                if has_penalty:
+                    loss = loss + module.penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in params]
+            norms = torch.stack(torch._foreach_norm(grads))  # (params,)
+            norm_sum.add_(torch.mv(norm_matrix, norms * norms).sqrt_())
+            if clip:
+                clip_gradients(
+                    grads,
+                    norms,
+                    clipnorm=self.config.clipnorm,
+                    global_clipnorm=self.config.global_clipnorm,
+                    clipvalue=self.config.clipvalue,
+                )
+            opt.step()
+            loss_sum.add_(loss.detach(), alpha=min(bs, n - start))
+            metric_sum.add_(objective.metric_sum(out.detach(), tb, lb))
+            steps += 1
+            self.step += 1
+            if hooks:
+                try:
+                    for cb in hooks:
+                        cb.on_batch_end(self)
+                except StopTraining:
+                    self.stop_training = True
+                if self.stop_training:
+                    break
+        rows_seen = min(steps * bs, n)
+        self._finish_epoch(started, steps, rows_seen, loss_sum, metric_sum, norm_sum)
+
+    @torch.inference_mode()
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        assert self._val is not None
+        x, target, labels = self._val
+        module, objective = self.module, self.objective
+        fwd = module.logits if objective.from_logits else module
+        module.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        chunk = max(1, _EVAL_CHUNK_ELEMENTS // max(1, x.shape[1]))
+        for start in range(0, x.shape[0], chunk):
+            out = fwd(x[start : start + chunk])
+            tb, lb = target[start : start + chunk], labels[start : start + chunk]
+            loss_sum.add_(objective.loss(out.float(), tb), alpha=out.shape[0])
+            metric_sum.add_(objective.metric_sum(out.float(), tb, lb))
+        rows = x.shape[0]
+        loss = loss_sum / rows
+        if module.has_penalty:  # Keras adds the regularization losses to val_loss too
+            loss = loss + module.penalty()
+        return loss, metric_sum, rows
+
+    def _finish_epoch(
+        self,
+        started: float,
+        steps: int,
+        rows: int,
+        loss_sum: torch.Tensor,
+        metric_sum: torch.Tensor,
+        norm_sum: torch.Tensor,
+    ) -> None:
+        epoch = self.epoch + 1
+        parts = [loss_sum.reshape(1), metric_sum.reshape(1), norm_sum.double()]
+        if self._val is not None:
+            val_loss, val_metric, val_rows = self._evaluate()
+            parts += [val_loss.reshape(1).double(), val_metric.reshape(1)]
+        values = torch.cat(parts).tolist()  # the epoch's one host sync
+        width = self._train[1].shape[1] if self._train[1].dim() == 2 else 1
+        metric = self.objective.metric
+        loss = values[0] / rows
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} in epoch {epoch}: training diverged. Lower the learning "
+                f"rate (now {self.optimizer.param_groups[0]['lr']}), set clipnorm (e.g. 1.0), or "
+                "set standardize: true if the features have large values",
+                epoch=epoch,
+            )
+        norms = [v / max(steps, 1) for v in values[2 : 2 + norm_sum.shape[0]]]
+        record = EpochRecord(
+            epoch=epoch,
+            loss=loss,
+            metrics={metric: values[1] / self.objective.metric_count(rows, width)},
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+            seconds=0.0,
+            grad_norm=norms[-1],
+            layer_grad_norms=dict(zip(self._layer_names, norms[:-1], strict=True)),
+        )
+        if self._val is not None:
+            record.val_loss = values[-2]
+            record.val_metrics = {
+                f"val_{metric}": values[-1] / self.objective.metric_count(val_rows, width)
+            }
+        record.seconds = time.perf_counter() - started
+        self.epoch = epoch
+        self.history.append(record)
+        if self.early_stopping is not None and self.early_stopping.update(
+            epoch, record.as_dict(), self.module
+        ):
+            self.stop_training = True
+        self._snapshot_rng()
+        for cb in self.callbacks:
+            try:
+                cb.on_epoch_end(self, record)
+            except StopTraining:
+                self.stop_training = True
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _snapshot_rng(self) -> None:
+        self._rng = {"torch_cpu": torch.get_rng_state(), "shuffle": self._shuffle.get_state()}
+        if self.device.type == "cuda":
+            self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def _restore_rng(self, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["torch_cpu"])
+        self._shuffle.set_state(rng["shuffle"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def checkpoint(self) -> Checkpoint:
+        """The state after the last completed epoch (call from on_epoch_end)."""
+        opt_tensors, opt_values = flatten_optimizer(self.optimizer.state_dict())
+        es = self.early_stopping
+        return Checkpoint(
+            network=self.network.model_dump(mode="json"),
+            training=self.config.model_dump(mode="json"),
+            epoch=self.epoch,
+            seed=self.seed,
+            model_state={k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
+            optimizer_state={k: v.detach().cpu().clone() for k, v in opt_tensors.items()},
+            optimizer_values=opt_values,
+            rng={k: v.clone() for k, v in self._rng.items()},
+            history=[r.as_dict() for r in self.history],
+            data=dict(self.data_shape),
+            standardization=self.standardization,
+            early_stopping=es.state() if es is not None else None,
+            best_weights=(
+                {k: v.cpu().clone() for k, v in es.best_weights.items()}
+                if es is not None and es.best_weights is not None
+                else None
+            ),
+            stop_training=self.stop_training,
+        )
+
+
+def fit(
+    network: NetworkSpec | dict[str, Any],
+    training: TrainingConfig | dict[str, Any],
+    x: Any,
+    y: Any,
+    *,
+    device: str | torch.device = "auto",
+    callbacks: Sequence[Callback] = (),
+    resume: Checkpoint | None = None,
+) -> FitResult:
+    """Train `network` on (x, y) as `training` says; see docs/architecture.md for the contract."""
+    return Trainer(network, training, x, y, device=device, callbacks=callbacks, resume=resume).run()
