@@ -88,13 +88,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_extras(app: FastAPI) -> None:
     """What users reach for beside the REST API: live events, batch prediction, the dashboard,
     /metrics and the offline docs."""
-    from app.api import batch, events
+    from app.api import batch, events, interop, v2
     from app.dashboard import router as dashboard_router
     from app.docs import install_offline_docs
     from app.metrics import install_metrics
 
     app.include_router(events.router)
     app.include_router(batch.router)
+    app.include_router(interop.router)  # Keras JSON and ONNX
+    app.include_router(v2.router)  # Open Inference Protocol V2
     app.include_router(dashboard_router)
     install_metrics(app)
     install_offline_docs(app)
