@@ -15,9 +15,9 @@ Messages are frames of `4-byte header length | JSON header | optional binary pay
 The worker steers the child through one shared integer (`control`), read at every batch end —
 no database query and no syscall per batch.
 
-Fault injection (tests only): when FITSERVE_TEST_CRASH_JOB_NAME equals the job's name, the child
-exits at once with CRASH_EXIT_CODE, as a process killed by the kernel would — a real way to make
-a job kill its training process on every attempt.
+Fault injection (tests only): when the FITSERVE_TEST_CRASH_JOB_NAME variable equals the job's
+name, the child exits at once with CRASH_EXIT_CODE, as a process killed by the kernel would — a
+real way to make a job kill its training process on every attempt (see app/queue/launch.py).
 """
 
 from __future__ import annotations
@@ -40,11 +40,10 @@ import torch._dynamo  # noqa: F401
 from safetensors.numpy import load as st_load
 
 import models
+from app.queue.launch import CRASH_ENV, CRASH_EXIT_CODE
 
 # Values of the shared control word, set by the worker.
 RUN, CANCEL, STOP_AT_EPOCH_END, STOP_NOW = 0, 1, 2, 3
-CRASH_ENV = "FITSERVE_TEST_CRASH_JOB_NAME"
-CRASH_EXIT_CODE = 86
 _PR_SET_PDEATHSIG = 1
 _HEADER = struct.Struct(">I")
 

@@ -41,12 +41,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import runner, store
+from app.queue.launch import EXIT_LEASE_LOST
 from app.tables import Dataset, Model
 
 log = logging.getLogger("fitserve.worker")
 T = TypeVar("T")
 
-EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: restart me
 # Retry backoff for database errors: doubles from the first to the last value.
 DB_RETRY_FIRST, DB_RETRY_MAX = 0.1, 2.0
 # After the grace period the child stops at its next batch; this long after, it is killed.

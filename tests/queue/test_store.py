@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import pytest
+from queue_kit import MakeJob
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queue import store
 from app.queue.clock import db_now
 from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model
-
-MakeJob = Callable[..., str]
 
 LEASE = 30.0
 

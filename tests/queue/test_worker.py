@@ -1,0 +1,159 @@
+"""The worker on SQLite and Postgres: training real jobs, cancellation, poison jobs, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+from queue_kit import (
+    POISON_JOB_NAME,
+    JobState,
+    MakeJob,
+    StartWorker,
+    claims_of,
+    finished,
+    iris_training,
+    metrics_of,
+    wait_for,
+)
+from safetensors.numpy import load as st_load
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.queue import store
+from app.queue.launch import CRASH_EXIT_CODE
+from app.tables import Dataset, Model
+
+
+def test_a_worker_trains_a_queued_job_and_stores_the_model(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = make_job("iris", training=iris_training(epochs=5))
+    worker = start_worker()
+
+    job = wait_for(finished(job_state, job_id), timeout=60, what="the job to finish")
+
+    assert job.status == "succeeded", (job.error, worker.logs())
+    assert (job.attempts, job.epoch, job.device, job.precision) == (1, 5, "cpu", "fp32")
+    metrics = metrics_of(sessions, job_id)
+    assert [(m.epoch, m.lease_token) for m in metrics] == [(e, 1) for e in range(1, 6)]
+    assert all(m.loss == m.values["loss"] and 0 <= m.values["accuracy"] <= 1 for m in metrics)
+    assert metrics[-1].loss < metrics[0].loss  # it learned something
+    with sessions() as session:
+        model = session.get(Model, job.model_id)
+        dataset = session.get(Dataset, model.dataset_id if model else None)
+        assert model is not None and dataset is not None
+        assert model.job_id == job_id and model.task == "classification"
+        assert model.classes == dataset.classes
+        assert model.metrics == metrics[-1].values  # the final epoch's metrics row
+        weights = st_load(model.weights)
+    # 4 -> 8 -> 3: Keras counts 4*8 + 8 + 8*3 + 3 = 67 parameters.
+    assert sum(int(np.prod(a.shape)) for k, a in weights.items() if k.startswith("model/")) == 67
+    assert [(c.outcome, c.ended_at is not None) for c in claims_of(sessions, job_id)] == [
+        ("succeeded", True)
+    ]
+    assert worker.stop() == 0  # SIGTERM while idle: a clean exit
+
+
+def test_a_cancelled_queued_job_is_never_claimed(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    cancelled, after = make_job("cancelled"), make_job("after")
+    with sessions.begin() as session:
+        assert store.cancel_job(session, job_id=cancelled).status == "cancelled"
+    worker = start_worker()
+
+    job = wait_for(finished(job_state, after), timeout=60, what="the job behind it to finish")
+
+    assert job.status == "succeeded", worker.logs()
+    assert job_state(cancelled).status == "cancelled"
+    assert claims_of(sessions, cancelled) == []
+
+
+def test_cancelling_a_running_job_stops_it_at_a_batch_boundary(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    long_job = make_job("long", training=iris_training(epochs=2000, batch_size=5))
+    worker = start_worker()
+    wait_for(lambda: job_state(long_job).epoch >= 1, timeout=60, what="the first epoch")
+
+    with sessions.begin() as session:
+        assert store.cancel_job(session, job_id=long_job).status == "cancelling"
+    # Bounded: a heartbeat (0.5 s) carries the request, the next batch (ms) ends training.
+    job = wait_for(finished(job_state, long_job), timeout=15, what="the cancel to take effect")
+
+    assert job.status == "cancelled", worker.logs()
+    assert job.model_id is None and job.finished_at is not None
+    kept = metrics_of(sessions, long_job)
+    assert len(kept) >= 1 and [m.epoch for m in kept] == list(range(1, len(kept) + 1))
+    assert len(kept) < 2000
+    assert [c.outcome for c in claims_of(sessions, long_job)] == ["cancelled"]
+    # The worker carries on with the next job.
+    next_job = make_job("next")
+    assert wait_for(finished(job_state, next_job), timeout=60, what="the next job").status == (
+        "succeeded"
+    )
+
+
+def test_a_poison_job_fails_worker_lost_after_max_attempts_while_others_succeed(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    poison = make_job(POISON_JOB_NAME, max_attempts=3)
+    healthy = [make_job(f"healthy {i}") for i in range(3)]
+    worker = start_worker()
+
+    ended = [
+        wait_for(finished(job_state, j), timeout=60, what="every job to end")
+        for j in [poison, *healthy]
+    ]
+
+    assert [j.status for j in ended] == ["failed", "succeeded", "succeeded", "succeeded"], (
+        worker.logs()
+    )
+    job = ended[0]
+    assert (job.error_code, job.attempts) == ("worker_lost", 3)
+    assert f"exited with code {CRASH_EXIT_CODE}" in (job.error or "")
+    assert [c.outcome for c in claims_of(sessions, poison)] == ["crashed"] * 3
+    assert worker.process.is_alive()  # the crashes ended attempts, never the worker
+
+
+def test_sigterm_hands_the_job_back_without_penalty_and_another_worker_resumes_it(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    epochs = 30
+    job_id = make_job("handed back", training=iris_training(epochs=epochs, batch_size=5))
+    first = start_worker()
+    wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
+
+    first.signal(signal.SIGTERM)
+    first.process.join(30)
+
+    assert first.process.exitcode == 0, first.logs()
+    job = job_state(job_id)
+    assert (job.status, job.attempts, job.claimed_by) == ("queued", 0, None), first.logs()
+    with sessions() as session:
+        checkpoint = store.load_checkpoint(session, job_id=job_id)
+    assert checkpoint is not None and checkpoint[0] == job.epoch >= 2
+    handed_back_at = job.epoch
+
+    second = start_worker()
+    job = wait_for(finished(job_state, job_id), timeout=60, what="the resumed job to finish")
+
+    assert (job.status, job.attempts) == ("succeeded", 1), second.logs()
+    tokens = [(m.epoch, m.lease_token) for m in metrics_of(sessions, job_id)]
+    assert tokens == [(e, 1 if e <= handed_back_at else 2) for e in range(1, epochs + 1)]
+    assert [c.outcome for c in claims_of(sessions, job_id)] == ["released", "succeeded"]
