@@ -92,7 +92,7 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         )
     body = config.get("config")
     # Keras 1 and early Keras 2 wrote the layer list directly as config
-    layers = body if isinstance(body, list) else (body or {}).get("layers")
+    layers = body if isinstance(body, list) else _dict(body, ("config",)).get("layers")
     if not isinstance(layers, list):
         raise SpecError("the Sequential config has no layers list", loc=("config", "layers"))
     keras2 = str(config.get("keras_version", "")).startswith(("1.", "2."))
@@ -103,14 +103,14 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         loc: Loc = ("config", "layers", i)
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
             raise SpecError("each layer is an object with class_name and config", loc=loc)
-        layer_cls = entry.get("class_name")
+        layer_cls = _name(entry.get("class_name")) or ""
         if layer_cls == "InputLayer":
             continue
-        convert = _CONVERTERS.get(layer_cls)  # type: ignore[arg-type]
+        convert = _CONVERTERS.get(layer_cls)
         if convert is None:
             raise SpecError(
-                f"layer {layer_cls!r} ({entry['config'].get('name', '?')}) is not supported; "
-                f"fitserve imports {', '.join(SUPPORTED_LAYERS)}",
+                f"layer {entry.get('class_name')!r} ({entry['config'].get('name', '?')}) is not "
+                f"supported; fitserve imports {', '.join(SUPPORTED_LAYERS)}",
                 loc=(*loc, "class_name"),
             )
         options = dict(entry["config"])
@@ -161,7 +161,8 @@ def _shape_width(shape: Any, loc: Loc) -> int:
 def _input_width(config: dict[str, Any], body: dict[str, Any], layers: list[Any]) -> int:
     """The feature count, from wherever this Keras version wrote it."""
     for i, entry in enumerate(layers[:1]):
-        cfg = entry.get("config", {}) if isinstance(entry, dict) else {}
+        cfg = entry.get("config") if isinstance(entry, dict) else None
+        cfg = cfg if isinstance(cfg, dict) else {}
         for key in ("batch_shape", "batch_input_shape"):  # InputLayer (Keras 3) / first layer (2)
             if cfg.get(key) is not None:
                 return _shape_width(cfg[key], ("config", "layers", i, "config", key))
@@ -175,6 +176,24 @@ def _input_width(config: dict[str, Any], body: dict[str, Any], layers: list[Any]
         "keras.Input((n,)) as its first layer before calling to_json()",
         loc=("config", "layers", 0),
     )
+
+
+def _dict(value: Any, loc: Loc) -> dict[str, Any]:
+    """A config object; null reads as empty, anything else is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"expected a config object here, got {type(value).__name__}", loc=loc)
+    return value
+
+
+def _name(value: Any) -> str | None:
+    """A class_name as a string; other JSON (a list, an object) can't name anything we know."""
+    return value if isinstance(value, str) else None
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, type(None)))
 
 
 def _is_int(v: Any) -> bool:
@@ -209,7 +228,7 @@ def _common(options: dict[str, Any], layer: str, loc: Loc) -> dict[str, Any]:
     )
     dtype = options.pop("dtype", None)
     if isinstance(dtype, dict):
-        dtype = (dtype.get("config") or {}).get("name")
+        dtype = _dict(dtype.get("config"), (*loc, "dtype", "config")).get("name")
     if dtype not in (None, "float32"):
         raise SpecError(
             f"{layer} dtype {dtype!r} is not supported: fitserve builds float32 networks; for "
@@ -257,14 +276,15 @@ def _initializer(value: Any, loc: Loc) -> str:
         value = {"class_name": INITIALIZER_CLASS.get(value, value), "config": {}}
     if not isinstance(value, dict):
         raise SpecError(f"initializer {value!r} is not supported", loc=loc)
-    cls, config = value.get("class_name"), dict(value.get("config") or {})
+    cls, config = _name(value.get("class_name")), dict(_dict(value.get("config"), loc))
     config.pop("seed", None)  # fitserve seeds every initializer from training.seed
     for key in ("input_axes", "output_axes"):
         if config.pop(key, None) is not None:
             raise SpecError(f"initializer option {key} is not supported", loc=(*loc, "config", key))
     if cls == "VarianceScaling":
         key3 = (config.get("scale", 1.0), config.get("mode", "fan_in"), config.get("distribution"))
-        named = _VARIANCE_SCALING.get(key3)  # type: ignore[arg-type]
+        hashable = all(map(_hashable, key3))
+        named = _VARIANCE_SCALING.get(key3) if hashable else None  # type: ignore[arg-type]
         if named is None:
             raise SpecError(
                 f"VarianceScaling{key3} has no fitserve equivalent; fitserve has the Glorot, He, "
@@ -300,13 +320,13 @@ def _regularizer(value: Any, loc: Loc) -> dict[str, float] | None:
         return None
     if value in ("l1", "l2"):  # keras.regularizers.get("l2") is L2(0.01)
         return {value: 0.01}
-    cls = value.get("class_name") if isinstance(value, dict) else None
+    cls = _name(value.get("class_name")) if isinstance(value, dict) else None
     keys = {"L1L2": ("l1", "l2"), "L1": ("l1",), "L2": ("l2",)}.get(cls)  # type: ignore[arg-type]
     if keys is None:
         raise SpecError(
             f"regularizer {cls or value!r} is not supported; use L1, L2 or L1L2", loc=loc
         )
-    config = value.get("config") or {}
+    config = _dict(value.get("config"), loc)
     out = {}
     for key, v in config.items():
         if key not in keys or isinstance(v, bool) or not isinstance(v, (int, float, type(None))):

@@ -50,7 +50,7 @@ class _Standardized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize:
-            x = (x - self.mean) / self.std
+            x = (x - self.get_buffer("mean")) / self.get_buffer("std")
         return self.module(x)
 
 
@@ -66,7 +66,7 @@ def module_to_onnx(
         torch.onnx.export(
             wrapped,
             (torch.zeros(1, n_features),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
             dynamo=False,
             opset_version=OPSET_VERSION,
             input_names=[INPUT_NAME],

@@ -7,7 +7,7 @@ clients (tritonclient, KServe's) show the message too.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,7 +25,7 @@ from app.services import oip as service
 class _OipRoute(APIRoute):
     """Runs the app's own error handler, then adds OIP's "error" key to its body."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:

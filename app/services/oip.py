@@ -26,7 +26,7 @@ PLATFORM = "pytorch"
 # JSON numbers carry both exactly enough; the network computes in float32 either way.
 INPUT_DATATYPES = ("FP32", "FP64")
 
-IRIS_INFER = {
+IRIS_INFER: dict[str, Any] = {
     "inputs": [
         {
             "name": INPUT,
@@ -220,4 +220,4 @@ def infer(
             outputs.append(
                 ResponseOutput(name=LABEL, shape=[len(rows)], datatype="BYTES", data=labels)
             )
-    return InferenceResponse(model_name=model.id, id=body.id, outputs=outputs)
+    return InferenceResponse(model_name=model.id, model_version="1", id=body.id, outputs=outputs)

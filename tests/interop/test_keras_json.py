@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models import SpecError, build, summary
 from models.keras_export import to_keras_config, to_keras_json
@@ -248,3 +250,61 @@ def test_missing_input_width_and_bad_json() -> None:
         from_keras_json("{not json")
     with pytest.raises(SpecError, match="not valid JSON"):
         from_keras_json("[" * 100_000)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 10**6)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*path, i))
+    return out
+
+
+REAL = keras_config("normalization_parity")
+REAL_PATHS = _paths(REAL)[1:]
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(path=st.sampled_from(REAL_PATHS), replacement=JSON)
+def test_any_edit_of_a_real_config_imports_or_raises_spec_error(
+    path: Any, replacement: Any
+) -> None:
+    config = json.loads(json.dumps(REAL))
+    target = config
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = replacement
+    try:
+        spec = from_keras_json(config)
+    except SpecError as exc:
+        assert exc.message
+    else:
+        # a layer whose Keras name was dropped comes back under the name fitserve gave it
+        back = from_keras_json(to_keras_json(spec))
+        assert back.layer_names() == spec.layer_names()
+        assert [layer.model_copy(update={"name": None}) for layer in back.layers] == [
+            layer.model_copy(update={"name": None}) for layer in spec.layers
+        ]
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@given(value=JSON)
+def test_any_json_imports_or_raises_spec_error(value: Any) -> None:
+    with pytest.raises(SpecError):
+        from_keras_json(json.dumps(value))
