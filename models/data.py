@@ -13,12 +13,22 @@ from models.errors import SpecError
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def _tensor(a: Any, what: str, loc: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{what} must be a numeric array ({e})", loc=(loc,)) from e
+    if arr.dtype.kind not in "biuf":
+        kind = "strings" if arr.dtype.kind in "US" else f"dtype {arr.dtype}"
+        raise SpecError(f"{what} must be numbers, got {kind}", loc=(loc,))
+    return torch.from_numpy(arr)
+
+
 def features(x: Any, *, n_features: int | None = None) -> torch.Tensor:
     """float32 (rows, features) on the CPU, sharing memory with `x` where it can."""
-    try:
-        t = torch.as_tensor(x) if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    except (TypeError, ValueError) as e:
-        raise SpecError(f"features must be a numeric 2-D array ({e})", loc=("x",)) from e
+    t = _tensor(x, "features", "x")
     if t.dtype == torch.bool or not (t.dtype.is_floating_point or _is_integer(t.dtype)):
         raise SpecError(f"features must be numbers, got {t.dtype}", loc=("x",))
     if t.dim() != 2:
@@ -41,11 +51,7 @@ def features(x: Any, *, n_features: int | None = None) -> torch.Tensor:
 
 def targets(y: Any, rows: int) -> torch.Tensor:
     """int64 class indices (rows,), or float32 (rows, outputs) numbers/one-hot rows."""
-    try:
-        t = torch.as_tensor(y) if isinstance(y, torch.Tensor) else torch.from_numpy(np.asarray(y))
-    except (TypeError, ValueError) as e:
-        raise SpecError(f"targets must be a numeric array ({e})", loc=("y",)) from e
-    t = t.detach().cpu()
+    t = _tensor(y, "targets", "y").detach().cpu()
     if t.shape[0:1] != (rows,):
         raise SpecError(f"{rows} feature rows but targets of shape {tuple(t.shape)}", loc=("y",))
     if _is_integer(t.dtype) or t.dtype == torch.bool:
