@@ -185,6 +185,13 @@ class DatasetList(BaseModel):
 # ------------------------------------------------------------------ networks
 
 
+IRIS_SUMMARY_LAYERS = [
+    {"name": "dense", "type": "dense", "output_shape": [None, 8], "params": 40},
+    {"name": "dense_1", "type": "dense", "output_shape": [None, 8], "params": 72},
+    {"name": "dense_2", "type": "dense", "output_shape": [None, 3], "params": 27},
+]
+
+
 class LayerSummaryRead(BaseModel):
     name: str = Field(
         description="Keras-style layer name (dense, dense_1, ...).", examples=["dense"]
@@ -199,7 +206,9 @@ class LayerSummaryRead(BaseModel):
 class NetworkSummary(BaseModel):
     """Keras' model.summary() as data: 4→8→8→3 has 40 + 72 + 27 = 139 parameters."""
 
-    layers: list[LayerSummaryRead] = Field(description="One entry per layer, in order.")
+    layers: list[LayerSummaryRead] = Field(
+        description="One entry per layer, in order.", examples=[IRIS_SUMMARY_LAYERS]
+    )
     total_params: int = Field(description="All parameters.", examples=[139])
     trainable_params: int = Field(description="Parameters the optimizer updates.", examples=[139])
     non_trainable_params: int = Field(
@@ -224,13 +233,17 @@ class JobCreate(_Request):
         }
     )
 
-    network: NetworkSpec = Field(description="The network: Keras Sequential layers.")
+    network: NetworkSpec = Field(
+        description="The network: Keras Sequential layers.", examples=[IRIS_NETWORK]
+    )
     dataset: Name = Field(
         description="A dataset id, or a built-in's name "
         "(iris, wine, breast_cancer, diabetes, digits).",
         examples=["iris"],
     )
-    training: TrainingConfig = Field(description="Keras' compile() and fit() arguments.")
+    training: TrainingConfig = Field(
+        description="Keras' compile() and fit() arguments.", examples=[IRIS_TRAINING]
+    )
     name: Name | None = Field(None, description="A label for the job.", examples=["iris 4-8-8-3"])
 
 
@@ -271,7 +284,9 @@ class EpochMetrics(BaseModel):
         None, description="Global gradient norm (last step).", examples=[0.12]
     )
     layer_grad_norms: dict[str, float | None] | None = Field(
-        None, description="Gradient norm per layer: watch for vanishing/exploding gradients."
+        None,
+        description="Gradient norm per layer: watch for vanishing/exploding gradients.",
+        examples=[EXAMPLE_METRICS["layer_grad_norms"]],
     )
 
 
@@ -280,11 +295,17 @@ class JobRead(_Response):
     name: str | None = Field(description="The job's label.", examples=["iris 4-8-8-3"])
     status: JobStatus = Field(description="Where the job is in its life.", examples=["running"])
     dataset_id: str | None = Field(description="The dataset it trains on.", examples=[EXAMPLE_ID])
-    network: dict[str, Any] = Field(description="The network spec, defaults filled in.")
-    training: dict[str, Any] = Field(description="The training config, defaults filled in.")
+    network: dict[str, Any] = Field(
+        description="The network spec, defaults filled in.", examples=[IRIS_NETWORK]
+    )
+    training: dict[str, Any] = Field(
+        description="The training config, defaults filled in.", examples=[IRIS_TRAINING]
+    )
     epoch: int = Field(description="Epochs finished so far.", examples=[42])
     epochs: int = Field(description="Epochs asked for.", examples=[200])
-    metrics: EpochMetrics | None = Field(None, description="The latest finished epoch's metrics.")
+    metrics: EpochMetrics | None = Field(
+        None, description="The latest finished epoch's metrics.", examples=[EXAMPLE_METRICS]
+    )
     model_id: str | None = Field(description="The trained model, once succeeded.", examples=[None])
     error: str | None = Field(
         description="Why it failed, in words you can act on.", examples=[None]
@@ -305,7 +326,9 @@ class JobList(BaseModel):
 
 
 class MetricsRead(BaseModel):
-    epochs: list[EpochMetrics] = Field(description="One row per finished epoch, in order.")
+    epochs: list[EpochMetrics] = Field(
+        description="One row per finished epoch, in order.", examples=[[EXAMPLE_METRICS]]
+    )
 
 
 # ------------------------------------------------------------------ models
@@ -324,11 +347,24 @@ class ModelRead(_Response):
     )
     network: dict[str, Any] = Field(description="The network spec.", examples=[IRIS_NETWORK])
     training: dict[str, Any] = Field(description="The training config.", examples=[IRIS_TRAINING])
-    summary: NetworkSummary = Field(description="Layers and parameter counts.")
-    metrics: EpochMetrics | None = Field(description="The final epoch's metrics.")
+    summary: NetworkSummary = Field(
+        description="Layers and parameter counts.",
+        examples=[
+            {
+                "layers": IRIS_SUMMARY_LAYERS,
+                "total_params": 139,
+                "trainable_params": 139,
+                "non_trainable_params": 0,
+            }
+        ],
+    )
+    metrics: EpochMetrics | None = Field(
+        description="The final epoch's metrics.", examples=[EXAMPLE_METRICS]
+    )
     standardization: dict[str, Any] | None = Field(
         None,
-        description="Feature mean and std applied to inputs before the network (standardize=true).",
+        description="Feature mean and std applied to inputs before the network (standardize=true); "
+        "given by GET /v1/models/{id}, null in lists.",
         examples=[None],
     )
     input_dim: int = Field(description="Features each input row needs.", examples=[4])
