@@ -14,7 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from models import NetworkSpec, TrainingConfig
-from models.spec import IRIS_NETWORK, IRIS_TRAINING
+from models.spec import IRIS_NETWORK as _IRIS_NETWORK
+from models.spec import IRIS_TRAINING as _IRIS_TRAINING
+
+# Typed loosely: pydantic types json_schema_extra as JSON values, which dicts of objects are not.
+IRIS_NETWORK: Any = _IRIS_NETWORK
+IRIS_TRAINING: Any = _IRIS_TRAINING
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 Task = Literal["classification", "regression"]
@@ -77,8 +82,8 @@ class Health(BaseModel):
 
 # ------------------------------------------------------------------ datasets
 
-IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
-IRIS_FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+IRIS_ROWS: Any = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]]
+IRIS_FEATURES: Any = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 TargetValue = str | int | float | list[float]
 
@@ -247,7 +252,7 @@ class JobCreate(_Request):
     name: Name | None = Field(None, description="A label for the job.", examples=["iris 4-8-8-3"])
 
 
-EXAMPLE_METRICS = {
+EXAMPLE_METRICS: Any = {
     "epoch": 200,
     "loss": 0.061,
     "accuracy": 0.98,
