@@ -59,8 +59,12 @@ class KerasImport(BaseModel):
 )
 def import_keras(
     keras_model: Annotated[
-        dict[str, Any],
-        Body(description="What Keras' model.to_json() returns, as is.", examples=[_IRIS_KERAS]),
+        dict[str, Any] | str,
+        Body(
+            description="What Keras' model.to_json() returns: the JSON object as the body, or "
+            "the to_json() string itself as a JSON string.",
+            examples=[_IRIS_KERAS],
+        ),
     ],
     owner: OwnerDep,
     settings: SettingsDep,

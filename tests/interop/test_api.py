@@ -168,6 +168,10 @@ async def test_import_keras_json_from_real_keras(client: httpx.AsyncClient) -> N
     again = await client.post("/v1/networks/summary", json=response.json()["network"])
     assert again.status_code == 200 and again.json()["total_params"] == record["count_params"]
 
+    # what requests.post(url, json=model.to_json()) sends: the string, encoded once more
+    twice = await client.post("/v1/networks/import-keras", json=record["model_json"])
+    assert twice.status_code == 200 and twice.json() == response.json()
+
     bad = json.loads((DATA / "unsupported_layer.json").read_text())["model_json"]
     response = await client.post("/v1/networks/import-keras", content=bad,
                                  headers={"Content-Type": "application/json"})  # fmt: skip
