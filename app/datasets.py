@@ -30,6 +30,8 @@ from app.errors import Unprocessable
 # the task isn't given; more distinct values read as a regression target (diabetes has 214).
 MAX_INFERRED_CLASSES = 20
 MAX_CLASSES = 10_000
+# Integers beyond this lose digits in float64-based JSON clients (JavaScript).
+MAX_INT_LABEL = 2**53
 
 _INT_LABEL = re.compile(r"^[+-]?\d{1,18}$")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -103,7 +105,8 @@ def decode_arrays(row: Any) -> tuple[np.ndarray, np.ndarray]:
 def _label_sort_key(labels: Sequence[Any]) -> Any:
     """Numbers (and text that spells numbers: "1.5", "10.0") sort by value, other text as text."""
     if all(isinstance(v, (int, float)) or _is_number(v) for v in labels):
-        return float
+        # the text breaks ties between spellings of one value ("1" and "1.0"): a stable order
+        return lambda v: (float(v), str(v))
     return str
 
 
@@ -131,7 +134,9 @@ def encode_classes(labels: Sequence[Any], *, where: str) -> tuple[np.ndarray, li
     if not labels:
         raise Unprocessable(f"{where} is empty; give one label per row")
     if all(isinstance(v, str) for v in labels) and all(_INT_LABEL.match(v) for v in labels):
-        labels = [int(v) for v in labels]
+        as_ints = [int(v) for v in labels]
+        if all(abs(v) <= MAX_INT_LABEL for v in as_ints):
+            labels = as_ints
     kinds = {type(v) for v in labels}
     if kinds == {float} or kinds == {int, float}:
         if not all(v.is_integer() for v in labels):
@@ -144,6 +149,11 @@ def encode_classes(labels: Sequence[Any], *, where: str) -> tuple[np.ndarray, li
         raise Unprocessable(
             f"{where} mixes label types ({', '.join(sorted(k.__name__ for k in kinds))}); "
             "give every label as a string, or every label as an integer"
+        )
+    if any(isinstance(v, int) and abs(v) > MAX_INT_LABEL for v in labels):
+        raise Unprocessable(
+            f"{where} holds an integer label beyond ±2**53, which JSON clients can't represent "
+            "exactly; give such labels as strings"
         )
     classes = sorted(set(labels), key=_label_sort_key(labels))
     if len(classes) < 2:
@@ -194,7 +204,7 @@ def build_dataset(
     targets: Sequence[Any],
     task: str | None,
     feature_names: list[str],
-    target_names: list[str],
+    target_names: list[str] | None,
     where: str = "targets",
 ) -> ParsedDataset:
     """Common path for JSON and CSV uploads: x is already a finite 2-D float array."""
@@ -219,8 +229,16 @@ def build_dataset(
         y, classes = encode_classes(list(targets), where=where)
     else:
         y, classes = _regression_targets(targets, where=where), None
-    if task == "regression" and len(target_names) != y.shape[1]:
-        target_names = [f"target_{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["target"]
+    n_outputs = 1 if task == "classification" else int(y.shape[1])
+    if target_names is None:
+        target_names = [f"target_{i}" for i in range(n_outputs)] if n_outputs > 1 else ["target"]
+    elif len(target_names) != n_outputs:
+        raise Unprocessable(
+            f"target_names has {len(target_names)} names but the targets have {n_outputs} "
+            "column(s); give one name per target column (or leave target_names out)"
+        )
+    for name in target_names:
+        check_text(name, "target name")
     return ParsedDataset(
         task=task,
         x=x.astype(np.float32),

@@ -19,6 +19,7 @@ say what is wrong and how to fix it: the service shows them to the user as they 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -148,7 +149,12 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_STARLETTE_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -212,3 +218,70 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.OperationalError, _database_down)
     app.add_exception_handler(sa_exc.InterfaceError, _database_down)
     app.add_exception_handler(sa_exc.TimeoutError, _database_down)
+    _document_errors(app)
+
+
+# ------------------------------------------------------------------ the errors in the schema
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document tell the truth about errors, in place.
+
+    FastAPI documents its validation errors as HTTPValidationError (`detail` a list), but the
+    handler above answers every error as ErrorResponse (`detail` a message). And some statuses
+    come from layers no route declares: 400 for a body Starlette can't read (a broken multipart
+    form), 413 and 422 from app/limits.py for any request body, 503 from the database handler.
+    """
+    from app.schemas import ErrorResponse
+
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "ErrorResponse",
+        ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"),
+    )
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for response in responses.values():
+                media = response.get("content", {}).get("application/json", {})
+                if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    media["schema"] = _ERROR_REF
+                    response["description"] = (
+                        "The request is invalid; `errors` locates each problem."
+                    )
+            if "requestBody" in operation:
+                responses.setdefault(
+                    "400", _error_response("The body could not be read (e.g. a broken form).")
+                )
+                responses.setdefault(
+                    "413", _error_response("The body is larger than FITSERVE_MAX_BODY_BYTES.")
+                )
+                responses.setdefault(
+                    "422", _error_response("The body is invalid (e.g. NaN, or a misspelt field).")
+                )
+            responses.setdefault("503", _error_response("The database is not answering."))
+    # Drop FastAPI's validation-error models once nothing refers to them.
+    text = json.dumps(schema["paths"])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'/{unused}"' not in text:
+            components.pop(unused, None)
+    return schema
+
+
+def _document_errors(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_errors(build())  # build() caches the document in app.openapi_schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

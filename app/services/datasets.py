@@ -87,7 +87,7 @@ def create_from_json(
         targets=body.targets,
         task=body.task,
         feature_names=names,
-        target_names=body.target_names or ["target"],
+        target_names=body.target_names,
     )
     _check_size(parsed, settings)
     return _store(session, owner=owner, name=body.name, parsed=parsed)

@@ -108,6 +108,16 @@ async def test_bad_csv_is_a_422_that_says_what_to_fix(
             ["body.task"],
         ),
         ({"name": "w", "features": [[]], "targets": [0]}, ["features[0]", "empty"]),
+        (
+            {
+                "name": "tn",
+                "features": [[1], [2]],
+                "targets": [1.5, 2.5],
+                "target_names": ["a", "b"],
+            },
+            ["target_names", "2 names", "1 column"],
+        ),
+        ({"name": "big", "features": [[1], [2]], "targets": [2**60, 1]}, ["2**53", "strings"]),
     ],
 )
 async def test_bad_json_dataset_is_a_422_that_says_what_to_fix(
