@@ -213,3 +213,29 @@ async def test_dataset_cell_limit_is_a_413(database_url: str) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             response = await upload_csv(client, iris_csv(), target="species")
             assert_error(response, 413, "750", "limit is 100")
+
+
+def test_concurrent_registration_stores_each_builtin_once(database_url: str) -> None:
+    """Several API processes starting at once (threads here, each its own connection)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import func, select
+
+    from app.db import make_engine, make_sessionmaker
+    from app.services.datasets import register_builtins
+
+    engine = make_engine(database_url)
+    sessionmaker = make_sessionmaker(engine)
+
+    def register() -> list[str]:
+        with sessionmaker.begin() as session:
+            return register_builtins(session)
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            added = [name for names in pool.map(lambda _: register(), range(3)) for name in names]
+        assert sorted(added) == sorted(BUILTINS)  # each added by exactly one of them
+        with sessionmaker() as session:
+            assert session.scalar(select(func.count()).select_from(Dataset)) == len(BUILTINS)
+    finally:
+        engine.dispose()
