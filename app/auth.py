@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import SettingsDep
 from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import Unauthorized
 from app.tables import ApiKey
@@ -95,11 +95,14 @@ def ensure_keys_for_host(settings: Settings, engine: Engine) -> None:
     )
 
 
-def current_owner(request: Request, session: SessionDep, settings: SettingsDep) -> str | None:
+def current_owner(request: Request, settings: SettingsDep) -> str | None:
     """The caller's key id; None in keyless loopback mode when no key is sent.
 
     A key that is sent is always checked, even where keys are optional, so a client never
-    believes it is isolated while it is not.
+    believes it is isolated while it is not. The lookup runs in its own short transaction, not
+    the request's: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and a
+    request session held open by authentication alone would block any other session the handler
+    opens (/metrics, the event stream) until the busy timeout.
     """
     header = request.headers.get("authorization")
     if header is None:
@@ -115,9 +118,12 @@ def current_owner(request: Request, session: SessionDep, settings: SettingsDep) 
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     if len(secret) > MAX_SECRET_LENGTH:
         raise Unauthorized("that API key is not known or was revoked")
-    key_id = session.scalar(
-        select(ApiKey.id).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
-    )
+    with request.app.state.sessionmaker() as session:
+        key_id = session.scalar(
+            select(ApiKey.id).where(
+                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
+            )
+        )
     if key_id is None:
         raise Unauthorized(
             "that API key is not known or was revoked; create one with `fitserve keys create NAME`"

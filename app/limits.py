@@ -32,9 +32,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Cheap pre-filter over the raw bytes: only bodies that might hold a problem get the slow,
 # hook-laden parse. float64 overflows at ~1.8e308, so an exponent of 3+ digits or a run of 309+
-# digits is suspicious; \uD800-\uDFFF escapes may be lone surrogates. All of these may also sit
-# harmlessly inside strings (a column "NaN", a valid surrogate pair); the parse tells.
-_SUSPICIOUS = re.compile(rb"NaN|Infinity|[eE][+]?0*[1-9][0-9]{2,}|[0-9]{309,}|\\u[dD][89a-fA-F]")
+# digits is suspicious; \uD800-\uDFFF escapes (or their raw UTF-8 bytes, which Python's json lets
+# through) may be lone surrogates. All of these may also sit harmlessly inside strings (a column
+# "NaN", a valid surrogate pair); the parse tells.
+_SUSPICIOUS = re.compile(
+    rb"NaN|Infinity|[eE][+]?0*[1-9][0-9]{2,}|[0-9]{309,}|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]"
+)
 
 
 class _BodyTooLarge(Exception):
@@ -120,6 +123,16 @@ def _format_loc(path: list[str | int]) -> str:
 def body_problem(body: bytes) -> tuple[str, list[str | int]] | None:
     """The message and location of the first NaN/Infinity/overflowing number, or string with a
     lone surrogate, in a JSON body; None when there is none (or the body is not JSON at all)."""
+    encoding = json.detect_encoding(body)
+    try:
+        body.decode(encoding, "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError as exc:
+        # FastAPI would answer a bare 400 "There was an error parsing the body".
+        return (
+            f"the body is not {encoding.upper()} text: byte {exc.start} can't be decoded; "
+            "send JSON encoded as UTF-8",
+            ["body"],
+        )
     if not _SUSPICIOUS.search(body):
         return None
     try:

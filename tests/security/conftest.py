@@ -63,7 +63,7 @@ def _serve(app: Any) -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def live_server() -> Callable[[Any], AbstractContextManager[str]]:
     """`with live_server(app) as url:` serves app over real HTTP for the block."""
     return _serve

@@ -274,3 +274,14 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(live_server: An
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"FITSERVE_MAX_BODY_BYTES" in answer
+
+
+def test_a_json_body_that_is_not_utf8_is_422(client: InProcess, calls: list[str]) -> None:
+    # FastAPI alone answers a bare 400 "There was an error parsing the body".
+    r = client.post("/json", content=b'{"values": [[1]], "name": "\xff\xfe"}')
+    assert r.status_code == 422
+    assert "not UTF-8 text: byte 27" in r.json()["detail"]
+    r = client.post("/json", content=b'{"values": [[1]], "name": "\xed\xa0\x80"}')
+    assert r.status_code == 422  # a surrogate as raw bytes, which Python's json lets through
+    assert "name holds a lone surrogate" in r.json()["detail"]
+    assert calls == []
