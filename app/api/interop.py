@@ -42,7 +42,10 @@ class KerasImport(BaseModel):
         description="The fitserve spec: post it as `network` to /v1/jobs.",
         examples=[IRIS_NETWORK],
     )
-    summary: NetworkSummary = Field(description="Its layers and Keras' parameter counts.")
+    summary: NetworkSummary = Field(
+        description="Its layers and Keras' parameter counts.",
+        examples=[models.summary(IRIS_NETWORK).model_dump()],
+    )
 
 
 @router.post(

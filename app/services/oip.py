@@ -42,6 +42,10 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+EXAMPLE_ID = "3f2c0e6a9b8d4c1e8f7a6b5c4d3e2f10"
+OUTPUT_TENSOR = {"name": OUTPUT, "datatype": "FP32", "shape": [-1, 3]}
+
+
 class MetadataTensor(BaseModel):
     name: str = Field(description="Tensor name.", examples=[INPUT])
     datatype: str = Field(description="OIP datatype.", examples=["FP32"])
@@ -51,18 +55,26 @@ class MetadataTensor(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    name: str = Field(description="The model id.")
+    name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
     versions: list[str] = Field(
         description="fitserve models have one version, 1.", examples=[["1"]]
     )
     platform: str = Field(description="What runs the model.", examples=[PLATFORM])
-    inputs: list[MetadataTensor] = Field(description="The one input tensor.")
-    outputs: list[MetadataTensor] = Field(description="Output tensors (label: classification).")
+    inputs: list[MetadataTensor] = Field(
+        description="The one input tensor.",
+        examples=[[{"name": INPUT, "datatype": "FP32", "shape": [-1, 4]}]],
+    )
+    outputs: list[MetadataTensor] = Field(
+        description="Output tensors; label for classification models.",
+        examples=[[OUTPUT_TENSOR, {"name": LABEL, "datatype": "BYTES", "shape": [-1]}]],
+    )
 
 
 class ModelReady(BaseModel):
-    name: str = Field(description="The model id.")
-    ready: bool = Field(description="True once the model is loaded and answers /infer.")
+    name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
+    ready: bool = Field(
+        description="True once the model is loaded and answers /infer.", examples=[True]
+    )
 
 
 class RequestInput(_Request):
@@ -71,7 +83,9 @@ class RequestInput(_Request):
         min_length=2, max_length=2, description="[rows, n_features].", examples=[[2, 4]]
     )
     datatype: str = Field(max_length=16, description="FP32 (or FP64).", examples=["FP32"])
-    parameters: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="Accepted and ignored.", examples=[None]
+    )
     data: list[float] | list[list[float]] = Field(
         description="The values in row-major order, flat or nested as the shape.",
         examples=[[5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]],
@@ -80,32 +94,48 @@ class RequestInput(_Request):
 
 class RequestOutput(_Request):
     name: str = Field(max_length=64, description="'output' or 'label'.", examples=[OUTPUT])
-    parameters: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="Accepted and ignored.", examples=[None]
+    )
 
 
 class InferenceRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [IRIS_INFER]})
 
-    id: str | None = Field(None, max_length=256, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
-    inputs: list[RequestInput] = Field(min_length=1, description="Exactly one tensor, 'input'.")
+    id: str | None = Field(
+        None, max_length=256, description="Echoed in the response.", examples=["request-1"]
+    )
+    parameters: dict[str, Any] | None = Field(
+        None, description="Accepted and ignored.", examples=[None]
+    )
+    inputs: list[RequestInput] = Field(
+        min_length=1, description="Exactly one tensor, 'input'.", examples=[IRIS_INFER["inputs"]]
+    )
     outputs: list[RequestOutput] | None = Field(
-        None, description="The outputs to return; all of them when left out."
+        None,
+        description="The outputs to return; all of them when left out.",
+        examples=[[{"name": OUTPUT}]],
     )
 
 
 class ResponseOutput(BaseModel):
     name: str = Field(description="Tensor name.", examples=[OUTPUT])
     shape: list[int] = Field(description="[rows, units] or [rows].", examples=[[2, 3]])
-    datatype: Literal["FP32", "BYTES"] = Field(description="OIP datatype.")
-    data: list[float] | list[str] = Field(description="Values, flattened in row-major order.")
+    datatype: Literal["FP32", "BYTES"] = Field(description="OIP datatype.", examples=["FP32"])
+    data: list[float] | list[str] = Field(
+        description="Values, flattened in row-major order.",
+        examples=[[0.98, 0.02, 0.0, 0.0, 0.03, 0.97]],
+    )
 
 
 class InferenceResponse(BaseModel):
-    model_name: str = Field(description="The model id.")
-    model_version: str = Field("1", description="Always 1.")
-    id: str | None = Field(None, description="The request's id.")
-    outputs: list[ResponseOutput] = Field(description="The requested outputs.")
+    model_name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
+    model_version: str = Field("1", description="Always 1.", examples=["1"])
+    id: str | None = Field(None, description="The request's id.", examples=["request-1"])
+    outputs: list[ResponseOutput] = Field(
+        description="The requested outputs.",
+        examples=[[{**OUTPUT_TENSOR, "shape": [2, 3], "data": [0.98, 0.02, 0.0, 0.0, 0.03, 0.97]}]],
+    )
 
 
 def _output_tensors(task: str, classes: list[Any] | None, units: int) -> list[MetadataTensor]:

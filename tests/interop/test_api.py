@@ -178,3 +178,32 @@ async def test_import_keras_json_from_real_keras(client: httpx.AsyncClient) -> N
     assert response.status_code == 422
     assert "GaussianNoise" in response.json()["detail"] and "Dense" in response.json()["detail"]
     assert response.json()["errors"][0]["loc"] == ["body", "config", "layers", 2, "class_name"]
+
+
+INTEROP_SCHEMAS = ["ModelMetadata", "ModelReady", "MetadataTensor", "InferenceRequest",
+                   "RequestInput", "RequestOutput", "InferenceResponse", "ResponseOutput",
+                   "KerasImport"]  # fmt: skip
+
+
+async def test_docs_describe_every_field_and_the_examples_run(
+    client: httpx.AsyncClient, trained: Trained
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    for name in INTEROP_SCHEMAS:
+        for field, prop in schemas[name]["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
+            assert "examples" in prop, f"{name}.{field} has no example"
+
+    example = schemas["InferenceRequest"]["examples"][0]
+    response = await client.post(
+        f"/v2/models/{trained.model_id}/infer", json=example, headers=trained.headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [example["inputs"][0]["shape"][0], 3]
+
+    body = spec["paths"]["/v1/networks/import-keras"]["post"]["requestBody"]["content"]
+    keras_model = body["application/json"]["schema"]["examples"][0]
+    response = await client.post("/v1/networks/import-keras", json=keras_model)
+    assert response.status_code == 200, response.text
+    assert response.json()["summary"]["total_params"] == 139
