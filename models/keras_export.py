@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from models.keras_json import DEFAULT_ALPHA, INITIALIZER_CLASS, KERAS_INITIALIZERS
+from models.keras_objects import DEFAULT_ALPHA, INITIALIZER_CLASS, KERAS_INITIALIZERS
 from models.spec import (
     Activation,
     BatchNormalization,

@@ -20,10 +20,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.errors import SpecError
-from models.spec import (
-    Dense,
-    NetworkSpec,
+from models.keras_objects import (
+    Loc,
+    as_config,
+    class_name,
+    parse_activation,
+    parse_initializer,
+    parse_regularizer,
 )
+from models.spec import NetworkSpec
 
 # A 100-layer config is ~100 kB of JSON; anything far larger is not a Sequential MLP config.
 MAX_JSON_BYTES = 2_000_000
@@ -40,39 +45,7 @@ SUPPORTED_LAYERS = (
     "ELU",
     "Softmax",
 )
-SUPPORTED_ACTIVATIONS = tuple(
-    Dense.model_fields["activation"].annotation.__args__  # type: ignore[union-attr]
-)
-
-# Keras class name -> fitserve initializer name, and the config values fitserve reproduces.
-KERAS_INITIALIZERS: dict[str, tuple[str, dict[str, float]]] = {
-    "GlorotUniform": ("glorot_uniform", {}),
-    "GlorotNormal": ("glorot_normal", {}),
-    "HeUniform": ("he_uniform", {}),
-    "HeNormal": ("he_normal", {}),
-    "LecunUniform": ("lecun_uniform", {}),
-    "LecunNormal": ("lecun_normal", {}),
-    "Orthogonal": ("orthogonal", {"gain": 1.0}),
-    "Zeros": ("zeros", {}),
-    "Ones": ("ones", {}),
-    "RandomNormal": ("random_normal", {"mean": 0.0, "stddev": 0.05}),
-    "RandomUniform": ("random_uniform", {"minval": -0.05, "maxval": 0.05}),
-    "TruncatedNormal": ("truncated_normal", {"mean": 0.0, "stddev": 0.05}),
-}
-INITIALIZER_CLASS = {name: cls for cls, (name, _) in KERAS_INITIALIZERS.items()}
-# keras.initializers.VarianceScaling(scale, mode, distribution) spelled as the named ones
-_VARIANCE_SCALING = {
-    (1.0, "fan_avg", "uniform"): "glorot_uniform",
-    (1.0, "fan_avg", "truncated_normal"): "glorot_normal",
-    (2.0, "fan_in", "uniform"): "he_uniform",
-    (2.0, "fan_in", "truncated_normal"): "he_normal",
-    (1.0, "fan_in", "uniform"): "lecun_uniform",
-    (1.0, "fan_in", "truncated_normal"): "lecun_normal",
-}
 _LAYER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-DEFAULT_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}  # keras.activations defaults, as models/layers.py
-
-Loc = tuple[str | int, ...]
 
 
 # ---------------------------------------------------------------- import
@@ -92,7 +65,7 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         )
     body = config.get("config")
     # Keras 1 and early Keras 2 wrote the layer list directly as config
-    layers = body if isinstance(body, list) else _dict(body, ("config",)).get("layers")
+    layers = body if isinstance(body, list) else as_config(body, ("config",)).get("layers")
     if not isinstance(layers, list):
         raise SpecError("the Sequential config has no layers list", loc=("config", "layers"))
     keras2 = str(config.get("keras_version", "")).startswith(("1.", "2."))
@@ -103,7 +76,7 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         loc: Loc = ("config", "layers", i)
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
             raise SpecError("each layer is an object with class_name and config", loc=loc)
-        layer_cls = _name(entry.get("class_name")) or ""
+        layer_cls = class_name(entry.get("class_name")) or ""
         if layer_cls == "InputLayer":
             continue
         convert = _CONVERTERS.get(layer_cls)
@@ -178,24 +151,6 @@ def _input_width(config: dict[str, Any], body: dict[str, Any], layers: list[Any]
     )
 
 
-def _dict(value: Any, loc: Loc) -> dict[str, Any]:
-    """A config object; null reads as empty, anything else is refused."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(f"expected a config object here, got {type(value).__name__}", loc=loc)
-    return value
-
-
-def _name(value: Any) -> str | None:
-    """A class_name as a string; other JSON (a list, an object) can't name anything we know."""
-    return value if isinstance(value, str) else None
-
-
-def _hashable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, type(None)))
-
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -228,7 +183,7 @@ def _common(options: dict[str, Any], layer: str, loc: Loc) -> dict[str, Any]:
     )
     dtype = options.pop("dtype", None)
     if isinstance(dtype, dict):
-        dtype = _dict(dtype.get("config"), (*loc, "dtype", "config")).get("name")
+        dtype = as_config(dtype.get("config"), (*loc, "dtype", "config")).get("name")
     if dtype not in (None, "float32"):
         raise SpecError(
             f"{layer} dtype {dtype!r} is not supported: fitserve builds float32 networks; for "
@@ -251,91 +206,6 @@ def _reject_leftovers(options: dict[str, Any], layer: str, loc: Loc) -> None:
             )
 
 
-def _activation(value: Any, keras2: bool, loc: Loc) -> str:
-    if isinstance(value, dict) and value.get("module") in (
-        "keras.activations",
-        "keras.src.activations",
-    ):
-        value = value.get("config")  # Keras 3 writes built-ins passed as functions this way
-    if not isinstance(value, str) or value not in SUPPORTED_ACTIVATIONS:
-        raise SpecError(
-            f"activation {value!r} is not supported; use one of {', '.join(SUPPORTED_ACTIVATIONS)}",
-            loc=loc,
-        )
-    if keras2 and value == "hard_sigmoid":
-        raise SpecError(
-            "Keras 2's hard_sigmoid is 0.2x + 0.5, fitserve's is Keras 3's relu6(x + 3) / 6; "
-            "use sigmoid or re-save the model with Keras 3",
-            loc=loc,
-        )
-    return value
-
-
-def _initializer(value: Any, loc: Loc) -> str:
-    if isinstance(value, str):
-        value = {"class_name": INITIALIZER_CLASS.get(value, value), "config": {}}
-    if not isinstance(value, dict):
-        raise SpecError(f"initializer {value!r} is not supported", loc=loc)
-    cls, config = _name(value.get("class_name")), dict(_dict(value.get("config"), loc))
-    config.pop("seed", None)  # fitserve seeds every initializer from training.seed
-    for key in ("input_axes", "output_axes"):
-        if config.pop(key, None) is not None:
-            raise SpecError(f"initializer option {key} is not supported", loc=(*loc, "config", key))
-    if cls == "VarianceScaling":
-        key3 = (config.get("scale", 1.0), config.get("mode", "fan_in"), config.get("distribution"))
-        hashable = all(map(_hashable, key3))
-        named = _VARIANCE_SCALING.get(key3) if hashable else None  # type: ignore[arg-type]
-        if named is None:
-            raise SpecError(
-                f"VarianceScaling{key3} has no fitserve equivalent; fitserve has the Glorot, He, "
-                "LeCun variants (scale 1 fan_avg, 2 fan_in, 1 fan_in; uniform or truncated_normal)",
-                loc=loc,
-            )
-        return named
-    if cls == "Constant" and config.get("value") in (0, 1):
-        return "zeros" if config["value"] == 0 else "ones"
-    if cls not in KERAS_INITIALIZERS:
-        raise SpecError(
-            f"initializer {cls!r} is not supported; use one of {', '.join(KERAS_INITIALIZERS)} "
-            "(or VarianceScaling in one of their forms)",
-            loc=loc,
-        )
-    name, defaults = KERAS_INITIALIZERS[cls]
-    for key, v in config.items():
-        if (
-            key not in defaults
-            or not isinstance(v, (int, float))
-            or not math.isclose(v, defaults[key])
-        ):
-            raise SpecError(
-                f"{cls} with {key}={v!r} is not supported; fitserve's {name} is Keras' default "
-                f"{cls}({', '.join(f'{k}={d}' for k, d in defaults.items())})",
-                loc=(*loc, "config", key),
-            )
-    return name
-
-
-def _regularizer(value: Any, loc: Loc) -> dict[str, float] | None:
-    if value is None:
-        return None
-    if value in ("l1", "l2"):  # keras.regularizers.get("l2") is L2(0.01)
-        return {value: 0.01}
-    cls = _name(value.get("class_name")) if isinstance(value, dict) else None
-    keys = {"L1L2": ("l1", "l2"), "L1": ("l1",), "L2": ("l2",)}.get(cls)  # type: ignore[arg-type]
-    if keys is None:
-        raise SpecError(
-            f"regularizer {cls or value!r} is not supported; use L1, L2 or L1L2", loc=loc
-        )
-    config = _dict(value.get("config"), loc)
-    out = {}
-    for key, v in config.items():
-        if key not in keys or isinstance(v, bool) or not isinstance(v, (int, float, type(None))):
-            raise SpecError(f"{cls} option {key}={v!r} is not supported", loc=(*loc, "config", key))
-        if v:
-            out[key] = float(v)
-    return out or None
-
-
 def _dense(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
     if options.get("lora_rank") is None:
         options.pop("lora_alpha", None)  # only read when LoRA is on
@@ -343,7 +213,7 @@ def _dense(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
     if not _is_int(options.get("units")):
         raise SpecError("Dense needs integer units", loc=(*loc, "units"))
     spec["units"] = options.pop("units")
-    spec["activation"] = _activation(
+    spec["activation"] = parse_activation(
         options.pop("activation", "linear") or "linear", keras2, (*loc, "activation")
     )
     use_bias = options.pop("use_bias", True)
@@ -352,9 +222,9 @@ def _dense(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
     spec["use_bias"] = use_bias
     for key in ("kernel_initializer", "bias_initializer"):
         if options.get(key) is not None:
-            spec[key] = _initializer(options.pop(key), (*loc, key))
+            spec[key] = parse_initializer(options.pop(key), (*loc, key))
     for key in ("kernel_regularizer", "bias_regularizer"):
-        reg = _regularizer(options.pop(key, None), (*loc, key))
+        reg = parse_regularizer(options.pop(key, None), (*loc, key))
         if reg is not None:
             spec[key] = reg
     return spec
@@ -366,7 +236,7 @@ def _dropout(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
 
 
 def _activation_layer(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
-    name = _activation(options.pop("activation", None), keras2, (*loc, "activation"))
+    name = parse_activation(options.pop("activation", None), keras2, (*loc, "activation"))
     return {"type": "activation", "activation": name}
 
 
@@ -420,7 +290,10 @@ def _normalization_defaults(
     _require(options, "center", True, layer, loc, why)
     _require(options, "scale", True, layer, loc, why)
     for key, expected in initializers.items():
-        if options.get(key) is not None and _initializer(options.pop(key), (*loc, key)) != expected:
+        if (
+            options.get(key) is not None
+            and parse_initializer(options.pop(key), (*loc, key)) != expected
+        ):
             raise SpecError(
                 f"{layer} {key} is not supported: fitserve starts it at {expected}", loc=(*loc, key)
             )
