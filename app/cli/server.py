@@ -144,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, host=args.host, port=args.port)
     upgrade_head(settings.database_url)
+    if not _keys_in_place(settings):
+        return 2
     env = dict(os.environ)
     # The children read their settings from the environment, as any deployment's would.
     env.update(
@@ -215,6 +217,22 @@ def _serve(args: argparse.Namespace) -> int:
                 del pending[child]
                 child.start()
     return _stop_all([api, *workers], settings.shutdown_grace_seconds) or code
+
+
+def _keys_in_place(settings: Settings) -> bool:
+    """Off loopback, refuse to start until an API key exists (app.auth.ensure_keys_for_host)."""
+    from app.auth import ApiKeysMissing, ensure_keys_for_host
+    from app.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        ensure_keys_for_host(settings, engine)
+    except ApiKeysMissing as exc:
+        print(f"fitserve serve: {exc}", file=sys.stderr)
+        return False
+    finally:
+        engine.dispose()
+    return True
 
 
 def _stop_all(children: list[_Child], grace: float) -> int:

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +21,8 @@ from app.cli import main
 from app.config import Settings
 from app.db import make_engine
 from app.tables import ApiKey
+
+FITSERVE = str(Path(sys.executable).with_name("fitserve"))
 
 
 def keys(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -117,3 +127,61 @@ def test_loopback_runs_keyless_but_not_open_by_override(sqlite_url: str) -> None
             ensure_keys_for_host(opened, engine)
     finally:
         engine.dispose()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(url: str, host: str, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
+    return subprocess.Popen(
+        [FITSERVE, "serve", "--host", host, "--port", str(port), "--workers", "0",
+         "--database-url", url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_fitserve_serve_off_loopback_refuses_without_a_key(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/serve.db"
+    port = _free_port("127.0.0.1")
+    process = _serve(url, "0.0.0.0", port)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "refusing to serve on 0.0.0.0" in err
+    assert "fitserve keys create NAME" in err
+    with pytest.raises(OSError):  # nothing was bound
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.slow  # starts the real `fitserve serve` (uvicorn importing torch): ~10 s
+def test_fitserve_serve_off_loopback_starts_once_a_key_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 127.0.0.2 is not one of the loopback names fitserve trusts (so keys are required), yet is
+    # still this machine: the test binds nothing reachable from outside.
+    url = f"sqlite:///{tmp_path}/serve.db"
+    code, secret, _ = keys(capsys, "create", "ops", "--database-url", url)
+    assert code == 0
+    port = _free_port("127.0.0.2")
+    process = _serve(url, "127.0.0.2", port)
+    try:
+        base = f"http://127.0.0.2:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "fitserve serve did not answer"
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/v1/jobs").status_code == 401
+        auth = {"Authorization": f"Bearer {secret.strip()}"}
+        assert httpx.get(f"{base}/v1/jobs", headers=auth).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
