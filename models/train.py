@@ -33,6 +33,7 @@ _EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: b
 # runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
 # waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
 _SINGLE_THREAD_FLOPS = 1 << 23
+_NORM_ROWS = 1024  # steps of gradient norms buffered before they are reduced to per-layer norms
 
 
 @dataclass
@@ -105,6 +106,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if index >= torch.cuda.device_count():
         raise SpecError(f"{name}: only {torch.cuda.device_count()} CUDA device(s)", loc=("device",))
     return torch.device("cuda", index)
+
+
+def cpu_threads_for(batch_size: int, n_params: int) -> int | None:
+    """1 when a CPU step is too small to share between threads; None: keep torch's setting."""
+    return 1 if 6 * batch_size * n_params < _SINGLE_THREAD_FLOPS else None
 
 
 def _derive_seeds(seed: int) -> tuple[int, int, int]:
@@ -262,10 +268,10 @@ class Trainer:
         (TF32, CPU threads) when training ends."""
         stack = ExitStack()
         n_params = sum(p.numel() for p in self.params)
-        if self.device.type == "cpu" and 6 * self._batch_size() * n_params < _SINGLE_THREAD_FLOPS:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            stack.callback(torch.set_num_threads, threads)
+        threads = cpu_threads_for(self._batch_size(), n_params)
+        if self.device.type == "cpu" and threads is not None:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
         if self.device.type != "cuda" or self.config.precision == "fp32":
             return nullcontext(), stack
         previous = torch.backends.cuda.matmul.allow_tf32
@@ -328,23 +334,25 @@ class Trainer:
         has_penalty = module.has_penalty
         clip = self.config.clipnorm or self.config.global_clipnorm or self.config.clipvalue
         norm_matrix, hooks = self._norm_matrix, self._batch_hooks
-        shared = labels is target  # class indices serve as both: gather once
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        metric_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        norm_sum = torch.zeros(norm_matrix.shape[0], device=dev)
+        norm_sum = torch.zeros(norm_matrix.shape[0], dtype=torch.float64, device=dev)
+        # per-step parameter gradient norms, reduced to per-layer norms every len(norm_buf) steps
+        steps_per_epoch = -(-n // bs)
+        norm_buf = torch.empty(min(steps_per_epoch, _NORM_ROWS), norm_matrix.shape[1], device=dev)
+        width = target.shape[1] if target.dim() == 2 else 1
+        metric_buf = objective.metric_buffer(n, width, dev)
         perm = (
             torch.randperm(n, generator=self._shuffle, device=dev) if self.config.shuffle else None
         )
         module.train()
         steps = 0
+        k = 0  # row of norm_buf
         for start in range(0, n, bs):
             if perm is not None:
                 idx = perm[start : start + bs]
                 xb, tb = x[idx], target[idx]
-                lb = tb if shared else labels[idx]
             else:
                 xb, tb = x[start : start + bs], target[start : start + bs]
-                lb = tb if shared else labels[start : start + bs]
             with autocast:
                 out = fwd(xb)
                 loss = objective.loss(out, tb)
@@ -353,8 +361,11 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in params]
-            norms = torch.stack(torch._foreach_norm(grads))  # (params,)
-            norm_sum.add_(torch.mv(norm_matrix, norms * norms).sqrt_())
+            norms = torch.stack(torch._foreach_norm(grads), out=norm_buf[k])  # (params,)
+            k += 1
+            if k == norm_buf.shape[0]:
+                norm_sum.add_(self._layer_norms(norm_buf))
+                k = 0
             if clip:
                 clip_gradients(
                     grads,
@@ -365,7 +376,7 @@ class Trainer:
                 )
             opt.step()
             loss_sum.add_(loss.detach(), alpha=min(bs, n - start))
-            metric_sum.add_(objective.metric_sum(out.detach(), tb, lb))
+            objective.record(out, tb, metric_buf[start : start + bs])
             steps += 1
             self.step += 1
             if hooks:
@@ -377,7 +388,16 @@ class Trainer:
                 if self.stop_training:
                     break
         rows_seen = min(steps * bs, n)
+        if k:
+            norm_sum.add_(self._layer_norms(norm_buf[:k]))
+        seen_labels = labels[perm[:rows_seen]] if perm is not None else labels[:rows_seen]
+        metric_sum = objective.metric_from(metric_buf[:rows_seen], seen_labels)
         self._finish_epoch(started, steps, rows_seen, loss_sum, metric_sum, norm_sum)
+
+    def _layer_norms(self, norms: torch.Tensor) -> torch.Tensor:
+        """(steps, params) parameter norms -> (layers + 1,) sums over the steps of each layer's
+        norm and, last, of the global norm."""
+        return torch.mm(norms.square(), self._norm_matrix.T).sqrt_().sum(0, dtype=torch.float64)
 
     @torch.inference_mode()
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -410,7 +430,7 @@ class Trainer:
         norm_sum: torch.Tensor,
     ) -> None:
         epoch = self.epoch + 1
-        parts = [loss_sum.reshape(1), metric_sum.reshape(1), norm_sum.double()]
+        parts = [loss_sum.reshape(1).double(), metric_sum.reshape(1).double(), norm_sum.double()]
         if self._val is not None:
             val_loss, val_metric, val_rows = self._evaluate()
             parts += [val_loss.reshape(1).double(), val_metric.reshape(1)]

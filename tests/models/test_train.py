@@ -442,3 +442,43 @@ def test_full_batch_is_one_step_per_epoch(blobs: tuple[np.ndarray, np.ndarray]) 
         callbacks=[rec],
     )
     assert rec.batches == 4
+
+
+class GradNorms(Callback):
+    """Recomputes each step's per-layer gradient norms on the host (slow; for checking only)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        per_layer: dict[str, float] = {}
+        for name, p in trainer.module.named_parameters():
+            layer = name.split(".")[1]
+            per_layer[layer] = per_layer.get(layer, 0.0) + float(p.grad.double().square().sum())  # type: ignore[union-attr]
+        per_layer["(global)"] = sum(per_layer.values())
+        self.steps.append({k: v**0.5 for k, v in per_layer.items()})
+
+
+@pytest.mark.parametrize(("rows", "batch_size"), [(40, "full"), (42, 2)])
+def test_gradient_norms_are_the_mean_over_steps(
+    rows: int, batch_size: int | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("models.train._NORM_ROWS", 8)  # 21 steps: two full buffers and a rest
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    y = rng.integers(0, 2, size=rows)
+    net = {
+        "layers": [
+            dense(4, activation="tanh", input_dim=3),
+            {"type": "layer_normalization"},
+            dense(1, activation="sigmoid"),
+        ]
+    }
+    probe = GradNorms()
+    cfg = {"loss": "binary_crossentropy", "optimizer": "sgd", "batch_size": batch_size, "seed": 0}
+    rec = fit(net, cfg, x, y, device="cpu", callbacks=[probe]).history[0]
+    assert len(probe.steps) == (1 if batch_size == "full" else rows // 2)
+    for layer in ("dense", "layer_normalization", "dense_1"):
+        want = np.mean([s[layer] for s in probe.steps])
+        assert rec.layer_grad_norms[layer] == pytest.approx(want, rel=1e-5)
+    assert rec.grad_norm == pytest.approx(np.mean([s["(global)"] for s in probe.steps]), rel=1e-5)
