@@ -69,8 +69,8 @@ def open_streams(server: LiveServer) -> float:
 
 
 def test_every_epoch_exactly_once_across_a_reconnect(live_server: LiveServer) -> None:
-    epochs = 30
-    job = submit(live_server, epochs=epochs, batch_size=4)
+    epochs = 12
+    job = submit(live_server, epochs=epochs)
 
     first = read_events(live_server, job["id"], until_epoch=3)
     assert first[0].event == "status"  # a connection opens with the job's current status
