@@ -280,7 +280,7 @@ REAL = keras_config("normalization_parity")
 REAL_PATHS = _paths(REAL)[1:]
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=120, derandomize=True, deadline=None)
 @given(path=st.sampled_from(REAL_PATHS), replacement=JSON)
 def test_any_edit_of_a_real_config_imports_or_raises_spec_error(
     path: Any, replacement: Any
