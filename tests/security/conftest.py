@@ -22,10 +22,13 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+import models
 from app.auth import create_key
 from app.config import Settings
+from app.datasets import decode_arrays
 from app.db import make_engine, upgrade_head
 from app.main import create_app
+from app.queue import store
 from app.tables import ApiKey, Dataset, Job, JobCheckpoint, JobClaim, JobMetric, Model
 
 # Small limits, so each limit can be passed with a small request.
@@ -155,3 +158,59 @@ def api(module_database_url: str) -> Iterator[Api]:
             yield Api(app, http, settings, engine, key_a, key_b, owner_a, owner_b)
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------ a model trained for real
+
+IRIS_CSV = (Path(__file__).resolve().parents[2] / "app" / "data" / "iris.csv").read_bytes()
+
+
+def _train_next_job(api: Api) -> None:
+    """Claim the queued job, train it with models.fit and finish it through the queue's own
+    statements: the worker's path, in-process (no subprocess, no polling)."""
+    with Session(api.engine) as session, session.begin():
+        claim = store.claim_next_job(session, worker="security-tests", lease_seconds=60)
+        assert claim is not None
+        dataset = session.get(Dataset, claim.dataset_id)
+        assert dataset is not None
+        x, y = decode_arrays(dataset)
+        network = models.NetworkSpec.model_validate(claim.network)
+        result = models.fit(network, claim.training, x, y, device="cpu")
+        model = Model(
+            owner_id=claim.owner_id,
+            dataset_id=claim.dataset_id,
+            network=claim.network,
+            training=claim.training,
+            task=dataset.task,
+            classes=dataset.classes,
+            weights=models.save_model(result, network),
+        )
+        last = result.history[-1]
+        store.finish_job(
+            session,
+            job_id=claim.job_id,
+            lease_token=claim.lease_token,
+            model=model,
+            last_epoch=(last.epoch, last.as_dict()),
+        )
+
+
+@pytest.fixture(scope="module")
+def trained(api: Api) -> dict[str, str]:
+    """Key A's iris dataset (uploaded as CSV), a job on it trained to success, and its model."""
+    files = {"file": ("iris.csv", IRIS_CSV, "text/csv")}
+    form = {"target": "species", "name": "a-iris"}
+    r = api.http.post("/v1/datasets", files=files, data=form, headers=api.a)
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    job = {
+        "network": models.spec.IRIS_NETWORK,
+        "dataset": dataset,
+        "training": {**models.spec.IRIS_TRAINING, "epochs": 2},
+    }
+    r = api.http.post("/v1/jobs", json=job, headers=api.a)
+    assert r.status_code == 202, r.text
+    _train_next_job(api)
+    r = api.http.get(f"/v1/jobs/{r.json()['id']}", headers=api.a)
+    assert r.json()["status"] == "succeeded", r.text
+    return {"dataset": dataset, "job": r.json()["id"], "model": r.json()["model_id"]}
