@@ -100,6 +100,9 @@ HUGE = {"layers": [
 
 D = "/v1/datasets"
 J = "/v1/jobs"
+P = "/v1/models/{model}/predict"
+JSON_CT = {"content-type": "application/json"}
+CSV_HEADER = b"sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n"
 
 CATALOG: list[Case] = [
     # ---------------------------------------------------------------- datasets, JSON
@@ -289,6 +292,41 @@ CATALOG: list[Case] = [
          json=layers({"activation": "swishy"})),
     Case("summary-too-many-parameters", "POST", "/v1/networks/summary", 422,
          ("6.0e7 parameters", "5.0e7"), json=WIDE),
+    # ---------------------------------------------------------------- predictions
+    Case("predict-wrong-width", "POST", P, 422, ("inputs[0] has 3 values", "takes 4"),
+         json={"inputs": [[5.1, 3.5, 1.4]]}),
+    Case("predict-ragged-rows", "POST", P, 422, ("inputs[1] has 2 values",),
+         json={"inputs": [[5.1, 3.5, 1.4, 0.2], [1.0, 2.0]]}),
+    Case("predict-too-many-rows", "POST", P, 413, ("101 input rows", "limit is 100"),
+         json={"inputs": [[5.1, 3.5, 1.4, 0.2]] * 101}),
+    Case("predict-nan", "POST", P, 422, ("inputs[0][2] is NaN",),
+         content=b'{"inputs": [[5.1, 3.5, NaN, 0.2]]}', headers=JSON_CT),
+    Case("predict-infinity", "POST", P, 422, ("inputs[1][0] is Infinity",),
+         content=b'{"inputs": [[5.1, 3.5, 1.4, 0.2], [Infinity, 1, 1, 1]]}',
+         headers={"content-type": "application/json"}),
+    Case("predict-1e999", "POST", P, 422, ("inputs[0][3] is 1e999",),
+         content=b'{"inputs": [[5.1, 3.5, 1.4, 1e999]]}', headers=JSON_CT),
+    Case("predict-beyond-float32", "POST", P, 422, ("inputs[0]", "float32"),
+         json={"inputs": [[5.1, 3.5, 1.4, 1e39]]}),
+    Case("predict-empty-inputs", "POST", P, 422, ("inputs", "at least 1"),
+         json={"inputs": []}),
+    Case("predict-string-values", "POST", P, 422, ("inputs[0][0]", "number"),
+         json={"inputs": [["5.1", 3.5, 1.4, 0.2]]}),
+    Case("predict-misspelt-field", "POST", P, 422, ("input", "extra"),
+         json={"input": [[5.1, 3.5, 1.4, 0.2]]}),
+    Case("predict-unknown-model", "POST", "/v1/models/" + "0" * 32 + "/predict", 404,
+         ("model", "not found"), json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    Case("predict-csv-missing-column", "POST", P + ".csv", 422, ("petal_width_cm",),
+         content=b"sepal_length_cm,sepal_width_cm,petal_length_cm\n5.1,3.5,1.4\n",
+         headers={"content-type": "text/csv"}),
+    Case("predict-csv-bad-cell", "POST", P + ".csv", 422, ("'abc'",),
+         content=CSV_HEADER + b"5.1,abc,1.4,0.2\n", headers={"content-type": "text/csv"}),
+    Case("predict-csv-nan", "POST", P + ".csv", 422, ("nan",),
+         content=CSV_HEADER + b"5.1,3.5,nan,0.2\n", headers={"content-type": "text/csv"}),
+    Case("infer-wrong-shape", "POST", "/v2/models/{model}/infer", 422, ("shape",),
+         json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
+                           "data": [5.1, 3.5, 1.4]}]}),
+    Case("models-limit-zero", "GET", "/v1/models", 422, ("limit",), params={"limit": 0}),
     # ---------------------------------------------------------------- listing parameters
     Case("jobs-bad-status-filter", "GET", J, 422, ("status", "queued"),
          params={"status": "done"}),
@@ -304,11 +342,11 @@ CATALOG: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def refs(api: Any) -> dict[str, str]:
-    """Rows the catalog refers to: a queued job of key A (metrics listing)."""
+def refs(api: Any, trained: dict[str, str]) -> dict[str, str]:
+    """Rows the catalog refers to: key A's trained model, and a queued job of key A."""
     r = api.http.post(J, json=job(), headers=api.a)
     assert r.status_code == 202, r.text
-    return {"job": r.json()["id"]}
+    return {"job": r.json()["id"], "model": trained["model"]}
 
 
 def test_the_catalog_is_big_enough() -> None:
