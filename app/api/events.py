@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -49,9 +51,12 @@ from app.tables import TERMINAL_STATUSES, Job, JobMetric
 POLL_SECONDS = 0.5
 # A comment after this much silence; proxies commonly drop idle connections after 60 s.
 KEEPALIVE_SECONDS = 15.0
+# Consecutive failed polls (backing off 2x each) before the stream ends and the client reconnects.
+MAX_POLL_FAILURES = 6
 # Epoch rows sent per poll at most, so a reconnect to a long job streams in bounded batches.
 BATCH_ROWS = 500
 
+log = logging.getLogger("fitserve.events")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 SessionFactory = Callable[[], Session]
@@ -123,10 +128,22 @@ async def stream_events(
         yield "retry: 1000\n\n"
         sent_status: str | None = None
         last_write = time.monotonic()
+        failures = 0
         while True:
-            status, rows = await run_in_threadpool(
-                _poll, make_session, owner=owner, job_id=job_id, after=after
-            )
+            try:
+                status, rows = await run_in_threadpool(
+                    _poll, make_session, owner=owner, job_id=job_id, after=after
+                )
+                failures = 0
+            except sa_exc.DBAPIError as exc:
+                # The database blinked (restart, failover): keep the client and try again; if it
+                # stays away, end the stream so the client reconnects and meets a clean 503.
+                failures += 1
+                log.warning("event stream for job %s: database poll failed: %s", job_id, exc)
+                if failures >= MAX_POLL_FAILURES:
+                    return
+                await asyncio.sleep(poll_seconds * 2**failures)
+                continue
             if status is None:  # deleted while we watched
                 return
             terminal = status["status"] in TERMINAL_STATUSES

@@ -69,7 +69,7 @@
     });
     svg.appendChild(node("text", {x: L + (W - L - R) / 2, y: H - 4, "text-anchor": "middle",
                                   "font-size": 11, fill: "#555"}, "epoch"));
-    series.forEach(function (s, i) {
+    series.forEach(function (s) {
       var pts = s.points.map(function (p) { return sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1); });
       if (pts.length === 1) {
         var xy = pts[0].split(",");
@@ -80,9 +80,14 @@
                                           "stroke-width": 3, "stroke-linejoin": "round",
                                           "class": "curve", "data-series": s.name}));
       }
-      svg.appendChild(node("rect", {x: W - R - 150, y: T + 8 + i * 16, width: 12, height: 4,
+    });
+    // The legend on a translucent card, so it never hides a curve's shape.
+    svg.appendChild(node("rect", {x: W - R - 158, y: T + 2, width: 152, height: series.length * 16 + 8,
+                                  fill: "#fff", "fill-opacity": 0.85, stroke: "#ddd"}));
+    series.forEach(function (s, i) {
+      svg.appendChild(node("rect", {x: W - R - 150, y: T + 10 + i * 16, width: 12, height: 4,
                                     fill: s.colour}));
-      svg.appendChild(node("text", {x: W - R - 132, y: T + 14 + i * 16, "font-size": 11,
+      svg.appendChild(node("text", {x: W - R - 132, y: T + 16 + i * 16, "font-size": 11,
                                     fill: "#333"}, s.name));
     });
   }

@@ -139,7 +139,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
 <section id="job" data-status="{esc(job.status)}" data-epochs="{esc(job.epochs)}"
   data-events="{esc(events_url)}"
   data-models="{esc(root)}/dashboard/models/">
-<p>{esc(job.name or "")} · epoch <span id="progress">{job.epoch} / {job.epochs}</span>
+<p>{esc(job.name) + " · " if job.name else ""}epoch <span id="progress">{job.epoch} / {job.epochs}</span>
  · device {esc(job.device or "-")} · attempts {job.attempts}
  · model <a class="id" id="model" href="{esc(model_href)}">{esc(job.model_id or "-")}</a></p>
 <p class="error" id="error">{esc(job.error or "")}</p>
