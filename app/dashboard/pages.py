@@ -119,6 +119,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
     # The stream resumes after the rows embedded in the page, so nothing is drawn twice.
     after = history[-1]["epoch"] if history else 0
     events_url = f"{root}/v1/jobs/{job.id}/events?last_event_id={after}"
+    name = f"{esc(job.name)} · " if job.name else ""
     columns = [c for c in METRIC_COLUMNS if any(row.get(c) is not None for row in history)]
     recent = history[-10:]
     table_rows = "".join(
@@ -139,7 +140,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
 <section id="job" data-status="{esc(job.status)}" data-epochs="{esc(job.epochs)}"
   data-events="{esc(events_url)}"
   data-models="{esc(root)}/dashboard/models/">
-<p>{esc(job.name) + " · " if job.name else ""}epoch <span id="progress">{job.epoch} / {job.epochs}</span>
+<p>{name}epoch <span id="progress">{job.epoch} / {job.epochs}</span>
  · device {esc(job.device or "-")} · attempts {job.attempts}
  · model <a class="id" id="model" href="{esc(model_href)}">{esc(job.model_id or "-")}</a></p>
 <p class="error" id="error">{esc(job.error or "")}</p>
