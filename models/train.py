@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import cuda_graph, placement
 from models import data as D
-from models.build import as_network, as_training, build, check_compatible
+from models.build import as_network, as_training, build, check_compatible, count_params
 from models.callbacks import Callback, EarlyStopping, overrides
 from models.errors import SpecError, StopTraining, TrainingError
 from models.layers import Network
@@ -88,6 +89,9 @@ class FitResult:
     network: NetworkSpec
     training: TrainingConfig
     best_epoch: int | None = None  # with early stopping
+    precision: str = "fp32"  # as trained: the config's on CUDA; the CPU always trains in fp32
+    device_reason: str = ""  # why this device (device="auto" decides in models/placement.py)
+    step_mode: str = "eager"  # "cuda_graph", or "eager: <why not>" (models/cuda_graph.py)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -185,6 +189,22 @@ class Trainer:
             split_rows(rows, self.config.validation_split) if self.config.validation_split else rows
         )
         self.data_shape = {"rows": rows, "n_features": xt.shape[1]}
+        self.step_mode = "eager"
+        self._graph: cuda_graph.GraphEpochs | None = None
+        self.device_reason = f"{self.device}, as asked"
+        if str(device) == "auto":
+            batch = self.config.batch_size
+            where = placement.choose(
+                self.network,
+                self.config,
+                n_features=xt.shape[1],
+                n_train=n_train,
+                batch_size=n_train if batch == "full" else min(int(batch), max(n_train, 1)),
+                epochs=self.config.epochs,
+                n_params=count_params(self.network),
+                cuda_available=self.device.type == "cuda",
+            )
+            self.device, self.device_reason = where.device, where.reason
 
         if resume is not None:
             self._check_resume(resume)
@@ -293,6 +313,7 @@ class Trainer:
             else:
                 self._shuffle.manual_seed(self._shuffle_seed)
                 torch.manual_seed(self._dropout_seed)  # dropout draws from the global generator
+            self._graph = cuda_graph.plan(self)  # full-batch steps replayed from a CUDA graph
             for cb in self.callbacks:
                 cb.on_train_begin(self)
             try:
@@ -317,6 +338,9 @@ class Trainer:
             network=self.network,
             training=self.config,
             best_epoch=self.early_stopping.best_epoch if self.early_stopping else None,
+            precision=self.config.precision if self.device.type == "cuda" else "fp32",
+            device_reason=self.device_reason,
+            step_mode=self.step_mode,
         )
         for cb in self.callbacks:
             try:
@@ -327,6 +351,8 @@ class Trainer:
 
     def _run_epoch(self, autocast: Any) -> None:
         started = time.perf_counter()
+        if self._graph is not None:
+            return self._graph.run_epoch(started)
         module, opt, objective, params = self.module, self.optimizer, self.objective, self.params
         x, target, labels = self._train
         n, bs, dev = self.n_train, self._batch_size(), self.device
