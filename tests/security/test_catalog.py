@@ -8,8 +8,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.orm import Session
 
+from app.auth import create_key
+from app.config import Settings
+from app.db import make_engine
+from app.main import create_app
 from models.spec import IRIS_NETWORK, IRIS_TRAINING
 
 IRIS_TRAINING_SHORT = {**IRIS_TRAINING, "epochs": 1}
@@ -376,3 +382,27 @@ def test_bad_input_is_refused_and_stores_nothing(
     for word in case.words:
         assert word.lower() in detail.lower(), f"{word!r} not in {detail!r}"
     assert api.row_counts() == before
+
+
+def test_queued_jobs_per_key_are_limited(database_url: str, live_server: Any) -> None:
+    settings = Settings(database_url=database_url, require_api_keys=True, max_queued_jobs_per_key=2)
+    engine = make_engine(settings.database_url)
+    try:
+        with Session(engine) as session, session.begin():
+            _, key_a = create_key(session, name="a")
+            _, key_b = create_key(session, name="b")
+        a, b = {"Authorization": f"Bearer {key_a}"}, {"Authorization": f"Bearer {key_b}"}
+        with live_server(create_app(settings)) as url, httpx.Client(base_url=url) as http:
+            for _ in range(2):
+                assert http.post(J, json=job(), headers=a).status_code == 202
+            r = http.post(J, json=job(), headers=a)
+            assert r.status_code == 409
+            assert "2 queued jobs, the limit is 2" in r.json()["detail"]
+            assert "FITSERVE_MAX_QUEUED_JOBS_PER_KEY" in r.json()["detail"]
+            assert len(http.get(J, headers=a).json()["items"]) == 2  # the third was not stored
+            assert http.post(J, json=job(), headers=b).status_code == 202  # per key
+            first = http.get(J, headers=a).json()["items"][0]["id"]
+            assert http.post(f"{J}/{first}/cancel", headers=a).status_code == 202
+            assert http.post(J, json=job(), headers=a).status_code == 202  # room again
+    finally:
+        engine.dispose()
