@@ -12,6 +12,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import orjson
+
 
 class ModelCache:
     def __init__(self, capacity: int) -> None:
@@ -49,3 +52,11 @@ class ModelCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+def encode_predictions(outputs: np.ndarray, predictions: list[Any] | None) -> bytes:
+    """PredictResponse's JSON, {"outputs": [[...]], "predictions": [...] | null}, in one orjson
+    call over the array. The float32 outputs are widened to float64 first so each number prints
+    as `float(value)` does — the digits pydantic wrote before — not float32's shorter form."""
+    body = {"outputs": np.ascontiguousarray(outputs, dtype=np.float64), "predictions": predictions}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -36,10 +36,12 @@ class Predictor:
     def n_outputs(self) -> int:
         return self.network.output_units
 
-    def predict(self, x: Any) -> np.ndarray:
-        """(rows, n_features) -> float32 (rows, outputs); probabilities for softmax/sigmoid."""
+    def predict(self, x: Any, *, chunk_rows: int | None = None) -> np.ndarray:
+        """(rows, n_features) -> float32 (rows, outputs); probabilities for softmax/sigmoid.
+
+        Rows go through the network `chunk_rows` at a time (default: ~4M input values a chunk)."""
         xt = D.features(x, n_features=self.n_features)
-        chunk = max(1, _CHUNK_ELEMENTS // self.n_features)
+        chunk = chunk_rows or max(1, _CHUNK_ELEMENTS // self.n_features)
         outs = []
         with torch.inference_mode():
             for start in range(0, xt.shape[0], chunk):

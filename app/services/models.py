@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, defer
 import models
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
-from app.inference import ModelCache
+from app.inference import ModelCache, encode_predictions
 from app.metrics import observe_prediction
 from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest, PredictResponse
 from app.services import is_id, owned_by
@@ -112,6 +112,38 @@ def predict(
     settings: Settings,
     cache: ModelCache,
 ) -> PredictResponse:
+    outputs, predictions = predict_arrays(
+        session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
+    )
+    return PredictResponse(outputs=outputs.tolist(), predictions=predictions)
+
+
+def predict_json(
+    session: Session,
+    *,
+    owner: str | None,
+    model_id: str,
+    body: PredictRequest,
+    settings: Settings,
+    cache: ModelCache,
+) -> bytes:
+    """`predict`'s PredictResponse as JSON bytes, encoded from the arrays in one call."""
+    outputs, predictions = predict_arrays(
+        session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
+    )
+    return encode_predictions(outputs, predictions)
+
+
+def predict_arrays(
+    session: Session,
+    *,
+    owner: str | None,
+    model_id: str,
+    body: PredictRequest,
+    settings: Settings,
+    cache: ModelCache,
+) -> tuple[np.ndarray, list[Any] | None]:
+    """(outputs float32 (rows, units), class labels or None) for the request's rows."""
     rows = len(body.inputs)
     if rows > settings.max_predict_rows:
         raise PayloadTooLarge(
@@ -149,7 +181,7 @@ def predict(
     predictions = None
     if row.task == "classification" and row.classes:
         predictions = _labels(outputs, list(row.classes))
-    return PredictResponse(outputs=outputs.tolist(), predictions=predictions)
+    return outputs, predictions
 
 
 def _labels(outputs: np.ndarray, classes: list[Any]) -> list[Any]:
@@ -158,4 +190,6 @@ def _labels(outputs: np.ndarray, classes: list[Any]) -> list[Any]:
         index = (outputs[:, 0] >= 0.5).astype(np.int64)
     else:
         index = outputs.argmax(axis=1)
-    return [classes[i] for i in index.tolist()]
+    labels = np.empty(len(classes), dtype=object)  # keeps each label's own type (str or int)
+    labels[:] = classes
+    return labels[index].tolist()  # type: ignore[no-any-return]

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# the API fixtures (an app per database, its client and a row helper) for the endpoint tests
+from tests.api.conftest import anyio_backend, app, client, db, settings  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def iris() -> tuple[np.ndarray, np.ndarray]:

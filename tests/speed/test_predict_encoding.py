@@ -1,0 +1,80 @@
+"""Prediction speed changes that must not change a single answer: chunking under
+inference_mode, and the JSON encoded from the output arrays in one orjson call."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import models
+from app.inference import encode_predictions
+from app.schemas import PredictResponse
+from app.services.models import _labels
+from tests.api.test_models import store_model, trained
+
+NETWORK = {
+    "layers": [
+        {"type": "dense", "units": 16, "activation": "relu", "input_dim": 4},
+        {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def predictor(iris: Any) -> models.Predictor:
+    x, y = iris
+    training = {"loss": "sparse_categorical_crossentropy", "optimizer": "adam", "epochs": 3,
+                "seed": 0, "standardize": True}  # fmt: skip
+    result = models.fit(NETWORK, training, x, y, device="cpu")
+    return models.Predictor(models.save_model(result, NETWORK))
+
+
+def test_chunked_predictions_equal_unchunked(predictor: models.Predictor, iris: Any) -> None:
+    x = np.concatenate([iris[0]] * 7)  # 1050 rows
+    whole = predictor.predict(x)
+    for chunk_rows in (1, 7, 128, 1049):
+        np.testing.assert_allclose(predictor.predict(x, chunk_rows=chunk_rows), whole, rtol=1e-6)
+    assert whole.shape == (1050, 3) and whole.dtype == np.float32
+    assert predictor.predict(np.zeros((0, 4), np.float32)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("classes", [["setosa", "versicolor", "virginica"], [0, 1, 2], None])
+def test_the_json_is_the_response_models_json(
+    predictor: models.Predictor, iris: Any, classes: list[Any] | None
+) -> None:
+    outputs = predictor.predict(iris[0])
+    labels = _labels(outputs, classes) if classes else None
+    old = PredictResponse(outputs=outputs.tolist(), predictions=labels).model_dump_json()
+    new = encode_predictions(outputs, labels)
+    # the same numbers to the last digit, and the same types (label ints stay ints)
+    assert json.loads(new) == json.loads(old)
+    assert new.replace(b" ", b"") == old.encode().replace(b" ", b"")
+    if classes:
+        assert labels == [classes[i] for i in outputs.argmax(axis=1)]
+
+
+def test_a_sigmoid_unit_labels_by_threshold() -> None:
+    outputs = np.array([[0.2], [0.5], [0.9]], dtype=np.float32)
+    assert _labels(outputs, ["no", "yes"]) == ["no", "yes", "yes"]
+
+
+@pytest.mark.anyio
+async def test_the_endpoint_answers_what_the_predictor_computes(
+    client: httpx.AsyncClient, db: Any
+) -> None:
+    model_id = store_model(db)
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+    response = await client.post(f"/v1/models/{model_id}/predict", json={"inputs": rows})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"outputs", "predictions"}
+    expected = models.Predictor(trained()[0]).predict(np.array(rows, dtype=np.float32))
+    assert body["outputs"] == expected.tolist()  # float32 values, exactly
+    classes = ["setosa", "versicolor", "virginica"]
+    assert body["predictions"] == [classes[i] for i in expected.argmax(axis=1)]
