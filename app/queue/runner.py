@@ -7,9 +7,11 @@ trains and reports over a pipe, and the worker makes every (fenced) write.
 Messages are frames of `4-byte header length | JSON header | optional binary payload`
 (checkpoints and weights are safetensors bytes; nothing here is pickled):
 
-    {"kind": "started", "device", "precision"}
-    {"kind": "epoch", "epoch", "values"}                + models.Checkpoint bytes
-    {"kind": "done", "stopped": null|"cancelled"|"shutdown", "metrics"} + models.save_model bytes
+    {"kind": "epoch", "epoch", "values"}  + models.Checkpoint bytes   (every epoch but the last)
+    {"kind": "done", "stopped": null, "last_epoch": {"epoch", "values"} | null}
+                                          + models.save_model bytes   (the last epoch rides here,
+                                            so its metrics commit with the weights and `succeeded`)
+    {"kind": "done", "stopped": "cancelled" | "shutdown"}
     {"kind": "error", "code", "message", "retry"}
 
 The worker steers the child through one shared integer (`control`), read at every batch end —
@@ -81,13 +83,7 @@ class _Relay(models.Callback):
 
     def __init__(self, conn: Connection, control: Any) -> None:
         self.conn, self.control = conn, control
-
-    def on_train_begin(self, trainer: models.Trainer) -> None:
-        device = trainer.device
-        precision = trainer.config.precision if device.type == "cuda" else "fp32"
-        self.conn.send_bytes(
-            encode({"kind": "started", "device": str(device), "precision": precision})
-        )
+        self.last_epoch: dict[str, Any] | None = None
 
     def on_batch_end(self, trainer: models.Trainer) -> None:
         if self.control.value in (CANCEL, STOP_NOW):
@@ -96,10 +92,14 @@ class _Relay(models.Callback):
     def on_epoch_end(self, trainer: models.Trainer, record: models.EpochRecord) -> None:
         if self.control.value in (CANCEL, STOP_NOW):
             return  # a partial epoch: not worth a metrics row or a checkpoint
+        values = {"epoch": record.epoch, "values": record.as_dict()}
+        # Early stopping has already decided by now whether this epoch is the last.
+        if trainer.stop_training or record.epoch >= trainer.config.epochs:
+            self.last_epoch = values
+            return
         # Checkpoint before any stop is requested, so a resumed run carries on training.
         checkpoint = trainer.checkpoint().to_bytes()
-        header = {"kind": "epoch", "epoch": record.epoch, "values": record.as_dict()}
-        self.conn.send_bytes(encode(header, checkpoint))
+        self.conn.send_bytes(encode({"kind": "epoch", **values}, checkpoint))
         if self.control.value == STOP_AT_EPOCH_END:
             raise models.StopTraining
 
@@ -176,29 +176,21 @@ def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str,
     if job.task == "regression" and y.ndim == 1:
         y = y.reshape(-1, 1)
     resume = models.Checkpoint.from_bytes(job.checkpoint) if job.checkpoint else None
+    relay = _Relay(conn, control)
     result = models.fit(
         job.network,
         job.training,
         np.asarray(x),
         np.asarray(y),
         device=job.device,
-        callbacks=[_Relay(conn, control)],
+        callbacks=[relay],
         resume=resume,
     )
-    stop = control.value
-    stopped = (
-        "cancelled"
-        if stop == CANCEL
-        else "shutdown"
-        if stop in (STOP_AT_EPOCH_END, STOP_NOW)
-        else None
-    )
-    if stopped == "shutdown" and result.stopped_epoch is None:
-        stopped = None  # the stop came after the last epoch: the job is done
-    if stopped is not None:
-        return {"kind": "done", "stopped": stopped, "metrics": None}, b""
+    if relay.last_epoch is None and result.stopped_epoch is not None:
+        # Stopped before its last epoch: by a cancel, or by the worker shutting down.
+        stopped = "cancelled" if control.value == CANCEL else "shutdown"
+        return {"kind": "done", "stopped": stopped}, b""
     weights = models.save_model(
         result, result.network, extra={"task": job.task, "classes": job.classes}
     )
-    metrics = result.history[-1].as_dict() if result.history else None
-    return {"kind": "done", "stopped": None, "metrics": metrics}, weights
+    return {"kind": "done", "stopped": None, "last_epoch": relay.last_epoch}, weights

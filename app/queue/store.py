@@ -287,17 +287,7 @@ def record_epoch(
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
-    loss = values.get("loss")
-    session.execute(
-        insert(JobMetric.__table__).values(
-            job_id=job_id,
-            epoch=epoch,
-            lease_token=lease_token,
-            loss=loss,
-            values=values,
-            created_at=db_now(),
-        )
-    )
+    _insert_metrics(session, job_id=job_id, lease_token=lease_token, epoch=epoch, values=values)
     session.execute(delete(JobCheckpoint.__table__).where(JobCheckpoint.job_id == job_id))
     session.execute(
         insert(JobCheckpoint.__table__).values(
@@ -305,6 +295,21 @@ def record_epoch(
             epoch=epoch,
             lease_token=lease_token,
             data=checkpoint,
+            created_at=db_now(),
+        )
+    )
+
+
+def _insert_metrics(
+    session: Session, *, job_id: str, lease_token: int, epoch: int, values: dict[str, Any]
+) -> None:
+    session.execute(
+        insert(JobMetric.__table__).values(
+            job_id=job_id,
+            epoch=epoch,
+            lease_token=lease_token,
+            loss=values.get("loss"),
+            values=values,
             created_at=db_now(),
         )
     )
@@ -318,12 +323,21 @@ def load_checkpoint(session: Session, *, job_id: str) -> tuple[int, bytes] | Non
     return None if row is None else (int(row.epoch), bytes(row.data))
 
 
-def finish_job(session: Session, *, job_id: str, lease_token: int, model: Model) -> None:
-    """Success, atomically: the Model row (final weights + last metrics) and `succeeded` commit
-    together or not at all. Raises LeaseLost if the job is no longer ours or not running
-    (a cancel that arrived during the last epoch: see `finish_cancelled`)."""
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    model: Model,
+    last_epoch: tuple[int, dict[str, Any]] | None = None,
+) -> None:
+    """Success, atomically: the final epoch's metrics row (`last_epoch`: (epoch, values), when
+    not already recorded), the Model row with the final weights and metrics, and `succeeded`
+    commit together or not at all. Raises LeaseLost if the job is no longer ours or not
+    running (a cancel that arrived during the last epoch: see `finish_cancelled`)."""
     model.id = model.id or new_id()
     model.job_id = job_id
+    progress = {} if last_epoch is None else {"epoch": last_epoch[0]}
     result = session.execute(
         update(jobs)
         .where(_fenced(job_id, lease_token, ("running",)))
@@ -335,10 +349,27 @@ def finish_job(session: Session, *, job_id: str, lease_token: int, model: Model)
             lease_expires_at=None,
             finished_at=db_now(),
             updated_at=db_now(),
+            **progress,
         )
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
+    if last_epoch is None:  # every epoch is recorded already (a resumed, finished run)
+        model.metrics = session.scalar(
+            select(JobMetric.values)
+            .where(JobMetric.job_id == job_id)
+            .order_by(JobMetric.epoch.desc())
+            .limit(1)
+        )
+    else:
+        model.metrics = last_epoch[1]
+        _insert_metrics(
+            session,
+            job_id=job_id,
+            lease_token=lease_token,
+            epoch=last_epoch[0],
+            values=last_epoch[1],
+        )
     session.add(model)
     session.flush()
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="succeeded")

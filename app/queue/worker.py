@@ -1,8 +1,8 @@
 """The worker loop: claim a job, train it in a child process, write back under a fenced lease.
 
-    claim (one transaction: reap expired jobs, claim_next_job)
+    claim (one transaction: reap expired jobs, claim_next_job, set_runtime, read the inputs)
       -> fork runner.run_attempt; start the heartbeat thread
-      -> per message: started -> set_runtime, epoch -> record_epoch, done -> finish_job /
+      -> per message: epoch -> record_epoch, done -> finish_job (with the last epoch) /
          finish_cancelled / release_job, error -> fail_job or retry_job; child died -> retry_job
       -> stop the heartbeat thread, reap the child, claim again
 
@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -57,6 +58,13 @@ KILL_AFTER_GRACE_SECONDS = 5.0
 _FORK = multiprocessing.get_context("fork")
 
 
+@dataclass(frozen=True)
+class Claimed:
+    claim: store.Claim
+    dataset: Dataset | None
+    checkpoint: bytes | None  # models.Checkpoint bytes to resume from
+
+
 class LostJob(Exception):
     """This worker may not write to the job any more (its lease is gone or the database is)."""
 
@@ -72,6 +80,16 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
 
 
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    if not settings.is_postgres:
+        return {}
+    # A worker frozen inside a transaction (SIGSTOP, a paused VM) would hold the job's row lock
+    # and keep the worker taking over from claiming it; the server ends such a session once it
+    # has idled for a lease. The worker's own transactions last milliseconds.
+    timeout_ms = max(1000, int(settings.lease_seconds * 1000))
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}}
+
+
 class Worker:
     def __init__(
         self,
@@ -84,7 +102,9 @@ class Worker:
         self.settings = settings
         self.name = name or worker_name()
         self.device = device or settings.device
-        self.engine = engine or make_engine(settings.database_url)
+        # The device as the probe resolved it ("auto" -> "cpu" or "cuda:0"); set on first run.
+        self.runtime_device: str | None = None
+        self.engine = engine or make_engine(settings.database_url, **_engine_options(settings))
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.stopping = threading.Event()
         self._listener: psycopg.Connection[Any] | None = None
@@ -93,19 +113,24 @@ class Worker:
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
         """Claim and train until stopped; returns the process exit code."""
+        if self.runtime_device is None:
+            probe = probe_device(self.device)
+            if not probe["ok"]:
+                raise RuntimeError(f"cannot train on device {self.device!r}: {probe['error']}")
+            self.runtime_device = probe["device"]
         done = 0
         try:
             while not self.stopping.is_set():
-                claim = self._claim()
-                if claim is None:
+                claimed = self._claim()
+                if claimed is None:
                     if exit_when_idle:
                         return 0
                     self._wait_for_work()
                     continue
                 try:
-                    Attempt(self, claim).run()
+                    Attempt(self, claimed).run()
                 except LostJob as exc:
-                    log.warning("%s: gave up job %s: %s", self.name, claim.job_id, exc)
+                    log.warning("%s: gave up job %s: %s", self.name, claimed.claim.job_id, exc)
                     return EXIT_LEASE_LOST
                 done += 1
                 if max_jobs is not None and done >= max_jobs:
@@ -122,22 +147,40 @@ class Worker:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def _claim(self) -> store.Claim | None:
+    def _claim(self) -> Claimed | None:
+        """One transaction: end lost jobs, claim the next, note where it runs, read its inputs."""
+        assert self.runtime_device is not None
+        device = self.runtime_device
         try:
             with self.sessions.begin() as session:
                 store.reap_expired_jobs(session)
                 claim = store.claim_next_job(
                     session, worker=self.name, lease_seconds=self.settings.lease_seconds
                 )
+                if claim is None:
+                    return None
+                precision = (
+                    str(claim.training.get("precision", "fp32"))
+                    if device.startswith("cuda")
+                    else "fp32"  # models/ trains in fp32 on CPU whatever the config says
+                )
+                store.set_runtime(
+                    session,
+                    job_id=claim.job_id,
+                    lease_token=claim.lease_token,
+                    device=device,
+                    precision=precision,
+                )
+                dataset = session.get(Dataset, claim.dataset_id)
+                checkpoint = store.load_checkpoint(session, job_id=claim.job_id)
         except sa_exc.DBAPIError as exc:
             if not _is_transient(exc):
                 raise
             log.warning("%s: database unavailable while claiming: %s", self.name, exc.orig)
             self.stopping.wait(min(self.settings.poll_seconds * 4, DB_RETRY_MAX))
             return None
-        if claim is not None:
-            log.info("%s: claimed job %s (attempt %d)", self.name, claim.job_id, claim.attempts)
-        return claim
+        log.info("%s: claimed job %s (attempt %d)", self.name, claim.job_id, claim.attempts)
+        return Claimed(claim, dataset, checkpoint[1] if checkpoint else None)
 
     # ------------------------------------------------------------------ idle wake-up
 
@@ -163,6 +206,7 @@ class Worker:
             conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
             conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
             self._listener = conn
+            log.info("%s: listening for %s", self.name, store.NOTIFY_CHANNEL)
         return self._listener
 
     def _close_listener(self) -> None:
@@ -200,15 +244,14 @@ class Worker:
 class Attempt:
     """One claimed job on this worker: a training child, a heartbeat thread, fenced writes."""
 
-    def __init__(self, worker: Worker, claim: store.Claim) -> None:
-        self.worker, self.claim = worker, claim
+    def __init__(self, worker: Worker, claimed: Claimed) -> None:
+        self.worker, self.claim, self.claimed = worker, claimed.claim, claimed
         self.settings = worker.settings
         self.control = _FORK.Value("i", runner.RUN, lock=False)  # shared memory, read per batch
         self.lost = threading.Event()
         self.finished = threading.Event()
         self.process: Any = None
-        self.last_epoch_values: dict[str, Any] | None = None
-        self.dataset: Dataset | None = None
+        self.dataset = claimed.dataset
 
     @property
     def patience(self) -> float:
@@ -246,15 +289,8 @@ class Attempt:
             heartbeat.join()
 
     def _inputs(self) -> runner.AttemptInput | None:
-        claim = self.claim
-
-        def load(session: Session) -> tuple[Dataset | None, tuple[int, bytes] | None]:
-            return session.get(Dataset, claim.dataset_id), store.load_checkpoint(
-                session, job_id=claim.job_id
-            )
-
-        dataset, checkpoint = self._write("load dataset", load)
-        if dataset is None:
+        claim, dataset = self.claim, self.dataset
+        if dataset is None or getattr(dataset, "deleted_at", None) is not None:
             self._write(
                 "fail",
                 lambda s: store.fail_job(
@@ -266,7 +302,7 @@ class Attempt:
                 ),
             )
             return None
-        self.dataset = dataset
+        assert self.worker.runtime_device is not None
         return runner.AttemptInput(
             job_id=claim.job_id,
             name=claim.name,
@@ -276,8 +312,8 @@ class Attempt:
             targets=dataset.targets,
             task=dataset.task,
             classes=dataset.classes,
-            checkpoint=checkpoint[1] if checkpoint else None,
-            device=self.worker.device,
+            checkpoint=self.claimed.checkpoint,
+            device=self.worker.runtime_device,
             cpu_threads=self.settings.cpu_threads,
         )
 
@@ -316,16 +352,7 @@ class Attempt:
         """Write what the child reported; True when the attempt is over."""
         claim, kind = self.claim, header["kind"]
         fence = {"job_id": claim.job_id, "lease_token": claim.lease_token}
-        if kind == "started":
-            self._write(
-                "record device",
-                lambda s: store.set_runtime(
-                    s, **fence, device=header["device"], precision=header["precision"]
-                ),
-            )
-            return False
         if kind == "epoch":
-            self.last_epoch_values = header["values"]
             self._write(
                 f"record epoch {header['epoch']}",
                 lambda s: store.record_epoch(
@@ -372,11 +399,15 @@ class Attempt:
                 training=claim.training,
                 task=self.dataset.task,
                 classes=self.dataset.classes,
-                metrics=header["metrics"],
                 weights=weights,
             )
+            last = header["last_epoch"]
+            last_epoch = None if last is None else (int(last["epoch"]), last["values"])
             try:
-                self._write("finish", lambda s: store.finish_job(s, **fence, model=model))
+                self._write(
+                    "finish",
+                    lambda s: store.finish_job(s, **fence, model=model, last_epoch=last_epoch),
+                )
                 log.info("%s: job %s succeeded", self.worker.name, claim.job_id)
                 return
             except LostJob:
@@ -455,14 +486,15 @@ def _probe(conn: Any, device: str) -> None:
             import torch
 
             name += f" ({torch.cuda.get_device_name(resolved)})"
-        conn.send_bytes(runner.encode({"ok": True, "device": name}))
+        conn.send_bytes(runner.encode({"ok": True, "device": str(resolved), "name": name}))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as a startup error
         conn.send_bytes(runner.encode({"ok": False, "error": str(exc)}))
 
 
-def probe_device(device: str) -> tuple[bool, str]:
+def probe_device(device: str) -> dict[str, Any]:
     """Resolve the device in a throwaway child: CUDA must never be initialized in the worker
-    itself, or the training processes it forks could not use it."""
+    itself, or the training processes it forks could not use it.
+    Returns {"ok": True, "device": "cuda:0", "name": ...} or {"ok": False, "error": ...}."""
     reader, writer = _FORK.Pipe(duplex=False)
     child = _FORK.Process(target=_probe, args=(writer, device), daemon=True)
     child.start()
@@ -472,7 +504,7 @@ def probe_device(device: str) -> tuple[bool, str]:
     except EOFError:
         header = {"ok": False, "error": f"the device probe exited with code {child.exitcode}"}
     child.join()
-    return bool(header["ok"]), str(header.get("device") or header.get("error"))
+    return header
 
 
 def run_worker(settings: Settings, *, device: str | None = None) -> int:
@@ -483,12 +515,13 @@ def run_worker(settings: Settings, *, device: str | None = None) -> int:
         if not inspect(worker.engine).has_table("jobs"):
             log.error("%s has no fitserve tables yet; run `fitserve migrate` first", url)
             return 2
-        ok, where = probe_device(worker.device)
-        if not ok:
-            log.error("cannot train on device %r: %s", worker.device, where)
+        probe = probe_device(worker.device)
+        if not probe["ok"]:
+            log.error("cannot train on device %r: %s", worker.device, probe["error"])
             return 2
+        worker.runtime_device = probe["device"]
         worker.install_signal_handlers()
-        log.info("%s: training on %s, jobs from %s", worker.name, where, url)
+        log.info("%s: training on %s, jobs from %s", worker.name, probe["name"], url)
         return worker.run()
     finally:
         worker.engine.dispose()

@@ -6,12 +6,13 @@ import threading
 
 import pytest
 from queue_kit import MakeJob
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import make_engine
 from app.queue import store
 from app.queue.clock import db_now
-from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model
+from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
 
 LEASE = 30.0
 
@@ -350,19 +351,29 @@ def test_a_cancelling_job_whose_worker_vanished_ends_cancelled(
 
 
 def test_cancel_racing_a_claim_never_ends_in_success_after_an_accepted_cancel(
-    sessions: sessionmaker[Session], make_job: MakeJob, iris_id: str
+    database_url: str, iris_id: str
 ) -> None:
+    # What is raced is atomicity, not durability: Postgres may skip the per-commit fsync here.
+    options = {"options": "-c synchronous_commit=off"} if "postgresql" in database_url else {}
+    engine = (
+        make_engine(database_url, connect_args=options) if options else make_engine(database_url)
+    )
     iterations = 1000
     start = threading.Barrier(2, timeout=30)
     job_ids: list[str] = []
     cancelled_as: list[str] = []
+    # One connection per side for the whole race: 1,000 iterations of pool checkouts (and
+    # Postgres pre-pings) would cost more than the race itself.
+    worker_side = Session(bind=engine.connect(), expire_on_commit=False)
+    cancel_side = Session(bind=engine.connect(), expire_on_commit=False)
 
     def canceller() -> None:
         for i in range(iterations):
             start.wait()
             try:
-                with sessions.begin() as session:
-                    cancelled_as.append(store.cancel_job(session, job_id=job_ids[i]).status)
+                with cancel_side.begin():
+                    status = store.cancel_job(cancel_side, job_id=job_ids[i]).status
+                cancelled_as.append(status)
             except store.JobConflict as exc:  # the claim and the finish both came first
                 cancelled_as.append(f"refused: {exc.status}")
 
@@ -370,16 +381,22 @@ def test_cancel_racing_a_claim_never_ends_in_success_after_an_accepted_cancel(
     racer.start()
     claimed_jobs: list[str | None] = []
     for _ in range(iterations):
-        job_ids.append(make_job())
+        job_id = new_id()
+        with worker_side.begin():
+            worker_side.execute(
+                insert(Job).values(id=job_id, dataset_id=iris_id, network={}, training={}, epochs=1)
+            )
+        job_ids.append(job_id)
         start.wait()
-        claimed = claim(sessions)
+        with worker_side.begin():
+            claimed = store.claim_next_job(worker_side, worker="w", lease_seconds=LEASE)
         claimed_jobs.append(claimed.job_id if claimed else None)
         if claimed is None:
             continue
-        with sessions.begin() as session:  # the worker tries to finish what it claimed
+        with worker_side.begin():  # the worker tries to finish what it claimed
             try:
                 store.finish_job(
-                    session,
+                    worker_side,
                     job_id=claimed.job_id,
                     lease_token=claimed.lease_token,
                     model=Model(
@@ -392,12 +409,16 @@ def test_cancel_racing_a_claim_never_ends_in_success_after_an_accepted_cancel(
                 )
             except store.LeaseLost:  # the cancel came first: it must end cancelled
                 store.finish_cancelled(
-                    session, job_id=claimed.job_id, lease_token=claimed.lease_token
+                    worker_side, job_id=claimed.job_id, lease_token=claimed.lease_token
                 )
     racer.join()
+    for side in (worker_side, cancel_side):
+        side.close()
+        side.bind.close()  # type: ignore[union-attr]
 
-    with sessions() as session:
+    with Session(engine) as session:
         final = {row.id: row.status for row in session.execute(select(Job.id, Job.status))}
+    engine.dispose()
     accepted_while_queued = 0
     for job_id, cancel_status, claimed_id in zip(job_ids, cancelled_as, claimed_jobs, strict=True):
         if cancel_status == "cancelled":  # accepted while queued: no worker may have it

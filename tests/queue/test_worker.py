@@ -134,7 +134,7 @@ def test_sigterm_hands_the_job_back_without_penalty_and_another_worker_resumes_i
     job_state: JobState,
     sessions: sessionmaker[Session],
 ) -> None:
-    epochs = 30
+    epochs = 20
     job_id = make_job("handed back", training=iris_training(epochs=epochs, batch_size=5))
     first = start_worker()
     wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
