@@ -111,3 +111,31 @@ def test_dashboard_model_page(live_server: LiveServer, trained_job: dict[str, An
 @pytest.mark.parametrize("path", ["/dashboard/models/nope", "/dashboard/models/" + "0" * 32])
 def test_dashboard_unknown_model(live_api: LiveServer, path: str) -> None:
     assert httpx.get(live_api.url + path, timeout=10).status_code == 404
+
+
+def test_dashboard_follows_a_running_job_live(
+    live_server: LiveServer, chromium: str, tmp_path: Path
+) -> None:
+    """The page is opened while the job waits behind another, so it starts with no epochs; the
+    script's event stream must bring in every epoch and the terminal status."""
+    body = {"network": IRIS_NETWORK, "dataset": "iris", "training": IRIS_TRAINING}
+    blocker = {**body, "training": {**IRIS_TRAINING, "epochs": 10}}
+    httpx.post(f"{live_server.url}/v1/jobs", json=blocker, timeout=10).raise_for_status()
+    epochs = 40
+    job = httpx.post(
+        f"{live_server.url}/v1/jobs",
+        json={**body, "training": {**IRIS_TRAINING, "epochs": epochs}},
+        timeout=10,
+    ).json()
+    result = run_chromium(
+        chromium, f"{live_server.url}/dashboard/jobs/{job['id']}", tmp_path,
+        "--virtual-time-budget=60000", "--dump-dom",
+    )  # fmt: skip
+    dom = result.stdout
+    embedded = re.search(r"events\?last_event_id=(\d+)", dom)
+    assert embedded is not None, dom[:2000]
+    assert int(embedded.group(1)) < epochs  # the server-rendered page did not have them all
+    loss = re.search(r'<polyline points="([^"]+)"[^>]*data-series="loss"', dom)
+    assert loss is not None and len(loss.group(1).split()) == epochs
+    assert re.search(r'id="status">succeeded<', dom)
+    assert re.search(rf'id="progress">{epochs} / {epochs}<', dom)
