@@ -7,8 +7,11 @@ import io
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tests.ux.conftest import CLI, IRIS_CSV, IRIS_NETWORK, IRIS_TRAINING, ROOT, LiveServer
 
@@ -124,3 +127,36 @@ def test_jobs_cancel_and_unknown_ids(live_server: LiveServer) -> None:
     assert result.returncode == 1 and "not found" in result.stderr
     result = fitserve(live_server, "jobs", "cancel", "f" * 32)
     assert result.returncode == 1 and "not found" in result.stderr
+
+
+def test_train_exits_non_zero_when_the_job_is_cancelled(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"network": IRIS_NETWORK, "training": IRIS_TRAINING}))
+    name = f"cancel-me-{tmp_path.name}"
+    command = [*CLI, "train", str(spec), "--dataset", "iris", "--epochs", "5000", "--name", name]
+    process = subprocess.Popen(
+        [*command, "--server", live_server.url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        job = None
+        while job is None and time.monotonic() < deadline:
+            jobs = httpx.get(f"{live_server.url}/v1/jobs", timeout=10).json()["items"]
+            job = next((j for j in jobs if j["name"] == name), None)
+            time.sleep(0.2)
+        assert job is not None, "fitserve train never submitted its job"
+        httpx.post(f"{live_server.url}/v1/jobs/{job['id']}/cancel", timeout=10)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1
+    assert stdout == ""
+    assert f"job {job['id']} cancelled" in stderr
