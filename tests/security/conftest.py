@@ -165,10 +165,10 @@ def api(module_database_url: str) -> Iterator[Api]:
 IRIS_CSV = (Path(__file__).resolve().parents[2] / "app" / "data" / "iris.csv").read_bytes()
 
 
-def _train_next_job(api: Api) -> None:
+def train_next_job(engine: Engine) -> None:
     """Claim the queued job, train it with models.fit and finish it through the queue's own
     statements: the worker's path, in-process (no subprocess, no polling)."""
-    with Session(api.engine) as session, session.begin():
+    with Session(engine) as session, session.begin():
         claim = store.claim_next_job(session, worker="security-tests", lease_seconds=60)
         assert claim is not None
         dataset = session.get(Dataset, claim.dataset_id)
@@ -195,12 +195,11 @@ def _train_next_job(api: Api) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def trained(api: Api) -> dict[str, str]:
-    """Key A's iris dataset (uploaded as CSV), a job on it trained to success, and its model."""
+def train_iris(http: httpx.Client, engine: Engine, headers: dict[str, str]) -> dict[str, str]:
+    """Upload iris as CSV, submit a job on it and train it: the ids of the three rows."""
     files = {"file": ("iris.csv", IRIS_CSV, "text/csv")}
     form = {"target": "species", "name": "a-iris"}
-    r = api.http.post("/v1/datasets", files=files, data=form, headers=api.a)
+    r = http.post("/v1/datasets", files=files, data=form, headers=headers)
     assert r.status_code == 201, r.text
     dataset = r.json()["id"]
     job = {
@@ -208,9 +207,21 @@ def trained(api: Api) -> dict[str, str]:
         "dataset": dataset,
         "training": {**models.spec.IRIS_TRAINING, "epochs": 2},
     }
-    r = api.http.post("/v1/jobs", json=job, headers=api.a)
+    r = http.post("/v1/jobs", json=job, headers=headers)
     assert r.status_code == 202, r.text
-    _train_next_job(api)
-    r = api.http.get(f"/v1/jobs/{r.json()['id']}", headers=api.a)
+    train_next_job(engine)
+    r = http.get(f"/v1/jobs/{r.json()['id']}", headers=headers)
     assert r.json()["status"] == "succeeded", r.text
     return {"dataset": dataset, "job": r.json()["id"], "model": r.json()["model_id"]}
+
+
+@pytest.fixture(scope="module")
+def trained(api: Api) -> dict[str, str]:
+    """Key A's iris dataset (uploaded as CSV), a job on it trained to success, and its model."""
+    return train_iris(api.http, api.engine, api.a)
+
+
+@pytest.fixture(scope="session")
+def iris_trainer() -> Callable[[httpx.Client, Engine, dict[str, str]], dict[str, str]]:
+    """`train_iris` for modules that run their own app."""
+    return train_iris

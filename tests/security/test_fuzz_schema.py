@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -58,23 +59,30 @@ OPERATIONS = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory: pytest.TempPathFactory, live_server: Any) -> Iterator[Any]:
+def fuzz_target(
+    tmp_path_factory: pytest.TempPathFactory, live_server: Any, iris_trainer: Any
+) -> Iterator[Any]:
+    """The live API, a key, and real rows of that key: in positive mode the fuzzed requests
+    name them, so the handlers behind the 404s (predict, exports, cancel...) are fuzzed too."""
     path = Path(tmp_path_factory.mktemp("fuzz")) / "fitserve.db"
     url = f"sqlite:///{path}"
     upgrade_head(url)
     engine = make_engine(url)
     with Session(engine) as session, session.begin():
         _, secret = create_key(session, name="fuzzer")
-    engine.dispose()
+    auth = {"Authorization": f"Bearer {secret}"}
     app = create_app(Settings(database_url=url, require_api_keys=True))
-    with live_server(app) as base_url:
-        yield base_url, {"Authorization": f"Bearer {secret}"}
+    try:
+        with live_server(app) as base_url, httpx.Client(base_url=base_url) as http:
+            rows = iris_trainer(http, engine, auth)
+            ids = {"dataset_id": rows["dataset"], "job_id": rows["job"], "model_id": rows["model"]}
+            yield base_url, auth, ids
+    finally:
+        engine.dispose()
 
 
 def test_the_served_schema_is_the_one_fuzzed(fuzz_target: Any) -> None:
-    import httpx
-
-    base_url, _ = fuzz_target
+    base_url, _, _ = fuzz_target
     assert httpx.get(f"{base_url}/openapi.json").json() == _schema_document()
     assert len(OPERATIONS) >= 10
 
@@ -100,7 +108,10 @@ CASES = [
 def test_the_api_conforms_to_its_schema(
     fuzz_target: Any, operation: Any, mode: GenerationMode
 ) -> None:
-    base_url, auth = fuzz_target
+    base_url, auth, ids = fuzz_target
+    names = {p["name"] for p in operation.definition.raw.get("parameters", []) if p["in"] == "path"}
+    # Positive cases name real rows; negative ones keep generated (and so unknown) ids.
+    fixed = {k: v for k, v in ids.items() if k in names} if mode.is_positive else {}
 
     @settings(
         max_examples=MAX_EXAMPLES,
@@ -109,7 +120,7 @@ def test_the_api_conforms_to_its_schema(
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=fixed or None))
     def conforms(case: Any) -> None:
         case.call_and_validate(base_url=base_url, headers=auth, checks=CHECKS)
 
