@@ -128,3 +128,18 @@ def test_batch_output_streams_in_chunks_matching_one_big_predict() -> None:
     got = np.array([[float(v) for v in row[1:]] for row in rows[1:]], dtype=np.float32)
     np.testing.assert_array_equal(got, expected)  # 9 significant digits round-trip float32
     assert [row[0] for row in rows[1:]] == [["neg", "pos"][i] for i in expected.argmax(axis=1)]
+
+
+def test_progress_redraws_in_place_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    progress = Progress(out, total=2)
+    progress.epoch(EpochMetrics(epoch=1, loss=0.5, seconds=1.0))
+    progress.epoch(EpochMetrics(epoch=2, loss=0.25, seconds=1.0))
+    progress.close()
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert text.split("\r\x1b[2K")[-1].startswith("epoch 2/2 [")
