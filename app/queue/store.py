@@ -114,34 +114,45 @@ def enqueue_job(session: Session, *, job: Job) -> Job:
     return job
 
 
+WORKER_LOST_ERROR = (
+    "the job's worker stopped responding (crashed, was killed or lost the database) on every "
+    "one of its attempts; check the worker logs for out-of-memory kills, or try a smaller "
+    "batch_size or network"
+)
+
+
 def reap_expired_jobs(session: Session) -> int:
     """End jobs whose worker vanished and that may not run again: a cancelling job is cancelled;
     one that used up max_attempts fails with `worker_lost` instead of crash-looping."""
-    expired = and_(jobs.c.status.in_(LIVE), jobs.c.lease_expires_at < db_now())
-    cancelled = session.execute(
-        update(jobs)
-        .where(expired, jobs.c.status == "cancelling")
-        .values(
-            status="cancelled", finished_at=db_now(), lease_expires_at=None, updated_at=db_now()
+    cancelling = jobs.c.status == "cancelling"
+    reaped = (
+        session.execute(
+            update(jobs)
+            .where(
+                jobs.c.status.in_(LIVE),
+                jobs.c.lease_expires_at < db_now(),
+                or_(cancelling, jobs.c.attempts >= jobs.c.max_attempts),
+            )
+            .values(
+                status=case((cancelling, "cancelled"), else_="failed"),
+                error_code=case((cancelling, jobs.c.error_code), else_="worker_lost"),
+                error=case((cancelling, jobs.c.error), else_=WORKER_LOST_ERROR),
+                finished_at=db_now(),
+                lease_expires_at=None,
+                updated_at=db_now(),
+            )
+            .returning(jobs.c.id)
         )
-    ).rowcount
-    failed = session.execute(
-        update(jobs)
-        .where(expired, jobs.c.status == "running", jobs.c.attempts >= jobs.c.max_attempts)
-        .values(
-            status="failed",
-            error_code="worker_lost",
-            error=(
-                "the job's worker stopped responding (crashed, was killed or lost the database) "
-                "on every one of its attempts; check the worker logs for out-of-memory kills, "
-                "or try a smaller batch_size or network"
-            ),
-            finished_at=db_now(),
-            lease_expires_at=None,
-            updated_at=db_now(),
+        .scalars()
+        .all()
+    )
+    if reaped:
+        session.execute(
+            update(claims)
+            .where(claims.c.job_id.in_(reaped), claims.c.ended_at.is_(None))
+            .values(ended_at=db_now(), outcome="lease_expired")
         )
-    ).rowcount
-    return int(cancelled or 0) + int(failed or 0)
+    return len(reaped)
 
 
 def _claimable(t: Any) -> Any:

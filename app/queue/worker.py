@@ -50,6 +50,8 @@ T = TypeVar("T")
 
 # Retry backoff for database errors: doubles from the first to the last value.
 DB_RETRY_FIRST, DB_RETRY_MAX = 0.1, 2.0
+# How often a worker ends jobs whose leases ran out for good (reap_expired_jobs).
+REAP_INTERVAL_SECONDS = 1.0
 # After the grace period the child stops at its next batch; this long after, it is killed.
 KILL_AFTER_GRACE_SECONDS = 5.0
 # fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
@@ -108,6 +110,7 @@ class Worker:
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.stopping = threading.Event()
         self._listener: psycopg.Connection[Any] | None = None
+        self._next_reap = 0.0
 
     # ------------------------------------------------------------------ the loop
 
@@ -153,7 +156,10 @@ class Worker:
         device = self.runtime_device
         try:
             with self.sessions.begin() as session:
-                store.reap_expired_jobs(session)
+                now = time.monotonic()
+                if now >= self._next_reap:  # rare work: not a statement on every claim
+                    store.reap_expired_jobs(session)
+                    self._next_reap = now + REAP_INTERVAL_SECONDS
                 claim = store.claim_next_job(
                     session, worker=self.name, lease_seconds=self.settings.lease_seconds
                 )

@@ -1,0 +1,280 @@
+"""Queue benchmarks: submit-to-running latency with an idle worker, and claims per second.
+
+    .venv/bin/python bench/queue_latency.py [--postgres URL] [--samples 60] [--jobs 2000]
+
+For SQLite (a fresh file) and Postgres (a fresh database; skipped if it doesn't answer):
+
+1. latency: one idle `fitserve worker` (default settings: 0.5 s poll, LISTEN/NOTIFY on
+   Postgres); submit a tiny job, take `started_at` (set by the claim, on the database's clock)
+   minus the client's clock just before the submit's COMMIT — same host, same clock — then wait
+   for the job to end and a random 0-0.3 s so submits don't line up with the poll.
+2. claims/s: 4 processes, each claiming as a worker does (claim_next_job + COMMIT, the reaper
+   once a second), then a second transaction that marks the job done, until the queue is
+   empty — the queue's own throughput, no training.
+3. drain: 4 real workers training 200 one-epoch iris jobs — jobs/s end to end.
+
+Prints a Markdown section for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, insert, select, update
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "queue")]
+
+from queue_kit import IRIS_NETWORK, iris_dataset_row, iris_training  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.db import make_engine, make_sessionmaker, upgrade_head  # noqa: E402
+from app.queue import store  # noqa: E402
+from app.queue.clock import db_now  # noqa: E402
+from app.queue.launch import worker_process  # noqa: E402
+from app.tables import Job  # noqa: E402
+
+TINY = iris_training(epochs=1, batch_size="full")
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _dataset(url: str) -> str:
+    with make_sessionmaker(make_engine(url)).begin() as session:
+        row = iris_dataset_row()
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _start_workers(url: str, n: int, **settings: Any) -> list[multiprocessing.process.BaseProcess]:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["app.queue.worker"])
+    procs = []
+    for _ in range(n):
+        proc = context.Process(  # type: ignore[attr-defined]
+            target=worker_process, args=(Settings(database_url=url, **settings), None)
+        )
+        proc.start()
+        procs.append(proc)
+    return procs
+
+
+def _stop(procs: list[multiprocessing.process.BaseProcess]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(30)
+
+
+def latency(url: str, samples: int) -> list[float]:
+    dataset_id = _dataset(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    workers = _start_workers(url, 1, cpu_threads=1)
+    seconds: list[float] = []
+    try:
+        for i in range(samples + 1):  # the first one warms the worker up
+            session = sessions()
+            session.begin()
+            job = store.enqueue_job(
+                session,
+                job=Job(dataset_id=dataset_id, network=IRIS_NETWORK, training=TINY, epochs=1),
+            )
+            submitted = time.time()
+            session.commit()
+            session.close()
+            while True:
+                with sessions() as s:
+                    row = s.get(Job, job.id)
+                    assert row is not None
+                    if row.status in ("succeeded", "failed"):
+                        break
+                time.sleep(0.01)
+            assert row.started_at is not None, row.error
+            started_at = row.started_at
+            if started_at.tzinfo is None:  # SQLite hands back naive UTC
+                started_at = started_at.replace(tzinfo=UTC)
+            started = started_at.timestamp()
+            if i:
+                seconds.append(started - submitted)
+            time.sleep(random.uniform(0, 0.3))
+    finally:
+        _stop(workers)
+        engine.dispose()
+    return seconds
+
+
+def _claimer(url: str, counts: Any, index: int, start: Any) -> None:
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    jobs = Job.__table__
+    claimed = 0
+    with engine.connect():  # connected and imported before the clock starts
+        pass
+    start.wait()
+    next_reap = 0.0
+    while True:
+        with sessions.begin() as session:  # the worker's claim transaction
+            if time.monotonic() >= next_reap:
+                store.reap_expired_jobs(session)
+                next_reap = time.monotonic() + 1.0
+            claim = store.claim_next_job(session, worker=f"bench-{index}", lease_seconds=60)
+        if claim is None:
+            break
+        with sessions.begin() as session:  # done, as cheaply as the schema allows
+            session.execute(
+                update(jobs)
+                .where(jobs.c.id == claim.job_id)
+                .values(status="cancelled", finished_at=db_now())
+            )
+        claimed += 1
+    counts[index] = claimed
+    engine.dispose()
+
+
+def claims_per_second(url: str, jobs: int, processes: int = 4) -> tuple[float, list[int]]:
+    dataset_id = _dataset(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Job),
+            [
+                {"id": uuid.uuid4().hex, "dataset_id": dataset_id, "network": {}, "training": {},
+                 "epochs": 1}
+                for _ in range(jobs)
+            ],
+        )  # fmt: skip
+    engine.dispose()
+    context = multiprocessing.get_context("spawn")
+    counts = context.Array("i", processes)
+    start = context.Barrier(processes + 1)
+    procs = [
+        context.Process(target=_claimer, args=(url, counts, i, start)) for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    started = time.perf_counter()
+    for proc in procs:
+        proc.join()
+    elapsed = time.perf_counter() - started
+    return sum(counts) / elapsed, list(counts)
+
+
+def drain(url: str, jobs: int, workers: int = 4) -> float:
+    dataset_id = _dataset(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        for _ in range(jobs):
+            store.enqueue_job(
+                session,
+                job=Job(dataset_id=dataset_id, network=IRIS_NETWORK, training=TINY, epochs=1),
+            )
+    procs = _start_workers(url, workers, cpu_threads=1, poll_seconds=0.05)
+    started = time.perf_counter()
+    try:
+        while True:
+            with sessions() as session:
+                left = session.scalar(
+                    select(func.count()).where(Job.status.in_(("queued", "running")))
+                )
+            if left == 0:
+                break
+            time.sleep(0.05)
+    finally:
+        elapsed = time.perf_counter() - started
+        _stop(procs)
+        engine.dispose()
+    return jobs / elapsed
+
+
+class Database:
+    def __init__(self, kind: str, postgres: str) -> None:
+        self.kind = kind
+        self.name = f"fitserve_bench_{uuid.uuid4().hex[:8]}"
+        self.tmp = tempfile.mkdtemp(prefix="fitserve-bench-")
+        self.postgres = postgres
+
+    def fresh(self) -> str:
+        if self.kind == "sqlite":
+            url = f"sqlite:///{self.tmp}/{uuid.uuid4().hex[:6]}.db"
+        else:
+            name = f"fitserve_bench_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(self.postgres, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+            self.created = [*getattr(self, "created", []), name]
+            url = Settings(database_url=self.postgres.rsplit("/", 1)[0] + "/" + name).database_url
+        upgrade_head(url)
+        return url
+
+    def cleanup(self) -> None:
+        for name in getattr(self, "created", []):
+            with psycopg.connect(self.postgres, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--postgres", default=os.environ.get("FITSERVE_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    )
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--drain-jobs", type=int, default=200)
+    args = parser.parse_args()
+    kinds = ["sqlite"]
+    try:
+        with psycopg.connect(args.postgres, connect_timeout=3):
+            kinds.append("postgres")
+    except psycopg.Error:
+        print(f"(Postgres at {args.postgres} does not answer: SQLite only)", file=sys.stderr)
+    rows = []
+    for kind in kinds:
+        db = Database(kind, args.postgres)
+        try:
+            lat = latency(db.fresh(), args.samples)
+            rate, split = claims_per_second(db.fresh(), args.jobs)
+            jobs_per_s = drain(db.fresh(), args.drain_jobs)
+        finally:
+            db.cleanup()
+        median, p99 = statistics.median(lat) * 1000, _percentile(lat, 0.99) * 1000
+        rows.append(
+            f"| {kind} | {median:.0f} ms | {p99:.0f} ms "
+            f"| {rate:.0f} ({'/'.join(map(str, split))}) | {jobs_per_s:.1f} |"
+        )
+        print(rows[-1], file=sys.stderr)
+    load = os.getloadavg()
+    print(
+        f"Machine: {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end; "
+        f"{args.samples} latency samples, {args.jobs} jobs claimed, "
+        f"{args.drain_jobs} jobs drained.\n"
+    )
+    print(
+        "| database | submit-to-running median | p99 | claims/s, 4 processes (per process) "
+        "| jobs/s drained by 4 workers (1-epoch iris) |"
+    )
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
