@@ -10,16 +10,28 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a prediction needs from a model's row besides its weights; rows never change, so
+    once a predictor is cached these answer its later requests without a query."""
+
+    owner_id: str | None
+    task: str
+    classes: list[Any] | None
+
+
 class ModelCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
         self._items: OrderedDict[str, Any] = OrderedDict()
+        self._facts: dict[str, ModelFacts] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -38,12 +50,30 @@ class ModelCache:
                 return self._items[model_id]
             self._items[model_id] = predictor
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+                evicted, _ = self._items.popitem(last=False)
+                self._facts.pop(evicted, None)
             return predictor
+
+    def lookup(self, model_id: str) -> tuple[Any, ModelFacts] | None:
+        """(predictor, facts) when both are cached; counts as a hit."""
+        with self._lock:
+            facts = self._facts.get(model_id)
+            if facts is None or model_id not in self._items:
+                return None
+            self._items.move_to_end(model_id)
+            self.hits += 1
+            return self._items[model_id], facts
+
+    def remember(self, model_id: str, facts: ModelFacts) -> None:
+        """Keep `facts` beside a cached predictor (dropped with it)."""
+        with self._lock:
+            if model_id in self._items:
+                self._facts[model_id] = facts
 
     def discard(self, model_id: str) -> None:
         with self._lock:
             self._items.pop(model_id, None)
+            self._facts.pop(model_id, None)
 
     def __contains__(self, model_id: object) -> bool:
         with self._lock:

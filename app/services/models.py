@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, defer
 import models
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
-from app.inference import ModelCache, encode_predictions
+from app.inference import ModelCache, ModelFacts, encode_predictions
 from app.metrics import observe_prediction
 from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest, PredictResponse
 from app.services import is_id, owned_by
@@ -150,9 +150,16 @@ def predict_arrays(
             f"{rows:,} input rows; the limit is {settings.max_predict_rows:,} per request "
             "(FITSERVE_MAX_PREDICT_ROWS): split the inputs, or use /predict.csv for batches"
         )
-    row = _get(session, owner=owner, model_id=model_id)
-    network = models.NetworkSpec.model_validate(row.network)
-    width = network.input_dim
+    cached = cache.lookup(model_id)
+    if cached is not None and cached[1].owner_id == owner:
+        # A model row never changes once written: a cache hit needs no query at all.
+        model, facts = cached
+    else:
+        row = _get(session, owner=owner, model_id=model_id)
+        model = predictor(session, cache=cache, row=row)
+        facts = ModelFacts(owner_id=row.owner_id, task=row.task, classes=row.classes)
+        cache.remember(row.id, facts)
+    width = model.n_features
     for i, values in enumerate(body.inputs):
         if len(values) != width:
             raise Unprocessable(
@@ -167,7 +174,6 @@ def predict_arrays(
             f"inputs[{bad}] holds a value beyond float32's range (|v| > 3.4e38)",
             loc=("body", "inputs", bad),
         )
-    model = predictor(session, cache=cache, row=row)
     with observe_prediction():  # the latency histogram on /metrics
         outputs = model.predict(x.astype(np.float32))
     finite = np.isfinite(outputs).all(axis=1)
@@ -179,8 +185,8 @@ def predict_arrays(
             loc=("body", "inputs", bad),
         )
     predictions = None
-    if row.task == "classification" and row.classes:
-        predictions = _labels(outputs, list(row.classes))
+    if facts.task == "classification" and facts.classes:
+        predictions = _labels(outputs, list(facts.classes))
     return outputs, predictions
 
 

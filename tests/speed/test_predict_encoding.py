@@ -78,3 +78,46 @@ async def test_the_endpoint_answers_what_the_predictor_computes(
     assert body["outputs"] == expected.tolist()  # float32 values, exactly
     classes = ["setosa", "versicolor", "virginica"]
     assert body["predictions"] == [classes[i] for i in expected.argmax(axis=1)]
+
+
+@pytest.mark.anyio
+async def test_a_cached_model_answers_only_its_owner(
+    app: Any, client: httpx.AsyncClient, db: Any
+) -> None:
+    # cache hits skip the database: the owner check must still hold on them
+    from app.auth import create_key
+    from tests.api.conftest import assert_error
+
+    with db.begin() as session:
+        (key_a, secret_a), (_, secret_b) = (
+            create_key(session, name="a"),
+            create_key(session, name="b"),
+        )
+        owner_a = key_a.id
+    model_id = store_model(db, owner=owner_a)
+    url, body = f"/v1/models/{model_id}/predict", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    for _ in range(2):  # a miss, then a hit
+        ok = await client.post(url, json=body, headers={"Authorization": f"Bearer {secret_a}"})
+        assert ok.status_code == 200, ok.text
+    cache = app.state.model_cache
+    assert cache.misses == 1 and cache.hits == 1 and cache.lookup(model_id) is not None
+    other = await client.post(url, json=body, headers={"Authorization": f"Bearer {secret_b}"})
+    assert_error(other, 404, "not found")
+    assert_error(await client.post(url, json=body), 404)  # keyless is nobody's key
+
+
+def test_facts_leave_the_cache_with_their_predictor() -> None:
+    from app.inference import ModelCache, ModelFacts
+
+    cache = ModelCache(2)
+    facts = ModelFacts(owner_id=None, task="classification", classes=["a", "b"])
+    cache.remember("m1", facts)  # not cached yet: nothing to remember it beside
+    assert cache.lookup("m1") is None
+    cache.get("m1", lambda: "predictor 1")
+    cache.remember("m1", facts)
+    assert cache.lookup("m1") == ("predictor 1", facts)
+    cache.get("m2", lambda: "predictor 2")
+    cache.get("m3", lambda: "predictor 3")  # evicts m1, the least recently used
+    assert cache.lookup("m1") is None and "m1" not in cache
+    cache.get("m1", lambda: "predictor 1 again")
+    assert cache.lookup("m1") is None  # facts are re-read from the row after a reload
