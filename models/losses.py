@@ -85,32 +85,6 @@ class Objective:
             return ((out[:, 0] > threshold) == labels).sum()
         return (out.argmax(-1) == labels).sum()
 
-    # The training step writes each batch's predictions (or errors) into a per-epoch buffer and the
-    # metric is reduced once at the end of the epoch: two ops per step instead of four.
-
-    def metric_buffer(self, rows: int, target_width: int, device: torch.device) -> torch.Tensor:
-        if not self.classification:
-            return torch.empty(rows, target_width, device=device)  # signed errors
-        if self.output_units == 1:
-            return torch.empty(rows, dtype=torch.bool, device=device)  # predicted class 1
-        return torch.empty(rows, dtype=torch.int64, device=device)  # predicted class
-
-    def record(self, out: torch.Tensor, target: torch.Tensor, buf: torch.Tensor) -> None:
-        """Write the batch's predictions (classification) or errors (regression) into `buf`."""
-        out = out.detach()
-        if not self.classification:
-            torch.sub(self.activate(out), target, out=buf)
-        elif self.output_units == 1:
-            torch.gt(out[:, 0], 0.0 if self.from_logits else 0.5, out=buf)
-        else:
-            torch.argmax(out, dim=-1, out=buf)
-
-    def metric_from(self, buf: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Correct predictions or summed absolute error over the rows recorded in `buf`."""
-        if not self.classification:
-            return buf.abs().sum()
-        return (buf == labels).sum()
-
     def metric_count(self, rows: int, target_width: int) -> int:
         """What metric_sum is divided by: rows for accuracy, elements for mae."""
         return rows if self.classification else rows * target_width

@@ -34,7 +34,8 @@ _EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: b
 # runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
 # waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
 _SINGLE_THREAD_FLOPS = 1 << 23
-_NORM_ROWS = 1024  # steps of gradient norms buffered before they are reduced to per-layer norms
+_FLUSH_STEPS = 256  # steps of losses, outputs and gradient norms kept before they are reduced
+_FLUSH_ELEMENTS = 1 << 22  # ... or fewer steps, so the kept outputs stay below 16 MB
 
 
 @dataclass
@@ -121,6 +122,53 @@ def _derive_seeds(seed: int) -> tuple[int, int, int]:
     # independent streams for init, shuffling and dropout from one user seed
     init, shuffle, dropout = np.random.SeedSequence(seed).generate_state(3)
     return int(init), int(shuffle), int(dropout)
+
+
+class _EpochSums:
+    """One epoch's loss, metric and gradient-norm sums, reduced from per-step values in batches.
+
+    The step only appends device tensors (no host sync); `flush` reduces the pending steps with a
+    handful of ops. Rows are in the epoch's order: rows [done, end) of `perm`.
+    """
+
+    def __init__(self, trainer: Trainer, perm: torch.Tensor | None, batch_size: int) -> None:
+        self.trainer, self.perm = trainer, perm
+        dev = trainer.device
+        self.loss = torch.zeros((), dtype=torch.float64, device=dev)
+        self.metric = torch.zeros((), dtype=torch.float64, device=dev)
+        self.norm = torch.zeros(trainer._norm_matrix.shape[0], dtype=torch.float64, device=dev)
+        self.losses: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        self.norms: list[tuple[torch.Tensor, ...]] = []
+        self.done = 0  # rows already reduced
+        per_step = batch_size * max(1, trainer.network.output_units)
+        self.flush_every = max(1, min(_FLUSH_STEPS, _FLUSH_ELEMENTS // per_step))
+
+    def flush(self, end: int) -> None:
+        if not self.losses:
+            return
+        t = self.trainer
+        rows = slice(self.done, end)
+        _, target, labels = t._train
+        if self.perm is not None:
+            idx = self.perm[rows]
+            target, labels = target[idx], labels[idx]
+        else:
+            target, labels = target[rows], labels[rows]
+        out = torch.cat(self.outputs)  # (rows, units)
+        # per-batch mean losses weighted by batch rows: the epoch loss is the mean over rows
+        sizes = [o.shape[0] for o in self.outputs]
+        weights = torch.tensor(sizes, dtype=torch.float64, device=out.device)
+        self.loss.add_(torch.dot(torch.stack(self.losses).double(), weights))
+        self.metric.add_(t.objective.metric_sum(out.float(), target, labels))
+        flat = torch.stack([n for step in self.norms for n in step]).view(len(self.norms), -1)
+        # (steps, params) -> each step's per-layer and global norms, summed over the steps
+        layer = torch.mm(flat.square(), t._norm_matrix.T).sqrt_()
+        self.norm.add_(layer.sum(0, dtype=torch.float64))
+        self.losses.clear()
+        self.outputs.clear()
+        self.norms.clear()
+        self.done = end
 
 
 class Trainer:
@@ -230,7 +278,9 @@ class Trainer:
         self._val = (xt[n_train:], target[n_train:], labels[n_train:]) if n_train < rows else None
         self.n_train = n_train
 
-        self.module = build(self.network, seed=init_seed).to(dev)
+        self.module = build(self.network, seed=init_seed)
+        if dev.type != "cpu":
+            self.module.to(dev)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.config.optimizer_config, self.params, dev)
         self.early_stopping = (
@@ -273,11 +323,10 @@ class Trainer:
         squared per-parameter norms is each layer's squared norm and, in the last row, the total."""
         by_param = {id(p): name.split(".")[1] for name, p in self.module.named_parameters()}
         layers = list(dict.fromkeys(by_param[id(p)] for p in self.params))
-        m = torch.zeros(len(layers) + 1, len(self.params))
-        for j, p in enumerate(self.params):
-            m[layers.index(by_param[id(p)]), j] = 1.0
-        m[-1] = 1.0
-        return layers, m.to(self.device)
+        owner = [layers.index(by_param[id(p)]) for p in self.params]
+        rows = [[float(o == i) for o in owner] for i in range(len(layers))]
+        rows.append([1.0] * len(owner))
+        return layers, torch.tensor(rows, device=self.device)
 
     def _batch_size(self) -> int:
         bs = self.config.batch_size
@@ -312,7 +361,12 @@ class Trainer:
                 self._restore_rng(self._resume.rng)
             else:
                 self._shuffle.manual_seed(self._shuffle_seed)
-                torch.manual_seed(self._dropout_seed)  # dropout draws from the global generator
+                # dropout draws from the global generator of the training device; seeded directly
+                # because torch.manual_seed also queues seeds for every other backend (ms per call)
+                if self.device.type == "cuda":
+                    torch.manual_seed(self._dropout_seed)
+                else:
+                    torch.default_generator.manual_seed(self._dropout_seed)
             self._graph = cuda_graph.plan(self)  # full-batch steps replayed from a CUDA graph
             for cb in self.callbacks:
                 cb.on_train_begin(self)
@@ -355,24 +409,20 @@ class Trainer:
             return self._graph.run_epoch(started)
         module, opt, objective, params = self.module, self.optimizer, self.objective, self.params
         x, target, labels = self._train
-        n, bs, dev = self.n_train, self._batch_size(), self.device
+        n, bs = self.n_train, self._batch_size()
         fwd = module.logits if objective.from_logits else module
         has_penalty = module.has_penalty
         clip = self.config.clipnorm or self.config.global_clipnorm or self.config.clipvalue
-        norm_matrix, hooks = self._norm_matrix, self._batch_hooks
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        norm_sum = torch.zeros(norm_matrix.shape[0], dtype=torch.float64, device=dev)
-        # per-step parameter gradient norms, reduced to per-layer norms every len(norm_buf) steps
-        steps_per_epoch = -(-n // bs)
-        norm_buf = torch.empty(min(steps_per_epoch, _NORM_ROWS), norm_matrix.shape[1], device=dev)
-        width = target.shape[1] if target.dim() == 2 else 1
-        metric_buf = objective.metric_buffer(n, width, dev)
+        hooks = self._batch_hooks
         perm = (
-            torch.randperm(n, generator=self._shuffle, device=dev) if self.config.shuffle else None
+            torch.randperm(n, generator=self._shuffle, device=self.device)
+            if self.config.shuffle
+            else None
         )
+        sums = _EpochSums(self, perm, bs)
+        losses, outputs, norms_per_step = sums.losses, sums.outputs, sums.norms
         module.train()
         steps = 0
-        k = 0  # row of norm_buf
         for start in range(0, n, bs):
             if perm is not None:
                 idx = perm[start : start + bs]
@@ -384,27 +434,29 @@ class Trainer:
                 loss = objective.loss(out, tb)
                 if has_penalty:
                     loss = loss + module.penalty()
-            opt.zero_grad(set_to_none=True)
+            for p in params:  # opt.zero_grad(set_to_none=True) without its profiler bookkeeping
+                p.grad = None
             loss.backward()
             grads = [p.grad for p in params]
-            norms = torch.stack(torch._foreach_norm(grads), out=norm_buf[k])  # (params,)
-            k += 1
-            if k == norm_buf.shape[0]:
-                norm_sum.add_(self._layer_norms(norm_buf))
-                k = 0
+            norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
             if clip:
                 clip_gradients(
                     grads,
-                    norms,
+                    torch.stack(norms),
                     clipnorm=self.config.clipnorm,
                     global_clipnorm=self.config.global_clipnorm,
                     clipvalue=self.config.clipvalue,
                 )
             opt.step()
-            loss_sum.add_(loss.detach(), alpha=min(bs, n - start))
-            objective.record(out, tb, metric_buf[start : start + bs])
+            # kept on the device and reduced every few hundred steps rather than added up step by
+            # step: on a small network each op is a measurable share of the step
+            losses.append(loss.detach())
+            outputs.append(out.detach())
+            norms_per_step.append(norms)
             steps += 1
             self.step += 1
+            if len(losses) == sums.flush_every:
+                sums.flush(start + xb.shape[0])
             if hooks:
                 try:
                     for cb in hooks:
@@ -414,16 +466,8 @@ class Trainer:
                 if self.stop_training:
                     break
         rows_seen = min(steps * bs, n)
-        if k:
-            norm_sum.add_(self._layer_norms(norm_buf[:k]))
-        seen_labels = labels[perm[:rows_seen]] if perm is not None else labels[:rows_seen]
-        metric_sum = objective.metric_from(metric_buf[:rows_seen], seen_labels)
-        self._finish_epoch(started, steps, rows_seen, loss_sum, metric_sum, norm_sum)
-
-    def _layer_norms(self, norms: torch.Tensor) -> torch.Tensor:
-        """(steps, params) parameter norms -> (layers + 1,) sums over the steps of each layer's
-        norm and, last, of the global norm."""
-        return torch.mm(norms.square(), self._norm_matrix.T).sqrt_().sum(0, dtype=torch.float64)
+        sums.flush(rows_seen)
+        self._finish_epoch(started, steps, rows_seen, sums.loss, sums.metric, sums.norm)
 
     @torch.inference_mode()
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
