@@ -195,7 +195,9 @@ def mlflow_server(mlflow: Path, weights: bytes, tmp: Path, x: np.ndarray) -> Ser
     port = free_port()
     cmd = [str(mlflow), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
-    return Server("mlflow", cmd, {}, f"http://127.0.0.1:{port}/invocations",
+    # mlflow starts `uvicorn` by name: its own venv must come first on PATH
+    path = {"PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return Server("mlflow", cmd, path, f"http://127.0.0.1:{port}/invocations",
                   lambda n: {"inputs": rows(n, x)})  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import SessionDep
 from app.auth import OwnerDep
 from app.schemas import ErrorResponse, ModelList, ModelRead, PredictRequest, PredictResponse
 from app.services import models as service
@@ -76,18 +76,19 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
-def predict(
-    model_id: str,
-    body: PredictRequest,
-    request: Request,
-    session: SessionDep,
-    owner: OwnerDep,
-    settings: SettingsDep,
-) -> PredictResponse:
-    cache = request.app.state.model_cache
-    # JSON bytes straight from the output arrays: the schema is PredictResponse's, without
-    # building a model of Python floats and validating it again on the way out
-    content = service.predict_json(
-        session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
-    )
-    return Response(content=content, media_type="application/json")  # type: ignore[return-value]
+def predict(model_id: str, body: PredictRequest, request: Request, owner: OwnerDep) -> Response:
+    state = request.app.state
+    # Read-only, and a cached model needs no query: a plain session, opened lazily, instead of
+    # SessionDep and SettingsDep, whose sync dependencies each cost a thread-pool hop a request.
+    with state.sessionmaker() as session:
+        content = service.predict_json(
+            session,
+            owner=owner,
+            model_id=model_id,
+            body=body,
+            settings=state.settings,
+            cache=state.model_cache,
+        )
+    # JSON bytes straight from the output arrays: PredictResponse's schema, without building a
+    # model of Python floats and validating it again on the way out
+    return Response(content=content, media_type="application/json")
