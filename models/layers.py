@@ -160,6 +160,9 @@ class BatchNormalization(nn.Module):
     99% of the old average).
     """
 
+    moving_mean: torch.Tensor
+    moving_variance: torch.Tensor
+
     def __init__(self, features: int, *, momentum: float, epsilon: float) -> None:
         super().__init__()
         self.momentum = momentum
@@ -207,14 +210,15 @@ class Network(nn.Module):
         y = self.logits(x)
         return y if self.output_activation is None else self.output_activation(y)
 
-    def penalty(self) -> torch.Tensor | None:
+    def penalty(self) -> torch.Tensor:
+        """The sum of the layers' L1/L2 penalties (0 without regularizers)."""
         total: torch.Tensor | None = None
         for layer in self.layers:
             if isinstance(layer, Dense):
                 term = layer.penalty()
                 if term is not None:
                     total = term if total is None else total + term
-        return total
+        return total if total is not None else next(self.parameters()).new_zeros(())
 
     @property
     def has_penalty(self) -> bool:

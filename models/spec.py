@@ -233,7 +233,7 @@ Layer = Annotated[
     Field(discriminator="type"),
 ]
 
-IRIS_NETWORK = {
+IRIS_NETWORK: dict[str, Any] = {
     "layers": [
         {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},
         {"type": "dense", "units": 8, "activation": "relu"},
@@ -435,7 +435,7 @@ class EarlyStoppingConfig(_Strict):
         return "max" if "accuracy" in self.monitor else "min"
 
 
-IRIS_TRAINING = {
+IRIS_TRAINING: dict[str, Any] = {
     "loss": "categorical_crossentropy",
     "optimizer": "adam",
     "batch_size": 10,
@@ -557,11 +557,11 @@ class TrainingConfig(_Strict):
     def optimizer_config(self) -> SGD | Adagrad | RMSprop | Adam | AdamW:
         """The optimizer as an object (a name given in the request is expanded to its defaults)."""
         if isinstance(self.optimizer, str):  # the field default skips validation
-            return _OPTIMIZERS[self.optimizer](name=self.optimizer)  # type: ignore[return-value]
+            return _OPTIMIZERS[self.optimizer](name=self.optimizer)  # type: ignore[no-any-return]
         return self.optimizer
 
 
-_OPTIMIZERS: dict[str, type[_OptimizerBase]] = {
+_OPTIMIZERS: dict[str, Any] = {  # name -> optimizer config class
     "sgd": SGD,
     "adagrad": Adagrad,
     "rmsprop": RMSprop,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -437,7 +437,7 @@ class Trainer:
             for p in params:  # opt.zero_grad(set_to_none=True) without its profiler bookkeeping
                 p.grad = None
             loss.backward()
-            grads = [p.grad for p in params]
+            grads = cast(list[torch.Tensor], [p.grad for p in params])
             norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
             if clip:
                 clip_gradients(

@@ -1,0 +1,271 @@
+"""How much does `models.fit` cost over a hand-written PyTorch loop?
+
+Four ways to train the same network from the same initial weights:
+
+- fit:        `models.fit` as the worker calls it (metrics, per-layer gradient norms, hooks)
+- tight:      a hand-written loop: data as one tensor, randperm slicing, loss accumulated on the
+              device and read once per epoch; same optimizer construction and thread count as fit,
+              so the difference is the loop's bookkeeping
+- plain:      the same tight loop written the way a PyTorch user would: nn.Sequential of
+              nn.Linear/nn.ReLU/nn.Dropout (same initial weights) and torch.optim.Adam with
+              Keras' epsilon but torch's default implementation for CPU tensors
+- dataloader: the naive loop: TensorDataset + DataLoader(shuffle=True), torch's default Adam,
+              `loss.item()` every step (for reference)
+
+Workloads: the iris model (4-8-8-3, batch 10) and the Reuters-shaped dropout model
+(10000-256-128-46, 8,982 rows of synthetic multi-hot data, batch 128).
+
+The machine may be shared, so the runs are interleaved (one of each per round, in rotating order)
+and the medians reported, in wall-clock and process CPU seconds.
+
+    python bench/train_overhead.py [--rounds 5] [--iris-epochs 30] [--reuters-epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import models
+from models.train import cpu_threads_for
+
+IRIS_NET = {
+    "layers": [
+        {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},
+        {"type": "dense", "units": 8, "activation": "relu"},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ]
+}
+REUTERS_NET = {
+    "layers": [
+        {"type": "dense", "units": 256, "activation": "relu", "input_dim": 10000},
+        {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "units": 128, "activation": "relu"},
+        {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "units": 46, "activation": "softmax"},
+    ]
+}
+
+
+def iris_data() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("sklearn")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "iris.csv"
+    raw = np.loadtxt(path, delimiter=",", skiprows=1)
+    x = raw[:, :4].astype(np.float32)
+    return (x - x.mean(0)) / x.std(0), raw[:, 4].astype(np.int64)
+
+
+def reuters_like(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """8,982 multi-hot rows over a 10,000-word vocabulary (~145 distinct words per newswire, as
+    Reuters' mean), 46 topics; each topic prefers its own words so the task is learnable."""
+    rng = np.random.default_rng(seed)
+    rows, vocab, topics = 8982, 10000, 46
+    y = rng.integers(0, topics, size=rows)
+    x = np.zeros((rows, vocab), dtype=np.float32)
+    topic_words = rng.integers(0, vocab, size=(topics, 40))
+    for i in range(rows):
+        x[i, rng.integers(0, vocab, size=120)] = 1.0
+        x[i, topic_words[y[i], rng.integers(0, 40, size=25)]] = 1.0
+    return x, y
+
+
+def run_fit(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
+    cfg = {"loss": "categorical_crossentropy", "optimizer": "adam", "batch_size": bs,
+           "epochs": epochs, "seed": 0}  # fmt: skip
+    result = models.fit(net, cfg, x, y, device="cpu")
+    return result.history[-1].loss
+
+
+def run_tight(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
+    module = models.build(net, seed=0)
+    params = list(module.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7, fused=True)  # what fit builds for "adam"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads_for(bs, sum(p.numel() for p in params)) or threads)
+    try:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        n = xt.shape[0]
+        g = torch.Generator().manual_seed(0)
+        module.train()
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g)
+            total = torch.zeros((), dtype=torch.float64)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                loss = F.cross_entropy(module.logits(xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total.add_(loss.detach(), alpha=idx.shape[0])
+            epoch_loss = total.item() / n
+    finally:
+        torch.set_num_threads(threads)
+    return epoch_loss
+
+
+def plain_module(net: dict) -> torch.nn.Sequential:
+    """The network as stock PyTorch modules, with models.build's initial weights (logits out)."""
+    built = models.build(net, seed=0)
+    layers: list[torch.nn.Module] = []
+    for spec, layer in zip(net["layers"], built.layers, strict=True):
+        if spec["type"] == "dropout":
+            layers.append(torch.nn.Dropout(spec["rate"]))
+            continue
+        linear = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(layer.weight)
+            linear.bias.copy_(layer.bias)
+        layers.append(linear)
+        if spec.get("activation") == "relu":
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def run_plain(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
+    model = plain_module(net)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        cpu_threads_for(bs, sum(p.numel() for p in model.parameters())) or threads
+    )
+    try:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        n = xt.shape[0]
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(n)
+            total = torch.zeros((), dtype=torch.float64)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                loss = F.cross_entropy(model(xt[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total.add_(loss.detach(), alpha=idx.shape[0])
+            epoch_loss = total.item() / n
+    finally:
+        torch.set_num_threads(threads)
+    return epoch_loss
+
+
+def run_dataloader(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
+    module = plain_module(net)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=bs, shuffle=True
+    )
+    module.train()
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for xb, yb in loader:
+            loss = F.cross_entropy(module(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(xb)
+            count += len(xb)
+    return total / count
+
+
+RUNNERS: dict[str, Callable[..., float]] = {
+    "fit": run_fit,
+    "tight": run_tight,
+    "plain": run_plain,
+    "dataloader": run_dataloader,
+}
+
+
+def measure(
+    name: str, net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int, rounds: int
+) -> dict:
+    for runner in RUNNERS.values():  # warm-up: first optimizer import, allocator, caches
+        runner(net, x[: bs * 2], y[: bs * 2], bs, 1)
+    wall: dict[str, list[float]] = {k: [] for k in RUNNERS}
+    cpu: dict[str, list[float]] = {k: [] for k in RUNNERS}
+    order = list(RUNNERS)
+    for r in range(rounds):
+        for key in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
+            w0, c0 = time.perf_counter(), time.process_time()
+            RUNNERS[key](net, x, y, bs, epochs)
+            wall[key].append(time.perf_counter() - w0)
+            cpu[key].append(time.process_time() - c0)
+        print(
+            f"  {name} round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in order),
+            flush=True,
+        )
+    steps = epochs * -(-x.shape[0] // bs)
+    return {
+        "name": name,
+        "epochs": epochs,
+        "steps": steps,
+        "wall": {k: statistics.median(v) for k, v in wall.items()},
+        "cpu": {k: statistics.median(v) for k, v in cpu.items()},
+        "spread": {k: (min(v), max(v)) for k, v in wall.items()},
+    }
+
+
+def report(results: list[dict], rounds: int) -> str:
+    lines = [
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads available; "
+        f"{rounds} interleaved rounds, medians",
+        "",
+        "| workload | steps | fit (s) | tight (s) | plain (s) | DataLoader (s) "
+        "| fit / tight (wall) | fit / tight (CPU) | fit / plain (wall) | fit / plain (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        w, c = r["wall"], r["cpu"]
+        lines.append(
+            f"| {r['name']} ({r['epochs']} epochs) | {r['steps']} | {w['fit']:.2f} "
+            f"| {w['tight']:.2f} | {w['plain']:.2f} | {w['dataloader']:.2f} "
+            f"| {w['fit'] / w['tight']:.3f} | {c['fit'] / c['tight']:.3f} "
+            f"| {w['fit'] / w['plain']:.3f} | {c['fit'] / c['plain']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iris-epochs", type=int, default=30)
+    parser.add_argument("--reuters-epochs", type=int, default=2)
+    parser.add_argument("--only", choices=["iris", "reuters"])
+    args = parser.parse_args()
+    results = []
+    if args.only in (None, "iris"):
+        x, y = iris_data()
+        results.append(
+            measure("iris 4-8-8-3, batch 10", IRIS_NET, x, y, 10, args.iris_epochs, args.rounds)
+        )
+    if args.only in (None, "reuters"):
+        x, y = reuters_like()
+        results.append(
+            measure(
+                "reuters-shaped 10000-256-128-46, batch 128",
+                REUTERS_NET,
+                x,
+                y,
+                128,
+                args.reuters_epochs,
+                args.rounds,
+            )  # fmt: skip
+        )
+    print(report(results, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
