@@ -25,6 +25,6 @@ RUN pip install . && useradd --system --uid 10001 fitserve
 USER fitserve
 EXPOSE 8000
 # Inside a container the API must listen on all interfaces; fitserve then requires API keys
-# (create one with `docker compose run --rm api fitserve keys create NAME`).
+# (create one with `docker compose run --rm migrate fitserve keys create NAME`).
 ENV FITSERVE_HOST=0.0.0.0
 CMD ["fitserve", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]
