@@ -101,8 +101,10 @@ def jobs_page(jobs: list[Any], *, root: str = "") -> str:
             "</tr>"
         )
     table = (
-        "<table><tr><th>job</th><th>name</th><th>status</th><th>epoch</th><th>loss</th>"
-        "<th>accuracy</th><th>model</th><th>submitted</th></tr>" + "".join(rows) + "</table>"
+        "<table><tr><th>job</th><th>name</th><th>status</th><th class=num>epoch</th>"
+        "<th class=num>loss</th><th class=num>accuracy</th><th>model</th><th>submitted</th></tr>"
+        + "".join(rows)
+        + "</table>"
         if rows
         else "<p>No jobs yet: submit one with <code>fitserve train spec.json --dataset iris</code>"
         " or <code>POST /v1/jobs</code>.</p>"
@@ -130,7 +132,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
     )
     table = (
         "<table><tr><th>epoch</th>"
-        + "".join(f"<th>{esc(c)}</th>" for c in columns)
+        + "".join(f'<th class="num">{esc(c)}</th>' for c in columns)
         + f"</tr>{table_rows}</table>"
         if recent
         else ""
