@@ -1,4 +1,5 @@
-"""The worker loop: claim a job, train it in a child process, write back under a fenced lease.
+"""The worker loop: claim a job, train it in a child process, write back under a fenced lease
+(the attempt itself — child, heartbeat, fenced writes — is app/queue/attempt.py).
 
     claim (one transaction: reap expired jobs, claim_next_job, set_runtime, read the inputs)
       -> fork runner.run_attempt; start the heartbeat thread
@@ -22,7 +23,6 @@ only way on SQLite).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -42,8 +41,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import runner, store
+from app.queue.attempt import FORK, Attempt, Claimed, LostJob
 from app.queue.launch import EXIT_LEASE_LOST
-from app.tables import Dataset, Model
+from app.tables import Dataset
 
 log = logging.getLogger("fitserve.worker")
 T = TypeVar("T")
@@ -52,23 +52,6 @@ T = TypeVar("T")
 DB_RETRY_FIRST, DB_RETRY_MAX = 0.1, 2.0
 # How often a worker ends jobs whose leases ran out for good (reap_expired_jobs).
 REAP_INTERVAL_SECONDS = 1.0
-# After the grace period the child stops at its next batch; this long after, it is killed.
-KILL_AFTER_GRACE_SECONDS = 5.0
-# fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
-# it per attempt). Safe because the worker never initializes CUDA and runs no thread of its own
-# while forking; the child never touches the inherited database connections.
-_FORK = multiprocessing.get_context("fork")
-
-
-@dataclass(frozen=True)
-class Claimed:
-    claim: store.Claim
-    dataset: Dataset | None
-    checkpoint: bytes | None  # models.Checkpoint bytes to resume from
-
-
-class LostJob(Exception):
-    """This worker may not write to the job any more (its lease is gone or the database is)."""
 
 
 def worker_name() -> str:
@@ -247,241 +230,6 @@ class Worker:
                 delay = min(delay * 2, DB_RETRY_MAX)
 
 
-class Attempt:
-    """One claimed job on this worker: a training child, a heartbeat thread, fenced writes."""
-
-    def __init__(self, worker: Worker, claimed: Claimed) -> None:
-        self.worker, self.claim, self.claimed = worker, claimed.claim, claimed
-        self.settings = worker.settings
-        self.control = _FORK.Value("i", runner.RUN, lock=False)  # shared memory, read per batch
-        self.lost = threading.Event()
-        self.finished = threading.Event()
-        self.process: Any = None
-        self.dataset = claimed.dataset
-
-    @property
-    def patience(self) -> float:
-        # Writes are fenced, so retrying past the lease is safe; a worker cut off for this long
-        # gives the job up to whoever the database hands it next.
-        return max(3 * self.settings.lease_seconds, 10.0)
-
-    def _write(self, what: str, fn: Callable[[Session], T]) -> T:
-        return self.worker.write(what, fn, patience=self.patience)
-
-    def run(self) -> None:
-        claim = self.claim
-        inputs = self._inputs()
-        if inputs is None:
-            return
-        parent_conn, child_conn = _FORK.Pipe(duplex=False)
-        self.process = _FORK.Process(
-            target=runner.run_attempt,
-            args=(child_conn, self.control, inputs, os.getpid()),
-            name=f"fitserve-train-{claim.job_id[:8]}",
-            daemon=True,
-        )
-        self.process.start()
-        child_conn.close()
-        heartbeat = threading.Thread(target=self._heartbeat, name="fitserve-heartbeat", daemon=True)
-        heartbeat.start()
-        try:
-            self._follow(parent_conn)
-        finally:
-            self.finished.set()
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join()
-            parent_conn.close()
-            heartbeat.join()
-
-    def _inputs(self) -> runner.AttemptInput | None:
-        claim, dataset = self.claim, self.dataset
-        if dataset is None or getattr(dataset, "deleted_at", None) is not None:
-            self._write(
-                "fail",
-                lambda s: store.fail_job(
-                    s,
-                    job_id=claim.job_id,
-                    lease_token=claim.lease_token,
-                    error=f"dataset {claim.dataset_id} no longer exists; upload it and resubmit",
-                    error_code="dataset_missing",
-                ),
-            )
-            return None
-        assert self.worker.runtime_device is not None
-        return runner.AttemptInput(
-            job_id=claim.job_id,
-            name=claim.name,
-            network=claim.network,
-            training=claim.training,
-            features=dataset.features,
-            targets=dataset.targets,
-            task=dataset.task,
-            classes=dataset.classes,
-            checkpoint=self.claimed.checkpoint,
-            device=self.worker.runtime_device,
-            cpu_threads=self.settings.cpu_threads,
-        )
-
-    # ------------------------------------------------------------------ following the child
-
-    def _follow(self, conn: Any) -> None:
-        grace_deadline: float | None = None
-        while True:
-            if self.lost.is_set():
-                self.process.kill()
-                raise LostJob("heartbeat refused: the lease is held by another worker")
-            if self.worker.stopping.is_set():
-                now = time.monotonic()
-                if grace_deadline is None:
-                    grace_deadline = now + self.settings.shutdown_grace_seconds
-                    self.control.value = runner.STOP_AT_EPOCH_END
-                elif now > grace_deadline + KILL_AFTER_GRACE_SECONDS:
-                    self.process.kill()
-                elif now > grace_deadline:
-                    self.control.value = runner.STOP_NOW
-            if not conn.poll(0.05):
-                if not self.process.is_alive() and not conn.poll(0):
-                    self._crashed()
-                    return
-                continue
-            try:
-                header, payload = runner.decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                self.process.join(timeout=5)
-                self._crashed()
-                return
-            if self._handle(header, payload):
-                return
-
-    def _handle(self, header: dict[str, Any], payload: bytes) -> bool:
-        """Write what the child reported; True when the attempt is over."""
-        claim, kind = self.claim, header["kind"]
-        fence = {"job_id": claim.job_id, "lease_token": claim.lease_token}
-        if kind == "epoch":
-            self._write(
-                f"record epoch {header['epoch']}",
-                lambda s: store.record_epoch(
-                    s,
-                    **fence,
-                    epoch=header["epoch"],
-                    values=header["values"],
-                    checkpoint=payload,
-                    lease_seconds=self.settings.lease_seconds,
-                ),
-            )
-            return False
-        if kind == "done":
-            self._done(header, payload)
-            return True
-        if kind == "error":
-            if header["retry"]:
-                self._retry(header["message"], header["code"])
-            else:
-                self._write(
-                    "fail",
-                    lambda s: store.fail_job(
-                        s, **fence, error=header["message"], error_code=header["code"]
-                    ),
-                )
-                log.info("%s: job %s failed: %s", self.worker.name, claim.job_id, header["message"])
-            return True
-        raise ValueError(f"unknown message from the training process: {kind!r}")
-
-    def _done(self, header: dict[str, Any], weights: bytes) -> None:
-        claim = self.claim
-        fence = {"job_id": claim.job_id, "lease_token": claim.lease_token}
-        stopped = header["stopped"]
-        if stopped == "shutdown":
-            status = self._write("release", lambda s: store.release_job(s, **fence))
-            log.info("%s: job %s handed back (%s)", self.worker.name, claim.job_id, status)
-            return
-        if stopped is None:
-            assert self.dataset is not None
-            model = Model(
-                owner_id=claim.owner_id,
-                dataset_id=claim.dataset_id,
-                network=claim.network,
-                training=claim.training,
-                task=self.dataset.task,
-                classes=self.dataset.classes,
-                weights=weights,
-            )
-            last = header["last_epoch"]
-            last_epoch = None if last is None else (int(last["epoch"]), last["values"])
-            try:
-                self._write(
-                    "finish",
-                    lambda s: store.finish_job(s, **fence, model=model, last_epoch=last_epoch),
-                )
-                log.info("%s: job %s succeeded", self.worker.name, claim.job_id)
-                return
-            except LostJob:
-                pass  # a cancel that came during the last epoch, or a lost lease: see below
-        self._write("finish cancelled", lambda s: store.finish_cancelled(s, **fence))
-        log.info("%s: job %s cancelled", self.worker.name, claim.job_id)
-
-    def _crashed(self) -> None:
-        code = self.process.exitcode
-        how = (
-            f"was killed by {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exited with code {code}"
-        )
-        self._retry(
-            f"the training process {how} (out of host memory, a crash in native code, or "
-            "killed by the system); lower batch_size or the network's size if this repeats",
-            "worker_lost",
-        )
-
-    def _retry(self, message: str, code: str) -> None:
-        claim = self.claim
-        backoff = self.settings.retry_backoff_seconds * 2 ** (claim.attempts - 1)
-        status = self._write(
-            "retry",
-            lambda s: store.retry_job(
-                s,
-                job_id=claim.job_id,
-                lease_token=claim.lease_token,
-                error=message,
-                error_code=code,
-                backoff_seconds=backoff,
-            ),
-        )
-        log.warning(
-            "%s: job %s attempt %d ended: %s -> %s",
-            self.worker.name,
-            claim.job_id,
-            claim.attempts,
-            message,
-            status,
-        )
-
-    # ------------------------------------------------------------------ heartbeat thread
-
-    def _heartbeat(self) -> None:
-        claim, settings = self.claim, self.settings
-        while not self.finished.wait(settings.heartbeat_seconds):
-            try:
-                status = self.worker.write(
-                    "heartbeat",
-                    lambda s: store.heartbeat(
-                        s,
-                        job_id=claim.job_id,
-                        lease_token=claim.lease_token,
-                        lease_seconds=settings.lease_seconds,
-                    ),
-                    patience=settings.heartbeat_seconds,
-                )
-            except LostJob as exc:
-                if isinstance(exc.__cause__, store.LeaseLost):
-                    self.lost.set()
-                    return
-                continue  # the database is away; the main thread's writes decide
-            if status == "cancelling" and self.control.value == runner.RUN:
-                self.control.value = runner.CANCEL
-
-
 def _probe(conn: Any, device: str) -> None:
     from models.train import resolve_device
 
@@ -501,8 +249,8 @@ def probe_device(device: str) -> dict[str, Any]:
     """Resolve the device in a throwaway child: CUDA must never be initialized in the worker
     itself, or the training processes it forks could not use it.
     Returns {"ok": True, "device": "cuda:0", "name": ...} or {"ok": False, "error": ...}."""
-    reader, writer = _FORK.Pipe(duplex=False)
-    child = _FORK.Process(target=_probe, args=(writer, device), daemon=True)
+    reader, writer = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_probe, args=(writer, device), daemon=True)
     child.start()
     writer.close()
     try:

@@ -6,6 +6,7 @@ signals. Resumed runs are compared with uninterrupted ones on CPU with the same 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -217,23 +218,40 @@ def test_an_idle_worker_is_woken_by_notify_not_by_polling(
     wait_for(lambda: job_state(job_id).status != "queued", timeout=20, what="the NOTIFY wake-up")
 
 
+def local_cluster(database_url: str) -> tuple[str, str]:
+    """(version, name) of the Debian-managed cluster serving `database_url`, or skip."""
+    url = make_url(database_url)
+    if shutil.which("pg_lsclusters") is None or url.host not in ("127.0.0.1", "localhost"):
+        pytest.skip("restarting Postgres needs a local Debian-managed cluster")
+    listing = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in listing.splitlines():
+        version, name, port, *_ = line.split()
+        if int(port) == (url.port or 5432):
+            return version, name
+    pytest.skip(f"no local cluster listens on port {url.port or 5432}")
+
+
 @postgres_only
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_job_survives_a_postgres_restart(
+    database_url: str,
     start_worker: StartWorker,
     make_job: MakeJob,
     job_state: JobState,
     sessions: sessionmaker[Session],
 ) -> None:
     """Restarts the local server: other sessions' Postgres tests running now see it too."""
+    cluster = local_cluster(database_url)  # skips unless the server is a local cluster
     epochs = 40
     job_id = make_job("through a restart", training=iris_training(epochs=epochs, batch_size=5))
     worker = start_worker(lease_seconds=20.0, heartbeat_seconds=1.0)
     wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
 
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
         check=True,
         timeout=120,
         capture_output=True,
