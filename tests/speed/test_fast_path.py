@@ -212,8 +212,8 @@ def test_captured_training_matches_eager_on_cuda(iris: Any, graphs: Any, case: s
     graphed = models.fit(network, {**BASE, **training}, x, y, device="cuda")
     assert graphed.step_mode == "cuda_graph", graphed.step_mode
     for ra, rb in zip(eager.history, graphed.history, strict=True):
-        # same math and the same Philox stream; kernels may differ in the last bits
-        assert rb.loss == pytest.approx(ra.loss, rel=1e-4, abs=1e-6)
+        # same math and the same Philox offsets per step; kernels may differ in the last bits
+        assert rb.loss == pytest.approx(ra.loss, rel=1e-3, abs=1e-6)
         assert rb.metrics == pytest.approx(ra.metrics, abs=0.02)
 
 
