@@ -29,10 +29,10 @@ import time
 import uuid
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "queue")]
@@ -66,7 +66,7 @@ def _dataset(url: str) -> str:
 def _start_workers(url: str, n: int, **settings: Any) -> list[multiprocessing.process.BaseProcess]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.queue.worker"])
-    procs = []
+    procs: list[multiprocessing.process.BaseProcess] = []
     for _ in range(n):
         proc = context.Process(  # type: ignore[attr-defined]
             target=worker_process, args=(Settings(database_url=url, **settings), None)
@@ -124,7 +124,7 @@ def latency(url: str, samples: int) -> list[float]:
 def _claimer(url: str, counts: Any, index: int, start: Any) -> None:
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
-    jobs = Job.__table__
+    jobs = cast(Table, Job.__table__)
     claimed = 0
     with engine.connect():  # connected and imported before the clock starts
         pass
@@ -175,7 +175,8 @@ def claims_per_second(url: str, jobs: int, processes: int = 4) -> tuple[float, l
     for proc in procs:
         proc.join()
     elapsed = time.perf_counter() - started
-    return sum(counts) / elapsed, list(counts)
+    claimed = [int(counts[i]) for i in range(processes)]
+    return sum(claimed) / elapsed, claimed
 
 
 def drain(url: str, jobs: int, workers: int = 4) -> float:

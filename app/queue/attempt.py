@@ -160,7 +160,7 @@ class Attempt:
     def _handle(self, header: dict[str, Any], payload: bytes) -> bool:
         """Write what the child reported; True when the attempt is over."""
         claim, kind = self.claim, header["kind"]
-        fence = {"job_id": claim.job_id, "lease_token": claim.lease_token}
+        fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
         if kind == "epoch":
             self._write(
                 f"record epoch {header['epoch']}",
@@ -193,7 +193,7 @@ class Attempt:
 
     def _done(self, header: dict[str, Any], weights: bytes) -> None:
         claim = self.claim
-        fence = {"job_id": claim.job_id, "lease_token": claim.lease_token}
+        fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
         stopped = header["stopped"]
         if stopped == "shutdown":
             status = self._write("release", lambda s: store.release_job(s, **fence))

@@ -13,11 +13,14 @@ Times come from the database's clock (`db_now`), never the worker's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    CursorResult,
+    Executable,
     Float,
     String,
+    Table,
     and_,
     bindparam,
     case,
@@ -37,8 +40,10 @@ NOTIFY_CHANNEL = "fitserve_jobs"
 # Backoff after a crashed attempt doubles per attempt, up to this.
 MAX_RETRY_BACKOFF_SECONDS = 300.0
 
-jobs = Job.__table__
-claims = JobClaim.__table__
+jobs = cast(Table, Job.__table__)
+claims = cast(Table, JobClaim.__table__)
+metrics = cast(Table, JobMetric.__table__)
+checkpoints = cast(Table, JobCheckpoint.__table__)
 LIVE = ("running", "cancelling")
 
 
@@ -80,6 +85,11 @@ class Claim:
     training: dict[str, Any]
     epochs: int
     epoch: int
+
+
+def _execute(session: Session, statement: Executable) -> CursorResult[Any]:
+    """An UPDATE/INSERT whose rowcount matters (the fence)."""
+    return cast(CursorResult[Any], session.execute(statement))
 
 
 def _is_postgres(session: Session) -> bool:
@@ -263,11 +273,12 @@ def heartbeat(session: Session, *, job_id: str, lease_token: int, lease_seconds:
 def set_runtime(
     session: Session, *, job_id: str, lease_token: int, device: str, precision: str
 ) -> None:
-    """Record where the attempt runs, as the training process resolved it."""
-    result = session.execute(
+    """Record where the attempt runs: the device the worker resolved, the effective precision."""
+    result = _execute(
+        session,
         update(jobs)
         .where(_fenced(job_id, lease_token))
-        .values(device=device, precision=precision, updated_at=db_now())
+        .values(device=device, precision=precision, updated_at=db_now()),
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
@@ -286,7 +297,8 @@ def record_epoch(
     """One finished epoch: its metrics row, the checkpoint to resume from and the job's progress,
     together. The fenced UPDATE goes first, so a worker that lost the job writes nothing; it also
     extends the lease, an epoch end being proof of life."""
-    result = session.execute(
+    result = _execute(
+        session,
         update(jobs)
         .where(_fenced(job_id, lease_token))
         .values(
@@ -294,14 +306,14 @@ def record_epoch(
             lease_expires_at=db_now(lease_seconds),
             heartbeat_at=db_now(),
             updated_at=db_now(),
-        )
+        ),
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
     _insert_metrics(session, job_id=job_id, lease_token=lease_token, epoch=epoch, values=values)
-    session.execute(delete(JobCheckpoint.__table__).where(JobCheckpoint.job_id == job_id))
+    session.execute(delete(checkpoints).where(JobCheckpoint.job_id == job_id))
     session.execute(
-        insert(JobCheckpoint.__table__).values(
+        insert(checkpoints).values(
             job_id=job_id,
             epoch=epoch,
             lease_token=lease_token,
@@ -315,7 +327,7 @@ def _insert_metrics(
     session: Session, *, job_id: str, lease_token: int, epoch: int, values: dict[str, Any]
 ) -> None:
     session.execute(
-        insert(JobMetric.__table__).values(
+        insert(metrics).values(
             job_id=job_id,
             epoch=epoch,
             lease_token=lease_token,
@@ -349,7 +361,8 @@ def finish_job(
     model.id = model.id or new_id()
     model.job_id = job_id
     progress = {} if last_epoch is None else {"epoch": last_epoch[0]}
-    result = session.execute(
+    result = _execute(
+        session,
         update(jobs)
         .where(_fenced(job_id, lease_token, ("running",)))
         .values(
@@ -361,7 +374,7 @@ def finish_job(
             finished_at=db_now(),
             updated_at=db_now(),
             **progress,
-        )
+        ),
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
@@ -388,12 +401,13 @@ def finish_job(
 
 def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None:
     """The worker stopped a cancelling job: it ends `cancelled`, keeping the metrics so far."""
-    result = session.execute(
+    result = _execute(
+        session,
         update(jobs)
         .where(_fenced(job_id, lease_token, ("cancelling",)))
         .values(
             status="cancelled", lease_expires_at=None, finished_at=db_now(), updated_at=db_now()
-        )
+        ),
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)
@@ -405,7 +419,8 @@ def fail_job(
 ) -> None:
     """A failure no retry can fix (a spec that can't train, out of memory): `failed` at once,
     with an error the user can act on."""
-    result = session.execute(
+    result = _execute(
+        session,
         update(jobs)
         .where(_fenced(job_id, lease_token))
         .values(
@@ -415,7 +430,7 @@ def fail_job(
             lease_expires_at=None,
             finished_at=db_now(),
             updated_at=db_now(),
-        )
+        ),
     )
     if result.rowcount == 0:
         raise LeaseLost(job_id)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from queue_kit import MakeJob
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine
@@ -222,9 +222,7 @@ def test_crashed_attempts_back_off_then_end_failed_worker_lost(
     assert status == "queued"
     assert claim(sessions) is None  # backing off
     with sessions.begin() as session:  # let the backoff pass
-        session.execute(
-            Job.__table__.update().where(Job.id == job_id).values(available_at=db_now(-1))
-        )
+        session.execute(update(Job).where(Job.id == job_id).values(available_at=db_now(-1)))
     second = claim(sessions)
     assert second is not None and second.attempts == 2
 
@@ -293,9 +291,7 @@ def test_cancel_queued_running_and_finished_jobs(
 ) -> None:
     queued, running, done = make_job("queued"), make_job("running"), make_job("done")
     with sessions.begin() as session:  # claim `running` and `done` (oldest first)
-        session.execute(
-            Job.__table__.update().where(Job.id == queued).values(available_at=db_now(3600))
-        )
+        session.execute(update(Job).where(Job.id == queued).values(available_at=db_now(3600)))
     claimed_running, claimed_done = claim(sessions), claim(sessions)
     assert claimed_running and claimed_done and claimed_running.job_id == running
     with sessions.begin() as session:
