@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fitserve.worker")
 T = TypeVar("T")
 
+# A cancel request is looked for this often (a read), between the heartbeats' lease extensions.
+CANCEL_CHECK_SECONDS = 1.0
 # After the grace period the child stops at its next batch; this long after, it is killed.
 KILL_AFTER_GRACE_SECONDS = 5.0
 # fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
@@ -276,19 +278,25 @@ class Attempt:
     # ------------------------------------------------------------------ heartbeat thread
 
     def _heartbeat(self) -> None:
+        """Extend the lease every heartbeat; in between, look at the job's status once a second,
+        so a cancel takes effect within about a second even with a long heartbeat."""
         claim, settings = self.claim, self.settings
-        while not self.finished.wait(settings.heartbeat_seconds):
+        fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
+        next_beat = time.monotonic() + settings.heartbeat_seconds
+        while not self.finished.wait(min(settings.heartbeat_seconds, CANCEL_CHECK_SECONDS)):
+            beat = time.monotonic() >= next_beat
             try:
-                status = self.worker.write(
-                    "heartbeat",
-                    lambda s: store.heartbeat(
-                        s,
-                        job_id=claim.job_id,
-                        lease_token=claim.lease_token,
-                        lease_seconds=settings.lease_seconds,
-                    ),
-                    patience=settings.heartbeat_seconds,
-                )
+                if beat:
+                    status = self.worker.write(
+                        "heartbeat",
+                        lambda s: store.heartbeat(s, **fence, lease_seconds=settings.lease_seconds),
+                        patience=settings.heartbeat_seconds,
+                    )
+                    next_beat = time.monotonic() + settings.heartbeat_seconds
+                else:
+                    status = self.worker.write(
+                        "status", lambda s: store.job_status(s, **fence), patience=0
+                    )
             except LostJob as exc:
                 if isinstance(exc.__cause__, store.LeaseLost):
                     self.lost.set()

@@ -270,6 +270,15 @@ def heartbeat(session: Session, *, job_id: str, lease_token: int, lease_seconds:
     return str(status)
 
 
+def job_status(session: Session, *, job_id: str, lease_token: int) -> str:
+    """A running job's status, read between heartbeats to notice a cancel request.
+    Raises LeaseLost when the job is no longer ours."""
+    status = session.scalar(select(jobs.c.status).where(_fenced(job_id, lease_token)))
+    if status is None:
+        raise LeaseLost(job_id)
+    return str(status)
+
+
 def set_runtime(
     session: Session, *, job_id: str, lease_token: int, device: str, precision: str
 ) -> None:
