@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,10 @@ def features(x: Any, *, n_features: int | None = None) -> torch.Tensor:
             f"the network expects {n_features} features per row, got {t.shape[1]}", loc=("x",)
         )
     t = t.detach().to(device="cpu", dtype=torch.float32)
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        row = int(bad.any(dim=1).nonzero()[0, 0])
+    # a sum is NaN/inf when any value is: one fast pass without a mask the size of the data;
+    # only a non-finite sum (a bad value, or overflow of large ones) pays for the exact check
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+        row = int((~torch.isfinite(t)).any(dim=1).nonzero()[0, 0])
         raise SpecError(
             f"features contain NaN or infinity (first in row {row}); clean them first", loc=("x",)
         )
@@ -85,9 +87,18 @@ class Standardization:
 
     @classmethod
     def fit(cls, x: torch.Tensor) -> Standardization:
-        x64 = x.to(torch.float64)
-        mean = x64.mean(dim=0)
-        std = x64.std(dim=0, correction=0)  # population std, as Keras' Normalization and sklearn
+        # two passes in float64 over row chunks: exact enough for any float32 data, and the
+        # memory stays a chunk's, not a float64 copy of the dataset
+        rows = max(1, x.shape[0])
+        chunk = max(1, (1 << 22) // max(1, x.shape[1]))
+        total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        for start in range(0, x.shape[0], chunk):
+            total += x[start : start + chunk].sum(dim=0, dtype=torch.float64)
+        mean = total / rows
+        sq = torch.zeros_like(total)
+        for start in range(0, x.shape[0], chunk):
+            sq += (x[start : start + chunk].to(torch.float64) - mean).square().sum(dim=0)
+        std = (sq / rows).sqrt()  # population std, as Keras' Normalization and sklearn
         # a constant column has std 0: divide by 1 (sklearn's choice), so it maps to 0 in training
         # and an unseen value at prediction stays finite rather than blowing up by 1/epsilon
         std = torch.where(std > 1e-12 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))

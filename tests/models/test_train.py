@@ -482,3 +482,13 @@ def test_gradient_norms_are_the_mean_over_steps(
         want = np.mean([s[layer] for s in probe.steps])
         assert rec.layer_grad_norms[layer] == pytest.approx(want, rel=1e-5)
     assert rec.grad_norm == pytest.approx(np.mean([s["(global)"] for s in probe.steps]), rel=1e-5)
+
+
+def test_large_finite_features_are_accepted_and_nan_is_not() -> None:
+    from models.data import features
+
+    x = np.full((4, 2), 3e38, dtype=np.float32)  # finite, though their float32 sum overflows
+    assert features(x).shape == (4, 2)
+    x[2, 1] = np.inf
+    with pytest.raises(SpecError, match="row 2"):
+        features(x)
