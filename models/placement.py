@@ -64,26 +64,28 @@ def probe_cpu_step(
     module = build(network, seed=0)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(training.optimizer_config, params, torch.device("cpu"))
-    xb = torch.randn(batch_size, n_features)
+    xb = torch.randn(batch_size, n_features, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     times: list[float] = []
-    try:
-        module.train()
-        deadline = time.perf_counter() + _PROBE_SECONDS
-        for i in range(_PROBE_MAX_STEPS + 2):
-            t0 = time.perf_counter()
-            loss = module.logits(xb).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i >= 2:  # the first steps allocate the optimizer state
-                times.append(time.perf_counter() - t0)
-            if len(times) >= 3 and time.perf_counter() > deadline:
-                break
-    finally:
-        torch.set_num_threads(previous)
+    # dropout in the probe draws from the global generator: leave the caller's stream untouched
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            module.train()
+            deadline = time.perf_counter() + _PROBE_SECONDS
+            for i in range(_PROBE_MAX_STEPS + 2):
+                t0 = time.perf_counter()
+                loss = module.logits(xb).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if i >= 2:  # the first steps allocate the optimizer state
+                    times.append(time.perf_counter() - t0)
+                if len(times) >= 3 and time.perf_counter() > deadline:
+                    break
+        finally:
+            torch.set_num_threads(previous)
     times.sort()
     return times[len(times) // 2]
 

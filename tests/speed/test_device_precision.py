@@ -118,3 +118,25 @@ def test_cuda_trains_in_the_precision_asked_and_restores_tf32(iris: Any, precisi
     )
     assert result.precision == precision and result.device.startswith("cuda")
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_the_probe_leaves_the_callers_random_stream_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    placement.probe_cpu_step(
+        NetworkSpec.model_validate(
+            {
+                "layers": [
+                    *IRIS_NET["layers"][:1],
+                    {"type": "dropout", "rate": 0.5},
+                    *IRIS_NET["layers"][1:],
+                ]
+            }  # fmt: skip
+        ),
+        TrainingConfig.model_validate(IRIS_TRAINING),
+        n_features=4,
+        batch_size=10,
+        threads=1,
+    )
+    assert torch.equal(torch.rand(3), expected)
