@@ -251,6 +251,8 @@ def main() -> None:
         results.append(
             measure("iris 4-8-8-3, batch 10", IRIS_NET, x, y, 10, args.iris_epochs, args.rounds)
         )
+        if args.only is None:  # the iris table survives an interrupted Reuters run
+            print(report(results, args.rounds), flush=True)
     if args.only in (None, "reuters"):
         x, y = reuters_like()
         results.append(
