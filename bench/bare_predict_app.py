@@ -2,8 +2,9 @@
 
 What a user would write by hand around the same weights: load once, a pydantic body, the eval
 module under inference_mode, standardization, softmax outputs and labels, returned as a dict.
-No database, no auth, no limits, no metrics. Run by bench/predict.py with the same uvicorn settings as
-fitserve; the weights file comes from BENCH_WEIGHTS (a path the bench wrote, never user input).
+No database, no auth, no limits, no metrics. Run by bench/predict.py with the same uvicorn
+settings as fitserve; the weights file comes from BENCH_WEIGHTS (a path the bench wrote, never
+user input).
 """
 
 from __future__ import annotations
