@@ -24,6 +24,9 @@ def _tensor(a: Any, what: str, loc: str) -> torch.Tensor:
     if arr.dtype.kind not in "biuf":
         kind = "strings" if arr.dtype.kind in "US" else f"dtype {arr.dtype}"
         raise SpecError(f"{what} must be numbers, got {kind}", loc=(loc,))
+    if not arr.flags.writeable:
+        # e.g. np.frombuffer over bytes; torch refuses to share memory it can't promise to protect
+        arr = arr.copy()
     return torch.from_numpy(arr)
 
 

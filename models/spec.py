@@ -168,6 +168,11 @@ class Dense(_LayerBase):
 
     @model_validator(mode="after")
     def _explicit_values(self) -> Dense:
+        if self.bias_initializer == "orthogonal":
+            raise ValueError(
+                "bias_initializer 'orthogonal' needs a 2-D weight; use it as kernel_initializer "
+                "and leave the bias 'zeros'"
+            )
         if self.kernel is not None:
             if not self.kernel or any(len(row) != self.units for row in self.kernel):
                 raise ValueError(

@@ -57,8 +57,8 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 @cache
 def _train(x: bytes, y: bytes, classes: str) -> tuple[bytes, str]:
     """Trained once per session (the same iris arrays in every test database)."""
-    features = np.frombuffer(x, dtype=np.float32).reshape(-1, 4).copy()
-    targets = np.frombuffer(y, dtype=np.int64).copy()
+    features = np.frombuffer(x, dtype=np.float32).reshape(-1, 4)
+    targets = np.frombuffer(y, dtype=np.int64)
     result = models.fit(IRIS_NETWORK, IRIS_TRAINING, features, targets, device="cpu")
     extra = {"task": "classification", "classes": json.loads(classes)}
     weights = models.save_model(result, result.network, extra=extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -68,6 +69,7 @@ def test_unknown_activation_and_optimizer_list_allowed() -> None:
         {"type": "dropout", "rate": -0.1, "input_dim": 4},
         {"type": "dropout", "rate": float("inf"), "input_dim": 4},
         dense(2, input_shape=[4, 4]),
+        dense(2, input_dim=4, bias_initializer="orthogonal"),  # needs a 2-D weight
     ],
 )
 def test_bad_layers_rejected(layer: dict[str, object]) -> None:
@@ -204,3 +206,12 @@ def test_json_round_trip() -> None:
 def test_split_rows_is_keras_floor() -> None:
     assert split_rows(150, 0.2) == 120
     assert split_rows(10, 0.25) == math.floor(7.5)
+
+
+def test_read_only_arrays_are_accepted() -> None:
+    """Arrays over immutable bytes (np.frombuffer, as datasets decode) train without a warning."""
+    from models import data
+
+    x = np.frombuffer(np.arange(8, dtype=np.float32).tobytes(), dtype=np.float32).reshape(4, 2)
+    assert not x.flags.writeable
+    assert data.features(x).tolist() == x.tolist()
