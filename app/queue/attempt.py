@@ -1,7 +1,8 @@
 """One claimed job on a worker: the training child, the heartbeat thread, the fenced writes.
 
-The worker forks `runner.run_attempt` for each attempt and follows its reports: each epoch is
-written with `record_epoch`, the end with `finish_job` / `finish_cancelled` / `release_job`,
+The worker forks `runner.run_attempt` for each attempt and follows its reports: the device
+training started on with `set_runtime` (device "auto" is decided in the child, by models.fit),
+each epoch with `record_epoch`, the end with `finish_job` / `finish_cancelled` / `release_job`,
 an error with `fail_job` or `retry_job`, a child that dies without a word with `retry_job`.
 Every write names the claim's lease token; one that is refused raises LostJob, the child is
 killed, and nothing more is written. The heartbeat thread extends the lease, and turns a
@@ -46,6 +47,7 @@ class Claimed:
     claim: store.Claim
     dataset: Dataset | None
     checkpoint: bytes | None  # models.Checkpoint bytes to resume from
+    runtime: tuple[str | None, str]  # (device, precision) the claim recorded on the job row
 
 
 class LostJob(Exception):
@@ -113,7 +115,6 @@ class Attempt:
                 ),
             )
             return None
-        assert self.worker.runtime_device is not None
         return runner.AttemptInput(
             job_id=claim.job_id,
             name=claim.name,
@@ -124,7 +125,7 @@ class Attempt:
             task=dataset.task,
             classes=dataset.classes,
             checkpoint=self.claimed.checkpoint,
-            device=self.worker.runtime_device,
+            device=self.worker.fit_device,
             cpu_threads=self.settings.cpu_threads,
         )
 
@@ -163,6 +164,23 @@ class Attempt:
         """Write what the child reported; True when the attempt is over."""
         claim, kind = self.claim, header["kind"]
         fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
+        if kind == "started":
+            runtime = (header["device"], header["precision"])
+            log.info(
+                "%s: job %s trains on %s (%s)",
+                self.worker.name,
+                claim.job_id,
+                runtime[0],
+                header["device_reason"],
+            )
+            if runtime != self.claimed.runtime:  # device "auto": placed by models.fit just now
+                self._write(
+                    "set runtime",
+                    lambda s: store.set_runtime(
+                        s, **fence, device=runtime[0], precision=runtime[1]
+                    ),
+                )
+            return False
         if kind == "epoch":
             self._write(
                 f"record epoch {header['epoch']}",

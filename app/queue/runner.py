@@ -7,6 +7,8 @@ trains and reports over a pipe, and the worker makes every (fenced) write.
 Messages are frames of `4-byte header length | JSON header | optional binary payload`
 (checkpoints and weights are safetensors bytes; nothing here is pickled):
 
+    {"kind": "started", "device", "precision", "device_reason"}   (training begins: where it
+                                            runs, as models.fit decided — "auto" included)
     {"kind": "epoch", "epoch", "values"}  + models.Checkpoint bytes   (every epoch but the last)
     {"kind": "done", "stopped": null, "last_epoch": {"epoch", "values"} | null}
                                           + models.save_model bytes   (the last epoch rides here,
@@ -63,7 +65,7 @@ class AttemptInput:
     task: str
     classes: list[Any] | None
     checkpoint: bytes | None  # models.Checkpoint bytes to resume from
-    device: str
+    device: str  # as models.fit takes it: "auto" (placement decides per job), "cpu", "cuda:N"
     cpu_threads: int | None  # None: torch's default
 
 
@@ -84,6 +86,17 @@ class _Relay(models.Callback):
     def __init__(self, conn: Connection, control: Any) -> None:
         self.conn, self.control = conn, control
         self.last_epoch: dict[str, Any] | None = None
+
+    def on_train_begin(self, trainer: models.Trainer) -> None:
+        # The device is known only now: with device="auto" models/placement.py has just chosen it.
+        precision = trainer.config.precision if trainer.device.type == "cuda" else "fp32"
+        started = {
+            "kind": "started",
+            "device": str(trainer.device),
+            "precision": precision,
+            "device_reason": trainer.device_reason,
+        }
+        self.conn.send_bytes(encode(started))
 
     def on_batch_end(self, trainer: models.Trainer) -> None:
         if self.control.value in (CANCEL, STOP_NOW):

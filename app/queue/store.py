@@ -280,9 +280,10 @@ def job_status(session: Session, *, job_id: str, lease_token: int) -> str:
 
 
 def set_runtime(
-    session: Session, *, job_id: str, lease_token: int, device: str, precision: str
+    session: Session, *, job_id: str, lease_token: int, device: str | None, precision: str
 ) -> None:
-    """Record where the attempt runs: the device the worker resolved, the effective precision."""
+    """Record where the attempt runs: the device and the effective precision (None and the
+    precision asked for while a job on device "auto" waits for models.fit to place it)."""
     result = _execute(
         session,
         update(jobs)

@@ -3,8 +3,10 @@
 
     claim (one transaction: reap expired jobs, claim_next_job, set_runtime, read the inputs)
       -> fork runner.run_attempt; start the heartbeat thread
-      -> per message: epoch -> record_epoch, done -> finish_job (with the last epoch) /
-         finish_cancelled / release_job, error -> fail_job or retry_job; child died -> retry_job
+      -> per message: started -> set_runtime (the device models.fit chose, when it differs from
+         the claim's: device "auto"), epoch -> record_epoch, done -> finish_job (with the last
+         epoch) / finish_cancelled / release_job, error -> fail_job or retry_job;
+         child died -> retry_job
       -> stop the heartbeat thread, reap the child, claim again
 
 Every write after the claim names the lease token. A write that touches no row (LeaseLost) means
@@ -88,6 +90,7 @@ class Worker:
         self.name = name or worker_name()
         self.device = device or settings.device
         # The device as the probe resolved it ("auto" -> "cpu" or "cuda:0"); set on first run.
+        # It proves the device works; with "auto" each job's own device is chosen by models.fit.
         self.runtime_device: str | None = None
         self.engine = engine or make_engine(settings.database_url, **_engine_options(settings))
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
@@ -125,6 +128,15 @@ class Worker:
         finally:
             self._close_listener()
 
+    @property
+    def fit_device(self) -> str:
+        """The device handed to models.fit: "auto" stays "auto", so models/placement.py can
+        measure whether this job's whole run ends on the CPU before a GPU would have started."""
+        if self.device == "auto":
+            return "auto"
+        assert self.runtime_device is not None
+        return self.runtime_device
+
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s: %s received, stopping", self.name, signal.Signals(signum).name)
@@ -135,8 +147,7 @@ class Worker:
 
     def _claim(self) -> Claimed | None:
         """One transaction: end lost jobs, claim the next, note where it runs, read its inputs."""
-        assert self.runtime_device is not None
-        device = self.runtime_device
+        device = self.fit_device
         try:
             with self.sessions.begin() as session:
                 now = time.monotonic()
@@ -148,17 +159,20 @@ class Worker:
                 )
                 if claim is None:
                     return None
-                precision = (
-                    str(claim.training.get("precision", "fp32"))
-                    if device.startswith("cuda")
-                    else "fp32"  # models/ trains in fp32 on CPU whatever the config says
-                )
+                asked = str(claim.training.get("precision", "fp32"))
+                if device == "auto":
+                    # Unknown until the training process has placed the job: the row reads as
+                    # a queued one's (no device, the precision asked for) until it reports.
+                    runtime: tuple[str | None, str] = (None, asked)
+                else:
+                    # models/ trains in fp32 on the CPU whatever the config says
+                    runtime = (device, asked if device.startswith("cuda") else "fp32")
                 store.set_runtime(
                     session,
                     job_id=claim.job_id,
                     lease_token=claim.lease_token,
-                    device=device,
-                    precision=precision,
+                    device=runtime[0],
+                    precision=runtime[1],
                 )
                 dataset = session.get(Dataset, claim.dataset_id)
                 checkpoint = store.load_checkpoint(session, job_id=claim.job_id)
@@ -169,7 +183,7 @@ class Worker:
             self.stopping.wait(min(self.settings.poll_seconds * 4, DB_RETRY_MAX))
             return None
         log.info("%s: claimed job %s (attempt %d)", self.name, claim.job_id, claim.attempts)
-        return Claimed(claim, dataset, checkpoint[1] if checkpoint else None)
+        return Claimed(claim, dataset, checkpoint[1] if checkpoint else None, runtime)
 
     # ------------------------------------------------------------------ idle wake-up
 

@@ -123,6 +123,9 @@ def test_serve_runs_the_api_and_a_worker_restarts_it_and_stops_all_on_ctrl_c(
             finished(lambda j: read_job(sessions, j), job_id), timeout=180, what="the job"
         )
         assert job.status == "succeeded", log.read_text()
+        # No --device and no FITSERVE_DEVICE: "auto", placed per job by models.fit
+        assert job.device == "cpu"
+        assert f"job {job_id} trains on cpu (auto: " in log.read_text()
 
         # A worker that dies is restarted.
         first_worker = int(re.findall(r"started worker 1 \(pid (\d+)\)", log.read_text())[0])

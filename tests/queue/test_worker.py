@@ -58,6 +58,23 @@ def test_a_worker_trains_a_queued_job_and_stores_the_model(
     assert worker.stop() == 0  # SIGTERM while idle: a clean exit
 
 
+def test_device_auto_is_placed_by_fit_and_the_device_used_is_recorded(
+    start_worker: StartWorker, make_job: MakeJob, job_state: JobState
+) -> None:
+    # bf16 asked for: the row says so until training starts, then what the CPU really ran (fp32)
+    job_id = make_job("auto", training=iris_training(epochs=3, precision="bf16"))
+    worker = start_worker(device="auto")
+
+    job = wait_for(finished(job_state, job_id), timeout=60, what="the job to finish")
+
+    assert job.status == "succeeded", (job.error, worker.logs())
+    assert (job.device, job.precision) == ("cpu", "fp32")
+    # Placed by models/placement.py inside the training process, not resolved by the worker:
+    # the reason is FitResult.device_reason's ("auto: CUDA is not available" here, or the
+    # measured CPU probe's verdict on a machine with a GPU).
+    assert f"job {job_id} trains on cpu (auto: " in worker.logs()
+
+
 def test_a_cancelled_queued_job_is_never_claimed(
     start_worker: StartWorker,
     make_job: MakeJob,
