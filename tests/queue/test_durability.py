@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
 from queue_kit import (
     JobState,
     MakeJob,
@@ -33,6 +39,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
+from app.main import create_app
 from app.queue.launch import EXIT_LEASE_LOST
 from app.tables import Job, JobClaim, JobMetric, Model
 
@@ -233,29 +241,86 @@ def local_cluster(database_url: str) -> tuple[str, str]:
     pytest.skip(f"no local cluster listens on port {url.port or 5432}")
 
 
+def pg_ctlcluster(cluster: tuple[str, str], action: str, *, check: bool = True) -> None:
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action],
+        check=check,
+        timeout=120,
+        capture_output=True,
+    )
+
+
+@contextmanager
+def live_api(database_url: str) -> Iterator[httpx.Client]:
+    """create_app() served by uvicorn on a free loopback port, in a thread of this process
+    (torch is imported already), with an HTTP client on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    app = create_app(Settings(database_url=database_url))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="uvicorn to start")
+        # A hung request fails the test instead of passing for a slow 503.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def assert_database_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert set(body) == {"detail", "code"} and body["code"] == "unavailable", body
+    assert "database" in body["detail"], body
+
+
 @postgres_only
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_job_survives_a_postgres_restart(
+def test_a_job_and_the_api_survive_postgres_going_down(
     database_url: str,
     start_worker: StartWorker,
     make_job: MakeJob,
     job_state: JobState,
     sessions: sessionmaker[Session],
 ) -> None:
-    """Restarts the local server: other sessions' Postgres tests running now see it too."""
+    """Stops and starts the local server: other sessions' Postgres tests running now see it too.
+    While it is down the API answers 503 (no 500, no hang); once it is back the same API process
+    answers 200 again (pool_pre_ping replaces the connections the stop cut) and the worker,
+    whose writes retried meanwhile, finishes the job in its first attempt."""
     cluster = local_cluster(database_url)  # skips unless the server is a local cluster
     epochs = 40
     job_id = make_job("through a restart", training=iris_training(epochs=epochs, batch_size=5))
     worker = start_worker(lease_seconds=20.0, heartbeat_seconds=1.0)
-    wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
+    with live_api(database_url) as api:
+        assert api.get(f"/v1/jobs/{job_id}").status_code == 200
+        wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
 
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
+        try:
+            pg_ctlcluster(cluster, "stop")
+            job_read = api.get(f"/v1/jobs/{job_id}")
+            health = api.get("/health")
+        finally:
+            # Whatever happened, other tests need the server (fails harmlessly if it is up).
+            pg_ctlcluster(cluster, "start", check=False)
+
+        assert_database_unavailable(job_read)
+        assert "try again" in job_read.json()["detail"]
+        assert job_read.headers["retry-after"] == "2"
+        assert_database_unavailable(health)
+
+        def api_answers() -> httpx.Response | None:
+            response = api.get(f"/v1/jobs/{job_id}")
+            return response if response.status_code == 200 else None
+
+        # The first requests after the start may still meet a server that is coming up (503).
+        recovered = wait_for(api_answers, timeout=60, what="the API to answer 200 again")
+        assert recovered.json()["id"] == job_id
+        assert api.get("/health").json()["status"] == "ok"
 
     def finished_job() -> Job | None:
         try:
