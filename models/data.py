@@ -77,6 +77,29 @@ def targets(y: Any, rows: int) -> torch.Tensor:
     return t
 
 
+def target_classes(yt: torch.Tensor, *, loss: str, output_units: int) -> int | None:
+    """The class count when `yt` (from `targets`) is a classification target, None for
+    regression; refuses labels or values the output layer and loss can't take."""
+    classification = not yt.dtype.is_floating_point or loss == "categorical_crossentropy"
+    if classification and yt.dtype.is_floating_point:  # one-hot / probability rows
+        n_classes = yt.shape[1]
+        if bool((yt < 0).any()):
+            raise SpecError("one-hot targets must be >= 0", loc=("y",))
+    else:
+        n_classes = (2 if output_units == 1 else output_units) if classification else 0
+    if classification and not yt.dtype.is_floating_point and yt.shape[0]:
+        lo, hi = int(yt.min()), int(yt.max())
+        if lo < 0 or hi >= n_classes:
+            raise SpecError(
+                f"class labels must be 0..{n_classes - 1} for this output layer, got {lo}..{hi}",
+                loc=("y",),
+            )
+    if loss == "binary_crossentropy" and yt.dtype.is_floating_point:
+        if bool(((yt < 0) | (yt > 1)).any()):
+            raise SpecError("binary_crossentropy targets must lie in [0, 1]", loc=("y",))
+    return n_classes if classification else None
+
+
 def _is_integer(dtype: torch.dtype) -> bool:
     return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 

@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -22,77 +21,20 @@ from models import cuda_graph, placement
 from models import data as D
 from models.build import as_network, as_training, build, check_compatible, count_params
 from models.callbacks import Callback, EarlyStopping, overrides
+from models.epoch_sums import EpochSums
 from models.errors import SpecError, StopTraining, TrainingError
-from models.layers import Network
 from models.losses import make_objective
 from models.optim import clip_gradients, make_optimizer
+from models.results import EpochRecord, FitResult
+from models.resume import check_resume, make_checkpoint, restore, restore_rng, snapshot_rng
 from models.spec import NetworkSpec, TrainingConfig, split_rows
-from models.weights import Checkpoint, flatten_optimizer, load_state, unflatten_optimizer
+from models.weights import Checkpoint
 
 _EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: bounds its memory
 # Below this many multiply-adds per step (6 * batch * params: forward + backward), CPU training
 # runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
 # waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
 _SINGLE_THREAD_FLOPS = 1 << 23
-_FLUSH_STEPS = 256  # steps of losses, outputs and gradient norms kept before they are reduced
-_FLUSH_ELEMENTS = 1 << 22  # ... or fewer steps, so the kept outputs stay below 16 MB
-
-
-@dataclass
-class EpochRecord:
-    epoch: int  # 1-based
-    loss: float
-    metrics: dict[str, float]  # {"accuracy": ...} or {"mae": ...}
-    learning_rate: float
-    seconds: float
-    grad_norm: float  # mean over the epoch's steps of the global gradient norm
-    layer_grad_norms: dict[str, float]  # mean over the steps of each layer's gradient norm
-    val_loss: float | None = None
-    val_metrics: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"epoch": self.epoch, "loss": self.loss, **self.metrics}
-        if self.val_loss is not None:
-            d["val_loss"] = self.val_loss
-            d.update(self.val_metrics)
-        d.update(
-            learning_rate=self.learning_rate,
-            seconds=self.seconds,
-            grad_norm=self.grad_norm,
-            layer_grad_norms=dict(self.layer_grad_norms),
-        )
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
-        metric = "accuracy" if "accuracy" in d else "mae"
-        return cls(
-            epoch=d["epoch"],
-            loss=d["loss"],
-            metrics={metric: d[metric]},
-            learning_rate=d["learning_rate"],
-            seconds=d["seconds"],
-            grad_norm=d["grad_norm"],
-            layer_grad_norms=dict(d["layer_grad_norms"]),
-            val_loss=d.get("val_loss"),
-            val_metrics={f"val_{metric}": d[f"val_{metric}"]} if f"val_{metric}" in d else {},
-        )
-
-
-@dataclass
-class FitResult:
-    module: Network  # eval mode, on `device`
-    history: list[EpochRecord]
-    standardization: D.Standardization | None
-    stopped_epoch: int | None  # the epoch training was stopped after, None when all epochs ran
-    device: str
-    seed: int
-    network: NetworkSpec
-    training: TrainingConfig
-    best_epoch: int | None = None  # with early stopping
-    precision: str = "fp32"  # as trained: the config's on CUDA; the CPU always trains in fp32
-    device_reason: str = ""  # why this device (device="auto" decides in models/placement.py)
-    step_mode: str = "eager"  # "cuda_graph", or "eager: <why not>" (models/cuda_graph.py)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -124,53 +66,6 @@ def _derive_seeds(seed: int) -> tuple[int, int, int]:
     return int(init), int(shuffle), int(dropout)
 
 
-class _EpochSums:
-    """One epoch's loss, metric and gradient-norm sums, reduced from per-step values in batches.
-
-    The step only appends device tensors (no host sync); `flush` reduces the pending steps with a
-    handful of ops. Rows are in the epoch's order: rows [done, end) of `perm`.
-    """
-
-    def __init__(self, trainer: Trainer, perm: torch.Tensor | None, batch_size: int) -> None:
-        self.trainer, self.perm = trainer, perm
-        dev = trainer.device
-        self.loss = torch.zeros((), dtype=torch.float64, device=dev)
-        self.metric = torch.zeros((), dtype=torch.float64, device=dev)
-        self.norm = torch.zeros(trainer._norm_matrix.shape[0], dtype=torch.float64, device=dev)
-        self.losses: list[torch.Tensor] = []
-        self.outputs: list[torch.Tensor] = []
-        self.norms: list[tuple[torch.Tensor, ...]] = []
-        self.done = 0  # rows already reduced
-        per_step = batch_size * max(1, trainer.network.output_units)
-        self.flush_every = max(1, min(_FLUSH_STEPS, _FLUSH_ELEMENTS // per_step))
-
-    def flush(self, end: int) -> None:
-        if not self.losses:
-            return
-        t = self.trainer
-        rows = slice(self.done, end)
-        _, target, labels = t._train
-        if self.perm is not None:
-            idx = self.perm[rows]
-            target, labels = target[idx], labels[idx]
-        else:
-            target, labels = target[rows], labels[rows]
-        out = torch.cat(self.outputs)  # (rows, units)
-        # per-batch mean losses weighted by batch rows: the epoch loss is the mean over rows
-        sizes = [o.shape[0] for o in self.outputs]
-        weights = torch.tensor(sizes, dtype=torch.float64, device=out.device)
-        self.loss.add_(torch.dot(torch.stack(self.losses).double(), weights))
-        self.metric.add_(t.objective.metric_sum(out.float(), target, labels))
-        flat = torch.stack([n for step in self.norms for n in step]).view(len(self.norms), -1)
-        # (steps, params) -> each step's per-layer and global norms, summed over the steps
-        layer = torch.mm(flat.square(), t._norm_matrix.T).sqrt_()
-        self.norm.add_(layer.sum(0, dtype=torch.float64))
-        self.losses.clear()
-        self.outputs.clear()
-        self.norms.clear()
-        self.done = end
-
-
 class Trainer:
     """One training run; `fit` is `Trainer(...).run()`. Callbacks receive it as `trainer`."""
 
@@ -197,34 +92,16 @@ class Trainer:
         xt = D.features(x, n_features=None)
         yt = D.targets(y, xt.shape[0])
         rows = xt.shape[0]
-        classification = (
-            not yt.dtype.is_floating_point or self.config.loss == "categorical_crossentropy"
-        )
         units = self.network.output_units
-        if classification and yt.dtype.is_floating_point:  # one-hot / probability rows
-            n_classes = yt.shape[1]
-            if bool((yt < 0).any()):
-                raise SpecError("one-hot targets must be >= 0", loc=("y",))
-        else:
-            n_classes = (2 if units == 1 else units) if classification else 0
-        if classification and not yt.dtype.is_floating_point and rows:
-            lo, hi = int(yt.min()), int(yt.max())
-            if lo < 0 or hi >= n_classes:
-                raise SpecError(
-                    f"class labels must be 0..{n_classes - 1} for this output layer, "
-                    f"got {lo}..{hi}",
-                    loc=("y",),
-                )
-        if self.config.loss == "binary_crossentropy" and yt.dtype.is_floating_point:
-            if bool(((yt < 0) | (yt > 1)).any()):
-                raise SpecError("binary_crossentropy targets must lie in [0, 1]", loc=("y",))
+        n_classes = D.target_classes(yt, loss=self.config.loss, output_units=units)
+        classification = n_classes is not None
         check_compatible(
             self.network,
             self.config,
             task="classification" if classification else "regression",
             n_features=xt.shape[1],
             n_outputs=None if classification else yt.shape[1],
-            n_classes=n_classes if classification else None,
+            n_classes=n_classes,
             rows=rows,
         )
         self.objective = make_objective(
@@ -255,7 +132,7 @@ class Trainer:
             self.device, self.device_reason = where.device, where.reason
 
         if resume is not None:
-            self._check_resume(resume)
+            check_resume(self, resume)
             self.seed = resume.seed
             self.standardization = resume.standardization
         else:
@@ -290,33 +167,7 @@ class Trainer:
         self._rng: dict[str, torch.Tensor] = {}
         self._resume = resume
         if resume is not None:
-            load_state(self.module, {k: v.to(dev) for k, v in resume.model_state.items()})
-            fresh = self.optimizer.state_dict()["param_groups"]
-            self.optimizer.load_state_dict(
-                unflatten_optimizer(resume.optimizer_state, resume.optimizer_values, fresh)
-            )
-            if self.early_stopping is not None and resume.early_stopping is not None:
-                best = resume.best_weights
-                best = {k: v.to(dev) for k, v in best.items()} if best is not None else None
-                self.early_stopping.load_state(resume.early_stopping, best)
-            self.history = [EpochRecord.from_dict(d) for d in resume.history]
-            self.epoch = resume.epoch
-            self.stop_training = resume.stop_training
-
-    def _check_resume(self, ckpt: Checkpoint) -> None:
-        if ckpt.network != self.network.model_dump(mode="json"):
-            raise SpecError("the checkpoint was made for a different network spec", loc=("resume",))
-        mine = self.config.model_dump(mode="json")
-        theirs = TrainingConfig.model_validate(ckpt.training).model_dump(mode="json")
-        mine.pop("epochs"), theirs.pop("epochs")  # training may be extended
-        if mine != theirs:
-            raise SpecError(
-                "the checkpoint was made with a different training config", loc=("resume",)
-            )
-        if ckpt.data != self.data_shape:
-            raise SpecError(
-                f"the checkpoint was made on data of shape {ckpt.data}", loc=("resume",)
-            )
+            restore(self, resume)
 
     def _grad_norm_layout(self) -> tuple[list[str], torch.Tensor]:
         """Layer names with parameters, and a (layers + 1, params) 0/1 matrix: its product with the
@@ -358,7 +209,7 @@ class Trainer:
         with restore, torch.random.fork_rng(devices=cuda, device_type="cuda"):
             self._shuffle = torch.Generator(device=self.device)
             if self._resume is not None and "shuffle" in self._resume.rng:
-                self._restore_rng(self._resume.rng)
+                restore_rng(self._resume.rng, self._shuffle, self.device)
             else:
                 self._shuffle.manual_seed(self._shuffle_seed)
                 # dropout draws from the global generator of the training device; seeded directly
@@ -419,7 +270,7 @@ class Trainer:
             if self.config.shuffle
             else None
         )
-        sums = _EpochSums(self, perm, bs)
+        sums = EpochSums(self, perm, bs)
         losses, outputs, norms_per_step = sums.losses, sums.outputs, sums.norms
         module.train()
         steps = 0
@@ -537,7 +388,7 @@ class Trainer:
             epoch, record.as_dict(), self.module
         ):
             self.stop_training = True
-        self._snapshot_rng()
+        self._rng = snapshot_rng(self._shuffle, self.device)
         for cb in self.callbacks:
             try:
                 cb.on_epoch_end(self, record)
@@ -546,41 +397,9 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
 
-    def _snapshot_rng(self) -> None:
-        self._rng = {"torch_cpu": torch.get_rng_state(), "shuffle": self._shuffle.get_state()}
-        if self.device.type == "cuda":
-            self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
-
-    def _restore_rng(self, rng: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(rng["torch_cpu"])
-        self._shuffle.set_state(rng["shuffle"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-
     def checkpoint(self) -> Checkpoint:
         """The state after the last completed epoch (call from on_epoch_end)."""
-        opt_tensors, opt_values = flatten_optimizer(self.optimizer.state_dict())
-        es = self.early_stopping
-        return Checkpoint(
-            network=self.network.model_dump(mode="json"),
-            training=self.config.model_dump(mode="json"),
-            epoch=self.epoch,
-            seed=self.seed,
-            model_state={k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()},
-            optimizer_state={k: v.detach().cpu().clone() for k, v in opt_tensors.items()},
-            optimizer_values=opt_values,
-            rng={k: v.clone() for k, v in self._rng.items()},
-            history=[r.as_dict() for r in self.history],
-            data=dict(self.data_shape),
-            standardization=self.standardization,
-            early_stopping=es.state() if es is not None else None,
-            best_weights=(
-                {k: v.cpu().clone() for k, v in es.best_weights.items()}
-                if es is not None and es.best_weights is not None
-                else None
-            ),
-            stop_training=self.stop_training,
-        )
+        return make_checkpoint(self)
 
 
 def fit(
