@@ -1,5 +1,5 @@
 """What other processes need to know about a worker, importable without torch: exit codes, the
-fault-injection hook's name, and an entry point for starting a worker with multiprocessing."""
+fault-injection hooks' names, and an entry point for starting a worker with multiprocessing."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ EXIT_LEASE_LOST = 75
 # exits at once with CRASH_EXIT_CODE, as one killed by the kernel would. Unset in production.
 CRASH_ENV = "FITSERVE_TEST_CRASH_JOB_NAME"
 CRASH_EXIT_CODE = 86
+# Likewise, for tests only: the training process of a job so named raises
+# torch.cuda.OutOfMemoryError at its first batch, as a GPU that ran out of memory would.
+OOM_ENV = "FITSERVE_TEST_OOM_JOB_NAME"
 
 
 def worker_process(settings: Settings, log_file: str | None = None) -> None:

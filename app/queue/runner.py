@@ -21,7 +21,12 @@ no database query and no syscall per batch.
 
 Fault injection (tests only): when the FITSERVE_TEST_CRASH_JOB_NAME variable equals the job's
 name, the child exits at once with CRASH_EXIT_CODE, as a process killed by the kernel would — a
-real way to make a job kill its training process on every attempt (see app/queue/launch.py).
+real way to make a job kill its training process on every attempt; when FITSERVE_TEST_OOM_JOB_NAME
+does, its first batch raises torch.cuda.OutOfMemoryError, which travels out of models.fit as a
+GPU's would (see app/queue/launch.py).
+
+Checkpoints are made at epoch ends only: models.Trainer can checkpoint and resume at an epoch
+boundary, not within an epoch, so a crash loses at most the epoch in progress.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import torch._dynamo  # noqa: F401
 from safetensors.numpy import load as st_load
 
 import models
-from app.queue.launch import CRASH_ENV, CRASH_EXIT_CODE
+from app.queue.launch import CRASH_ENV, CRASH_EXIT_CODE, OOM_ENV
 
 # Values of the shared control word, set by the worker.
 RUN, CANCEL, STOP_AT_EPOCH_END, STOP_NOW = 0, 1, 2, 3
@@ -117,6 +122,15 @@ class _Relay(models.Callback):
             raise models.StopTraining
 
 
+class _OutOfMemoryAtFirstBatch(models.Callback):
+    """The OOM fault hook (tests only): the error a GPU raises, from inside the training loop."""
+
+    def on_batch_end(self, trainer: models.Trainer) -> None:
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (raised by FITSERVE_TEST_OOM_JOB_NAME)"
+        )
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """A worker killed with SIGKILL takes its training process with it (Linux)."""
     try:
@@ -130,6 +144,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _oom_message(job: AttemptInput) -> str:
     batch = job.training.get("batch_size", 32)
+    if batch == "full":
+        batch = "full (every training row in one batch)"
     try:
         params = f"{models.count_params(job.network):,}"
     except models.ModelsError:
@@ -190,13 +206,16 @@ def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str,
         y = y.reshape(-1, 1)
     resume = models.Checkpoint.from_bytes(job.checkpoint) if job.checkpoint else None
     relay = _Relay(conn, control)
+    callbacks: list[models.Callback] = [relay]
+    if job.name is not None and os.environ.get(OOM_ENV) == job.name:
+        callbacks.append(_OutOfMemoryAtFirstBatch())
     result = models.fit(
         job.network,
         job.training,
         np.asarray(x),
         np.asarray(y),
         device=job.device,
-        callbacks=[relay],
+        callbacks=callbacks,
         resume=resume,
     )
     if relay.last_epoch is None and result.stopped_epoch is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from queue_kit import (
     IRIS_NETWORK,
+    OOM_JOB_NAME,
     POISON_JOB_NAME,
     WORKER_SETTINGS,
     JobState,
@@ -37,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import store
-from app.queue.launch import CRASH_ENV, worker_process
+from app.queue.launch import CRASH_ENV, OOM_ENV, worker_process
 from app.tables import Job
 
 
@@ -107,16 +108,18 @@ def job_state(sessions: sessionmaker[Session]) -> JobState:
 def worker_forkserver() -> BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.queue.worker"])
-    # The forkserver takes its environment when it starts: the fault hook is enabled there only.
-    saved = os.environ.get(CRASH_ENV)
-    os.environ[CRASH_ENV] = POISON_JOB_NAME
+    # The forkserver takes its environment when it starts: the fault hooks are enabled there only.
+    hooks = {CRASH_ENV: POISON_JOB_NAME, OOM_ENV: OOM_JOB_NAME}
+    saved = {name: os.environ.get(name) for name in hooks}
+    os.environ.update(hooks)
     try:
         forkserver.ensure_running()
     finally:
-        if saved is None:
-            del os.environ[CRASH_ENV]
-        else:
-            os.environ[CRASH_ENV] = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     return context
 
 

@@ -27,6 +27,8 @@ from app.tables import TERMINAL_STATUSES, Dataset, Job, JobClaim, JobMetric
 
 # A job with this name kills its training process on every attempt (the runner's fault hook).
 POISON_JOB_NAME = "fitserve-test-poison"
+# A job with this name raises torch.cuda.OutOfMemoryError in its training process (same hook).
+OOM_JOB_NAME = "fitserve-test-oom"
 # Short intervals so tests run in seconds; lease >= 3x heartbeat as in production.
 WORKER_SETTINGS: dict[str, Any] = {
     "poll_seconds": 0.05,

@@ -6,6 +6,7 @@ import signal
 
 import numpy as np
 from queue_kit import (
+    OOM_JOB_NAME,
     POISON_JOB_NAME,
     JobState,
     MakeJob,
@@ -145,6 +146,35 @@ def test_a_poison_job_fails_worker_lost_after_max_attempts_while_others_succeed(
     assert f"exited with code {CRASH_EXIT_CODE}" in (job.error or "")
     assert [c.outcome for c in claims_of(sessions, poison)] == ["crashed"] * 3
     assert worker.process.is_alive()  # the crashes ended attempts, never the worker
+
+
+def test_out_of_memory_fails_the_job_at_once_naming_batch_size_and_parameters(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    oom = make_job(OOM_JOB_NAME, training=iris_training(epochs=3, batch_size=10))
+    after = make_job("after the oom")
+    worker = start_worker()
+
+    job = wait_for(finished(job_state, oom), timeout=60, what="the out-of-memory job to end")
+    next_job = wait_for(finished(job_state, after), timeout=60, what="the job behind it")
+
+    assert (job.status, job.error_code, job.attempts) == ("failed", "out_of_memory", 1), (
+        job.error,
+        worker.logs(),
+    )
+    message = job.error or ""
+    # 4 -> 8 -> 3: 67 parameters (Keras' count), and the batch size the job asked for
+    assert "67 parameters" in message and "batch_size 10" in message, message
+    assert "lower batch_size" in message, message
+    assert job.model_id is None and metrics_of(sessions, oom) == []
+    assert [c.outcome for c in claims_of(sessions, oom)] == [
+        "failed"
+    ]  # no retry: it would OOM again
+    assert next_job.status == "succeeded", worker.logs()
+    assert worker.process.is_alive()  # the error ended the attempt, not the worker
 
 
 def test_sigterm_hands_the_job_back_without_penalty_and_another_worker_resumes_it(
