@@ -88,7 +88,7 @@ def get_metrics(
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobRead,
-    summary="Cancel a queued job now, or ask a running one to stop after its epoch",
+    summary="Cancel a queued job now, or ask a running one to stop at its next batch",
     responses={**_ERRORS, 409: {"model": ErrorResponse, "description": "Already finished."}},
 )
 def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:

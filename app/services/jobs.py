@@ -170,7 +170,7 @@ def get_metrics(session: Session, *, owner: str | None, job_id: str, after: int 
 
 
 def cancel_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
-    """queued -> cancelled at once; running -> cancelling (the worker stops at its next epoch);
+    """queued -> cancelled at once; running -> cancelling (the worker stops at its next batch);
     a job already cancelled or cancelling is returned unchanged; a job that succeeded or failed
     is a conflict."""
     job = _get(session, owner=owner, job_id=job_id)
