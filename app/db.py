@@ -16,18 +16,20 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 5
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, connect_args: dict[str, Any] | None = None, **kwargs: Any) -> Engine:
+    """An engine for `url`; `connect_args` add to (or override) the driver options below."""
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            **kwargs,
-        )
+        sqlite_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        engine = create_engine(url, connect_args={**sqlite_args, **(connect_args or {})}, **kwargs)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A host that drops packets (rather than refusing) must not hang requests until the OS's
+    # TCP timeout: fail the connect, and the API answers 503 within seconds.
+    postgres_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **(connect_args or {})}
+    return create_engine(url, pool_pre_ping=True, connect_args=postgres_args, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:
