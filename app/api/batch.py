@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 import models
@@ -27,7 +26,7 @@ from app.auth import OwnerDep
 from app.errors import NotFound, Unprocessable, Unsupported
 from app.metrics import observe_prediction
 from app.schemas import ErrorResponse
-from app.services import is_id, owned_by
+from app.services.models import find_model
 from app.tables import Dataset, Model
 
 # Rows per forward pass and per streamed chunk: big enough to amortize the call, small enough
@@ -63,11 +62,7 @@ class BatchInput:
 
 def _load(make_session: Any, *, owner: str | None, model_id: str) -> BatchInput:
     with make_session() as session:
-        row = None
-        if is_id(model_id):
-            row = session.scalar(
-                select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
-            )
+        row = find_model(session, owner=owner, model_id=model_id, weights=True)
         if row is None:
             raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
         return BatchInput.from_rows(row, session.get(Dataset, row.dataset_id))

@@ -22,9 +22,9 @@ from app.auth import OwnerDep
 from app.dashboard import pages
 from app.errors import NotFound
 from app.schemas import EpochMetrics
-from app.services import is_id, owned_by
 from app.services import jobs as job_service
 from app.services.jobs import finite_or_none
+from app.services.models import find_model
 from app.tables import Dataset, JobMetric, Model
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -65,11 +65,7 @@ class _ModelView:
 def model_page(
     request: Request, model_id: str, session: SessionDep, owner: OwnerDep
 ) -> HTMLResponse:
-    row = None
-    if is_id(model_id):
-        row = session.scalar(
-            select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
-        )
+    row = find_model(session, owner=owner, model_id=model_id)
     if row is None:
         raise NotFound(f"model {model_id!r} not found; see your jobs at /dashboard")
     dataset = session.get(Dataset, row.dataset_id)

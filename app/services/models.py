@@ -21,13 +21,21 @@ from app.tables import Model
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def find_model(
+    session: Session, *, owner: str | None, model_id: str, weights: bool = False
+) -> Model | None:
+    """The caller's model row, or None: another owner's model and a malformed id read as absent.
+    The weights column is loaded only when asked for."""
+    if not is_id(model_id):
+        return None
+    query = select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
+    if not weights:
+        query = query.options(defer(Model.weights))
+    return session.scalar(query)
+
+
 def _get(session: Session, *, owner: str | None, model_id: str, weights: bool = False) -> Model:
-    row = None
-    if is_id(model_id):
-        query = select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
-        if not weights:
-            query = query.options(defer(Model.weights))
-        row = session.scalar(query)
+    row = find_model(session, owner=owner, model_id=model_id, weights=weights)
     if row is None:
         raise NotFound(
             f"model {model_id!r} not found; a succeeded job's model_id names one (GET /v1/jobs)"
