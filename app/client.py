@@ -113,8 +113,7 @@ class FitserveClient:
             response = self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
-        if response.is_error:
-            raise error_from_response(response)
+        _raise_for_error(response)
         return response
 
     def _unreachable(self, exc: Exception) -> ConnectionFailed:
@@ -268,9 +267,7 @@ class FitserveClient:
                 with self._http.stream(
                     "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=stream_timeout
                 ) as response:
-                    if response.is_error:
-                        response.read()
-                        raise error_from_response(response)
+                    _raise_for_error(response)
                     for line in response.iter_lines():
                         expired()
                         event = parser.feed(line)
@@ -353,14 +350,20 @@ class FitserveClient:
             with self._http.stream(
                 "POST", f"/v1/models/{model_id}/predict.csv", content=content, headers=headers
             ) as response:
-                if response.is_error:
-                    response.read()
-                    raise error_from_response(response)
+                _raise_for_error(response)
                 for chunk in response.iter_bytes():
                     sink.write(chunk)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         return sink.getvalue() if isinstance(sink, io.BytesIO) else b""
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    """The server's error as a FitserveError; a streamed body is read first (httpx reads it only
+    on demand, and the error's message is in it)."""
+    if response.is_error:
+        response.read()
+        raise error_from_response(response)
 
 
 def _as_list(values: Any) -> list[Any]:
