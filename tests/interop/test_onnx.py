@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from sklearn.datasets import load_iris
 
+from app.data import BUILTINS
+from app.datasets import parse_csv
 from models import build
 from models.data import Standardization
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, to_onnx
@@ -27,7 +28,8 @@ def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def test_trained_iris_model_matches_predictor() -> None:
-    x, y = load_iris(return_X_y=True)
+    iris = parse_csv(BUILTINS["iris"].read_bytes(), target="species")
+    x, y = iris.x, iris.y
     network = {
         "layers": [
             {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
-from sklearn.datasets import load_iris
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.data import BUILTINS
+from app.datasets import parse_csv
 from app.tables import TERMINAL_STATUSES, Dataset, Job, JobClaim, JobMetric
 
 # A job with this name kills its training process on every attempt (the runner's fault hook).
@@ -64,10 +65,10 @@ def iris_training(**overrides: Any) -> dict[str, Any]:
 
 
 def iris_dataset_row(rows: int | None = None) -> Dataset:
-    """The real iris data (scikit-learn's bundled copy), encoded as the worker reads it."""
-    iris = load_iris()
-    x = np.ascontiguousarray(iris.data[:rows], dtype=np.float32)  # (rows, 4)
-    y = np.ascontiguousarray(iris.target[:rows], dtype=np.int64)  # (rows,) class indices
+    """The real iris data (shipped in app/data), encoded as the worker reads it."""
+    iris = parse_csv(BUILTINS["iris"].read_bytes(), target="species")
+    x = np.ascontiguousarray(iris.x[:rows], dtype=np.float32)  # (rows, 4)
+    y = np.ascontiguousarray(iris.y[:rows], dtype=np.int64)  # (rows,) class indices
     features = st_save({"x": x})
     targets = st_save({"y": y})
     return Dataset(
@@ -76,9 +77,9 @@ def iris_dataset_row(rows: int | None = None) -> Dataset:
         rows=int(x.shape[0]),
         n_features=4,
         n_outputs=1,
-        feature_names=list(iris.feature_names),
+        feature_names=iris.feature_names,
         target_names=["species"],
-        classes=[str(c) for c in iris.target_names],
+        classes=iris.classes,
         features=features,
         targets=targets,
         sha256=hashlib.sha256(features + targets).hexdigest(),
