@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.deps import SettingsDep
 from app.config import LOOPBACK_HOSTS, Settings
@@ -95,14 +96,15 @@ def ensure_keys_for_host(settings: Settings, engine: Engine) -> None:
     )
 
 
-def current_owner(request: Request, settings: SettingsDep) -> str | None:
+async def current_owner(request: Request, settings: SettingsDep) -> str | None:
     """The caller's key id; None in keyless loopback mode when no key is sent.
 
     A key that is sent is always checked, even where keys are optional, so a client never
     believes it is isolated while it is not. The lookup runs in its own short transaction, not
     the request's: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and a
     request session held open by authentication alone would block any other session the handler
-    opens (/metrics, the event stream) until the busy timeout.
+    opens (/metrics, the event stream) until the busy timeout. `async`, so a request without a
+    key costs no thread-pool hop; only the database lookup runs in a thread.
     """
     header = request.headers.get("authorization")
     if header is None:
@@ -118,17 +120,21 @@ def current_owner(request: Request, settings: SettingsDep) -> str | None:
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     if len(secret) > MAX_SECRET_LENGTH:
         raise Unauthorized("that API key is not known or was revoked")
-    with request.app.state.sessionmaker() as session:
-        key_id = session.scalar(
-            select(ApiKey.id).where(
-                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
-            )
-        )
+    key_id = await run_in_threadpool(_active_key_id, request.app.state.sessionmaker, secret)
     if key_id is None:
         raise Unauthorized(
             "that API key is not known or was revoked; create one with `fitserve keys create NAME`"
         )
     return key_id
+
+
+def _active_key_id(make_session: sessionmaker[Session], secret: str) -> str | None:
+    with make_session() as session:
+        return session.scalar(
+            select(ApiKey.id).where(
+                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
+            )
+        )
 
 
 OwnerDep = Annotated[str | None, Depends(current_owner)]

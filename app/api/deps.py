@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
+    # async: a plain attribute read must not cost a thread-pool hop on every request
     return request.app.state.settings
 
 
