@@ -100,6 +100,23 @@ def _fenced(job_id: str, lease_token: int, statuses: tuple[str, ...] = LIVE) -> 
     return and_(jobs.c.id == job_id, jobs.c.lease_token == lease_token, jobs.c.status.in_(statuses))
 
 
+def _update_fenced(
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    statuses: tuple[str, ...] = LIVE,
+    **values: Any,
+) -> None:
+    """Every later write of a worker: an UPDATE of its own job under its lease token. Touching no
+    row means another worker (or a cancel) took the job: raise LeaseLost, write nothing more."""
+    result = _execute(
+        session, update(jobs).where(_fenced(job_id, lease_token, statuses)).values(**values)
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(job_id)
+
+
 def _close_claim(session: Session, *, job_id: str, lease_token: int, outcome: str) -> None:
     """End the audit row of this attempt, so claims can be checked for overlap."""
     session.execute(
@@ -284,14 +301,14 @@ def set_runtime(
 ) -> None:
     """Record where the attempt runs: the device and the effective precision (None and the
     precision asked for while a job on device "auto" waits for models.fit to place it)."""
-    result = _execute(
+    _update_fenced(
         session,
-        update(jobs)
-        .where(_fenced(job_id, lease_token))
-        .values(device=device, precision=precision, updated_at=db_now()),
+        job_id=job_id,
+        lease_token=lease_token,
+        device=device,
+        precision=precision,
+        updated_at=db_now(),
     )
-    if result.rowcount == 0:
-        raise LeaseLost(job_id)
 
 
 def record_epoch(
@@ -307,19 +324,15 @@ def record_epoch(
     """One finished epoch: its metrics row, the checkpoint to resume from and the job's progress,
     together. The fenced UPDATE goes first, so a worker that lost the job writes nothing; it also
     extends the lease, an epoch end being proof of life."""
-    result = _execute(
+    _update_fenced(
         session,
-        update(jobs)
-        .where(_fenced(job_id, lease_token))
-        .values(
-            epoch=epoch,
-            lease_expires_at=db_now(lease_seconds),
-            heartbeat_at=db_now(),
-            updated_at=db_now(),
-        ),
+        job_id=job_id,
+        lease_token=lease_token,
+        epoch=epoch,
+        lease_expires_at=db_now(lease_seconds),
+        heartbeat_at=db_now(),
+        updated_at=db_now(),
     )
-    if result.rowcount == 0:
-        raise LeaseLost(job_id)
     _insert_metrics(session, job_id=job_id, lease_token=lease_token, epoch=epoch, values=values)
     session.execute(delete(checkpoints).where(JobCheckpoint.job_id == job_id))
     session.execute(
@@ -371,23 +384,20 @@ def finish_job(
     model.id = model.id or new_id()
     model.job_id = job_id
     progress = {} if last_epoch is None else {"epoch": last_epoch[0]}
-    result = _execute(
+    _update_fenced(
         session,
-        update(jobs)
-        .where(_fenced(job_id, lease_token, ("running",)))
-        .values(
-            status="succeeded",
-            model_id=model.id,
-            error=None,
-            error_code=None,
-            lease_expires_at=None,
-            finished_at=db_now(),
-            updated_at=db_now(),
-            **progress,
-        ),
+        job_id=job_id,
+        lease_token=lease_token,
+        statuses=("running",),
+        status="succeeded",
+        model_id=model.id,
+        error=None,
+        error_code=None,
+        lease_expires_at=None,
+        finished_at=db_now(),
+        updated_at=db_now(),
+        **progress,
     )
-    if result.rowcount == 0:
-        raise LeaseLost(job_id)
     if last_epoch is None:  # every epoch is recorded already (a resumed, finished run)
         model.metrics = session.scalar(
             select(JobMetric.values)
@@ -411,16 +421,16 @@ def finish_job(
 
 def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None:
     """The worker stopped a cancelling job: it ends `cancelled`, keeping the metrics so far."""
-    result = _execute(
+    _update_fenced(
         session,
-        update(jobs)
-        .where(_fenced(job_id, lease_token, ("cancelling",)))
-        .values(
-            status="cancelled", lease_expires_at=None, finished_at=db_now(), updated_at=db_now()
-        ),
+        job_id=job_id,
+        lease_token=lease_token,
+        statuses=("cancelling",),
+        status="cancelled",
+        lease_expires_at=None,
+        finished_at=db_now(),
+        updated_at=db_now(),
     )
-    if result.rowcount == 0:
-        raise LeaseLost(job_id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="cancelled")
 
 
@@ -429,21 +439,17 @@ def fail_job(
 ) -> None:
     """A failure no retry can fix (a spec that can't train, out of memory): `failed` at once,
     with an error the user can act on."""
-    result = _execute(
+    _update_fenced(
         session,
-        update(jobs)
-        .where(_fenced(job_id, lease_token))
-        .values(
-            status="failed",
-            error=error,
-            error_code=error_code,
-            lease_expires_at=None,
-            finished_at=db_now(),
-            updated_at=db_now(),
-        ),
+        job_id=job_id,
+        lease_token=lease_token,
+        status="failed",
+        error=error,
+        error_code=error_code,
+        lease_expires_at=None,
+        finished_at=db_now(),
+        updated_at=db_now(),
     )
-    if result.rowcount == 0:
-        raise LeaseLost(job_id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="failed")
 
 
