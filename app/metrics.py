@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import OwnerDep
 from app.queue.clock import db_now
-from app.schemas import ErrorResponse
+from app.schemas import UNAUTHORIZED
 from app.tables import JOB_STATUSES, Job, JobMetric
 
 # The window behind fitserve_epochs_per_second: long enough to smooth one slow epoch, short
@@ -167,7 +167,7 @@ router = APIRouter(tags=["metrics"])
     "latency, worker heartbeats — in the Prometheus text format.",
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}},
-        401: {"model": ErrorResponse, "description": "No or unknown API key."},
+        **UNAUTHORIZED,
     },
 )
 def metrics(request: Request, owner: OwnerDep) -> Response:

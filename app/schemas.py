@@ -69,6 +69,12 @@ class ErrorResponse(BaseModel):
     )
 
 
+# What every route behind OwnerDep answers when keys are required and none (or a bad one) is sent.
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No or unknown API key."}
+}
+
+
 # ------------------------------------------------------------------ health
 
 

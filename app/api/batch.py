@@ -25,7 +25,7 @@ import models
 from app.auth import OwnerDep
 from app.errors import NotFound, Unprocessable, Unsupported
 from app.metrics import observe_prediction
-from app.schemas import ErrorResponse
+from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services.models import find_model
 from app.tables import Dataset, Model
 
@@ -183,7 +183,7 @@ def stream_predictions(
                 NDJSON: {},
             }
         },
-        401: {"model": ErrorResponse, "description": "No or unknown API key."},
+        **UNAUTHORIZED,
         404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
         413: {"model": ErrorResponse, "description": "Body over FITSERVE_MAX_BODY_BYTES."},
         415: {"model": ErrorResponse, "description": "A multipart form instead of CSV text."},

@@ -13,13 +13,20 @@ from starlette.datastructures import UploadFile
 from app.api.deps import SessionDep, SettingsDep
 from app.auth import OwnerDep
 from app.errors import Unprocessable, Unsupported
-from app.schemas import MAX_NAME, DatasetCreate, DatasetList, DatasetRead, ErrorResponse
+from app.schemas import (
+    MAX_NAME,
+    UNAUTHORIZED,
+    DatasetCreate,
+    DatasetList,
+    DatasetRead,
+    ErrorResponse,
+)
 from app.services import datasets as service
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    **UNAUTHORIZED,
     404: {"model": ErrorResponse, "description": "No such dataset (or not yours)."},
 }
 

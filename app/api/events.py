@@ -42,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import OwnerDep
 from app.errors import NotFound, Unprocessable
 from app.metrics import EVENT_STREAMS
-from app.schemas import ErrorResponse
+from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services import is_id, owned_by
 from app.services.jobs import finite_or_none
 from app.tables import TERMINAL_STATUSES, Job, JobMetric
@@ -183,7 +183,7 @@ async def stream_events(
     ),
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        401: {"model": ErrorResponse, "description": "No or unknown API key."},
+        **UNAUTHORIZED,
         404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
         422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
     },

@@ -12,7 +12,7 @@ import models
 from app.api.deps import SessionDep, SettingsDep
 from app.auth import OwnerDep
 from app.errors import Unprocessable
-from app.schemas import ErrorResponse, NetworkSummary
+from app.schemas import UNAUTHORIZED, ErrorResponse, NetworkSummary
 from app.services import models as model_service
 from app.services.jobs import check_params
 from models.keras_export import to_keras_config
@@ -22,9 +22,7 @@ from models.spec import IRIS_NETWORK
 
 router = APIRouter(tags=["interop"])
 
-_AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No or unknown API key."}
-}
+_AUTH = UNAUTHORIZED
 # A body that isn't UTF-8 JSON is FastAPI's 400 before any handler runs.
 _BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH,

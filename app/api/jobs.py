@@ -8,13 +8,21 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import SessionDep, SettingsDep
 from app.auth import OwnerDep
-from app.schemas import ErrorResponse, JobCreate, JobList, JobRead, JobStatus, MetricsRead
+from app.schemas import (
+    UNAUTHORIZED,
+    ErrorResponse,
+    JobCreate,
+    JobList,
+    JobRead,
+    JobStatus,
+    MetricsRead,
+)
 from app.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    **UNAUTHORIZED,
     404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
 }
 

@@ -8,13 +8,20 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import SessionDep
 from app.auth import OwnerDep
-from app.schemas import ErrorResponse, ModelList, ModelRead, PredictRequest, PredictResponse
+from app.schemas import (
+    UNAUTHORIZED,
+    ErrorResponse,
+    ModelList,
+    ModelRead,
+    PredictRequest,
+    PredictResponse,
+)
 from app.services import models as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    **UNAUTHORIZED,
     404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
 }
 

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from app.api.deps import SessionDep, SettingsDep
 from app.auth import OwnerDep
 from app.errors import FitserveError
-from app.schemas import ErrorResponse
+from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services import oip as service
 
 
@@ -57,7 +57,7 @@ async def _app_handler(request: Request, exc: Exception) -> Any:
 router = APIRouter(prefix="/v2/models", tags=["open inference protocol"], route_class=_OipRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No or unknown API key."},
+    **UNAUTHORIZED,
     404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
 }
 
