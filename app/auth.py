@@ -100,13 +100,23 @@ async def current_owner(request: Request, settings: SettingsDep) -> str | None:
     """The caller's key id; None in keyless loopback mode when no key is sent.
 
     A key that is sent is always checked, even where keys are optional, so a client never
-    believes it is isolated while it is not. The lookup runs in its own short transaction, not
-    the request's: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and a
-    request session held open by authentication alone would block any other session the handler
-    opens (/metrics, the event stream) until the busy timeout. `async`, so a request without a
-    key costs no thread-pool hop; only the database lookup runs in a thread.
+    believes it is isolated while it is not. `async`, so a request without a key costs no
+    thread-pool hop; only the database lookup runs in a thread.
     """
     header = request.headers.get("authorization")
+    return await owner_for(header, settings, request.app.state.sessionmaker)
+
+
+async def owner_for(
+    header: str | None, settings: Settings, make_session: sessionmaker[Session]
+) -> str | None:
+    """`current_owner` from the Authorization header's value; raises Unauthorized.
+
+    The lookup runs in its own short transaction, not the request's: on SQLite every transaction
+    takes the write lock (BEGIN IMMEDIATE), and a request session held open by authentication
+    alone would block any other session the handler opens (/metrics, the event stream) until the
+    busy timeout.
+    """
     if header is None:
         if settings.api_keys_required:
             raise Unauthorized(
@@ -120,7 +130,7 @@ async def current_owner(request: Request, settings: SettingsDep) -> str | None:
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     if len(secret) > MAX_SECRET_LENGTH:
         raise Unauthorized("that API key is not known or was revoked")
-    key_id = await run_in_threadpool(_active_key_id, request.app.state.sessionmaker, secret)
+    key_id = await run_in_threadpool(_active_key_id, make_session, secret)
     if key_id is None:
         raise Unauthorized(
             "that API key is not known or was revoked; create one with `fitserve keys create NAME`"

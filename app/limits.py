@@ -148,15 +148,26 @@ def body_problem(body: bytes) -> tuple[str, list[str | int]] | None:
     return f"{_format_loc(path[1:]) if len(path) > 1 else 'the body'} {problem}", path
 
 
-def _is_json(scope: Scope) -> bool:
-    """As FastAPI decides: a JSON media type, or no Content-Type at all (parsed as JSON too)."""
+def is_json(scope: Scope) -> bool:
+    """A JSON media type, or no Content-Type at all. FastAPI parses only the first as JSON (its
+    strict_content_type); the second is checked here too because some frameworks would."""
+    value = content_type(scope)
+    return value is None or is_json_media_type(value)
+
+
+def content_type(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (
-                media.startswith(b"application/") and media.endswith(b"+json")
-            )
-    return True
+            return bytes(value)
+    return None
+
+
+def is_json_media_type(value: bytes) -> bool:
+    """application/json or application/*+json, as FastAPI tells whether to parse a body."""
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 def _content_length(scope: Scope) -> int | None | str:
@@ -226,7 +237,7 @@ class RequestLimitsMiddleware:
                 await _drain(receive, _drain_budget(limit))
             await _send_error(send, 413, too_large_message(limit), "too_large")
             return
-        if _is_json(scope):
+        if is_json(scope):
             await self._check_json(scope, receive, send, limit)
         else:
             await self._stream_counted(scope, receive, send, limit)
@@ -237,7 +248,7 @@ class RequestLimitsMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self.app(scope, _replay([message], receive), send)
+                await self.app(scope, replay([message], receive), send)
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
@@ -257,8 +268,7 @@ class RequestLimitsMiddleware:
             errors = [{"loc": loc, "msg": detail}]
             await _send_error(send, 422, detail, "validation_error", errors=errors)
             return
-        replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-        await self.app(scope, _replay(replay, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         size = 0
@@ -317,7 +327,12 @@ async def _drain(receive: Receive, budget: int) -> None:
         budget -= len(message.get("body", b""))
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands over `body` (already read) as one message, then the real one's."""
+    return replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
 
     async def replay_receive() -> Message:

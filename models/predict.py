@@ -39,6 +39,10 @@ class Predictor:
         return self.network.input_dim
 
     @property
+    def n_parameters(self) -> int:
+        return self._params
+
+    @property
     def n_outputs(self) -> int:
         return self.network.output_units
 
@@ -48,21 +52,25 @@ class Predictor:
         Rows go through the network `chunk_rows` at a time (default: ~4M input values a chunk)."""
         xt = D.features(x, n_features=self.n_features)
         chunk = chunk_rows or max(1, _CHUNK_ELEMENTS // self.n_features)
-        outs = []
+        if xt.shape[0] == 0:
+            return np.zeros((0, self.n_outputs), dtype=np.float32)
         threads = torch.get_num_threads()
         small = self.device.type == "cpu" and 2 * self._params * xt.shape[0] < _SINGLE_THREAD_FLOPS
         if small and threads != 1:
             torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                for start in range(0, xt.shape[0], chunk):
-                    xb = xt[start : start + chunk].to(self.device)
-                    if self.standardization is not None:
-                        xb = self.standardization.apply(xb)
-                    outs.append(self.module(xb).float().cpu())
+                outs = [self._forward(xt[i : i + chunk]) for i in range(0, xt.shape[0], chunk)]
         finally:
             if small and threads != 1:
                 torch.set_num_threads(threads)
-        if not outs:
-            return np.zeros((0, self.n_outputs), dtype=np.float32)
-        return torch.cat(outs).numpy()
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One chunk of CPU float32 rows -> CPU float32 outputs."""
+        if self.device.type != "cpu":
+            x = x.to(self.device)
+        if self.standardization is not None:
+            x = self.standardization.apply(x)
+        y = self.module(x)
+        return y if self.device.type == "cpu" and y.dtype == torch.float32 else y.float().cpu()

@@ -152,30 +152,53 @@ def predict_arrays(
     cache: ModelCache,
 ) -> tuple[np.ndarray, list[Any] | None]:
     """(outputs float32 (rows, units), class labels or None) for the request's rows."""
+    check_rows(body, settings)
+    cached = cached_model(cache, owner=owner, model_id=model_id)
+    if cached is None:
+        row = _get(session, owner=owner, model_id=model_id)
+        model = predictor(session, cache=cache, row=row)
+        facts = ModelFacts(owner_id=row.owner_id, task=row.task, classes=row.classes)
+        cache.remember(row.id, facts)
+        cached = model, facts
+    return run_prediction(*cached, body)
+
+
+def cached_model(
+    cache: ModelCache, *, owner: str | None, model_id: str
+) -> tuple[models.Predictor, ModelFacts] | None:
+    """The caller's model from the cache, or None (not cached, or not the caller's: the caller
+    then goes through `_get`, which answers 404 for another owner's model). A model row never
+    changes once written, so a hit needs no query at all."""
+    cached = cache.lookup(model_id)
+    if cached is None or cached[1].owner_id != owner:
+        return None
+    return cached  # type: ignore[no-any-return]
+
+
+def check_rows(body: PredictRequest, settings: Settings) -> None:
     rows = len(body.inputs)
     if rows > settings.max_predict_rows:
         raise PayloadTooLarge(
             f"{rows:,} input rows; the limit is {settings.max_predict_rows:,} per request "
             "(FITSERVE_MAX_PREDICT_ROWS): split the inputs, or use /predict.csv for batches"
         )
-    cached = cache.lookup(model_id)
-    if cached is not None and cached[1].owner_id == owner:
-        # A model row never changes once written: a cache hit needs no query at all.
-        model, facts = cached
-    else:
-        row = _get(session, owner=owner, model_id=model_id)
-        model = predictor(session, cache=cache, row=row)
-        facts = ModelFacts(owner_id=row.owner_id, task=row.task, classes=row.classes)
-        cache.remember(row.id, facts)
+
+
+def run_prediction(
+    model: models.Predictor, facts: ModelFacts, body: PredictRequest
+) -> tuple[np.ndarray, list[Any] | None]:
+    """The rows checked against the model, run through it, and labelled."""
     width = model.n_features
-    for i, values in enumerate(body.inputs):
-        if len(values) != width:
-            raise Unprocessable(
-                f"inputs[{i}] has {len(values)} values but the model takes {width} features "
-                "per row",
-                loc=("body", "inputs", i),
-            )
-    x = np.asarray(body.inputs, dtype=np.float64)
+    try:
+        x = np.asarray(body.inputs, dtype=np.float64)
+    except ValueError:  # rows of different lengths
+        x = np.empty((0, 0))
+    if x.ndim != 2 or x.shape[1] != width:
+        i, values = next((i, v) for i, v in enumerate(body.inputs) if len(v) != width)
+        raise Unprocessable(
+            f"inputs[{i}] has {len(values)} values but the model takes {width} features per row",
+            loc=("body", "inputs", i),
+        )
     if np.abs(x).max(initial=0.0) > _FLOAT32_MAX:
         bad = int(np.argwhere(np.abs(x) > _FLOAT32_MAX)[0][0])
         raise Unprocessable(
@@ -184,9 +207,8 @@ def predict_arrays(
         )
     with observe_prediction():  # the latency histogram on /metrics
         outputs = model.predict(x.astype(np.float32))
-    finite = np.isfinite(outputs).all(axis=1)
-    if not finite.all():
-        bad = int(np.argmin(finite))
+    if not np.isfinite(outputs).all():
+        bad = int(np.argmin(np.isfinite(outputs).all(axis=1)))
         raise Unprocessable(
             f"the model's output for inputs[{bad}] is not a finite number; are the inputs far "
             "outside the range it was trained on?",
