@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
+from app.fast_predict import FastPredictMiddleware
 from app.inference import ModelCache
 from app.limits import RequestLimitsMiddleware
 
@@ -77,7 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings if settings is not None else Settings()
     install_error_handlers(app)
-    # Outermost of our layers: oversized or non-finite bodies are refused before any parsing.
+    # Each add_middleware wraps what is there: the limits layer is the outermost of ours, so
+    # oversized or non-finite bodies are refused before any parsing, the fast predict path too.
+    if app.state.settings.fast_predict:
+        app.add_middleware(FastPredictMiddleware)
     app.add_middleware(RequestLimitsMiddleware)
     for module in (health, datasets, networks, jobs, models):
         app.include_router(module.router)

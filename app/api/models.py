@@ -84,6 +84,8 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
     },
 )
 def predict(model_id: str, body: PredictRequest, request: Request, owner: OwnerDep) -> Response:
+    # Requests for a model already cached are mostly answered before they get here, by
+    # app/fast_predict.py; this route loads models and gives every error.
     state = request.app.state
     # Read-only, and a cached model needs no query: a plain session, opened lazily, instead of
     # SessionDep and SettingsDep, whose sync dependencies each cost a thread-pool hop a request.

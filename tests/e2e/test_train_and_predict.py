@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Any
 
@@ -122,6 +124,40 @@ def test_dropout_model_predicts_the_same_twice(stack: Stack) -> None:
     first = predict(stack, job["model_id"], x)
     for _ in range(3):
         assert predict(stack, job["model_id"], x) == first
+
+
+def test_a_body_sent_in_chunks_predicts_as_one_sent_whole(stack: Stack) -> None:
+    """Over real HTTP the body may come in several pieces (Transfer-Encoding: chunked): the route
+    (first request, model not cached), the fast path (later ones) and an error all read it whole."""
+    job = stack.train(
+        {
+            "dataset": "iris",
+            "network": {"layers": [dense(8, "relu", input_dim=4), dense(3, "softmax")]},
+            "training": {"loss": "sparse_categorical_crossentropy", "epochs": 3, "seed": 4},
+        }
+    )
+    url = f"/v1/models/{job['model_id']}/predict"
+    rows = builtin_arrays("iris").x[::15].tolist()
+
+    def chunked(body: bytes) -> Any:
+        return (body[i : i + 7] for i in range(0, len(body), 7))
+
+    def fast_answers() -> float:
+        metrics = stack.client.get("/metrics").text
+        return float(re.search(r"^fitserve_fast_predictions_total (\S+)$", metrics, re.M)[1])
+
+    headers = {"content-type": "application/json"}
+    body = json.dumps({"inputs": rows}).encode()
+    before = fast_answers()
+    answers = [stack.client.post(url, content=chunked(body), headers=headers) for _ in range(3)]
+    assert all(a.request.headers.get("transfer-encoding") == "chunked" for a in answers)
+    assert [a.status_code for a in answers] == [200] * 3, answers[0].text
+    whole = stack.client.post(url, json={"inputs": rows})
+    assert {a.content for a in answers} == {whole.content}
+    assert fast_answers() - before == 3  # all but the first, which loaded the model
+    narrow = json.dumps({"inputs": [[1, 2, 3]]}).encode()
+    refused = stack.client.post(url, content=chunked(narrow), headers=headers)
+    assert refused.status_code == 422 and "inputs[0] has 3 values" in refused.json()["detail"]
 
 
 def test_regression_with_mse_and_a_linear_output(stack: Stack) -> None:
