@@ -2,36 +2,51 @@
 endpoint holding the same model, and against `mlflow models serve` where it is installed.
 
 - fitserve: `POST /v1/models/{id}/predict` of the real app (SQLite file, keyless loopback mode,
-  the model row stored as the worker stores it), every layer on: limits middleware, session,
-  owner check, LRU of Predictors, /metrics histogram.
+  the model row stored as the worker stores it), every layer on: limits middleware, owner
+  check, LRU of Predictors, /metrics histogram; a cached model is answered by the fast path
+  (app/fast_predict.py).
+- fitserve route only: the same app with FITSERVE_FAST_PREDICT=false, every request through
+  FastAPI's routing and the documented route.
 - bare:     bench/bare_predict_app.py — a hand-written FastAPI endpoint around the same weights.
 - mlflow:   the same network exported to ONNX (models.onnx_export: standardization + network +
   softmax in one graph), saved with mlflow.onnx and served by `mlflow models serve
-  --env-manager local` (onnxruntime inside; no pickle anywhere). Only with --mlflow PATH.
+  --env-manager local` (onnxruntime inside; no pickle anywhere). Only with --mlflow PATH; give
+  it twice to compare two installs (say, with and without uvloop and httptools in MLflow's venv,
+  which `pip install mlflow` does not bring; fitserve depends on both).
 
 Each server is its own process: `python -m uvicorn ... --workers 1 --log-level warning
---no-access-log` on 127.0.0.1 (MLflow starts its own uvicorn with -w 1). The client is one
-httpx.Client with keep-alive sending requests one after another (closed loop, concurrency 1), so
-requests/s is 1 / mean latency of a full round trip. Rounds are interleaved (every target once a
-round, in rotating order) because the machine may be shared; the table shows the median round's
-requests/s and p50/p99 over all rounds' requests, and the server's own CPU time per request (its
-process tree's user + system time from /proc), which a busy machine disturbs far less than the
-wall-clock figures.
+--no-access-log` on 127.0.0.1 (MLflow starts its own uvicorn with -w 1). Two clients, each one
+keep-alive connection sending a request when the last is answered (closed loop, concurrency 1),
+so requests/s is 1 / the mean round trip, the client's own time included:
 
-    python bench/predict.py [--requests 500] [--rounds 3] [--mlflow /tmp/mlflow-venv/bin/mlflow]
+- wrk (`apt-get install wrk`), a C load generator: little of each round trip is the client's,
+  so its figures compare the servers;
+- one httpx.Client: what a Python caller sees; its ~0.3 ms a request narrows every ratio.
+
+Rounds are interleaved (every target once a round, in rotating order) because the machine may be
+shared; each table row is the median round by requests/s, with that round's p50/p99 and the
+server's own CPU time per request (its process tree's user + system time from /proc), which a
+busy machine disturbs far less than the wall-clock figures.
+
+    python bench/predict.py [--rounds 3] [--seconds 3] [--requests 500] [--clients wrk,httpx]
+                            [--mlflow /tmp/mlflow-venv/bin/mlflow ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import platform
+import re
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +70,14 @@ NETWORK = {
 TRAINING = {"loss": "sparse_categorical_crossentropy", "optimizer": "adam", "batch_size": 10,
             "epochs": 30, "seed": 0, "standardize": True}  # fmt: skip
 CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+CLIENTS = {
+    "wrk": "wrk 4 (C, one thread, one keep-alive connection): the server's cost, little of "
+    "the client's",
+    "httpx": "one httpx.Client (Python, keep-alive), requests one after another: a Python "
+    "caller's view, ~0.3 ms a request of it the client's own",
+}
 
 
 def free_port() -> int:
@@ -165,10 +188,16 @@ def rows(n: int, x: np.ndarray) -> list[list[float]]:
     return [[float(v) for v in x[i % len(x)]] for i in range(n)]
 
 
-def measure(
-    client: httpx.Client, server: Server, n_rows: int, requests: int
-) -> tuple[list[float], float]:
-    """Latencies of `requests` sequential requests, and the server's CPU seconds per request."""
+@dataclass
+class Round:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float  # the server's CPU time per request
+
+
+def measure_httpx(client: httpx.Client, server: Server, n_rows: int, requests: int) -> Round:
+    """`requests` sequential requests from one keep-alive httpx.Client."""
     body = server.body(n_rows)
     for _ in range(20):  # warm the connection and the server's caches
         client.post(server.url, json=body)
@@ -180,24 +209,62 @@ def measure(
         latencies.append(time.perf_counter() - t0)
         if r.status_code != 200:
             raise RuntimeError(f"{server.name}: {r.status_code} {r.text[:300]}")
-    return latencies, (cpu_seconds(server.proc.pid) - cpu0) / requests
+    cpu = (cpu_seconds(server.proc.pid) - cpu0) / requests
+    ms = np.array(latencies) * 1e3
+    return Round(requests / sum(latencies), float(np.percentile(ms, 50)),
+                 float(np.percentile(ms, 99)), cpu * 1e3)  # fmt: skip
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def measure_wrk(server: Server, n_rows: int, seconds: float, tmp: Path) -> Round:
+    """`wrk -t1 -c1` for `seconds`: one connection, each request sent when the last is answered."""
+    script = tmp / f"wrk-{n_rows}.lua"
+    body = json.dumps(server.body(n_rows))
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = [==[{body}]==]\n")  # fmt: skip
+    run = ["wrk", "-t1", "-c1", "--latency", "-s", str(script), server.url]
+    subprocess.run([*run[:-1], "-d1s", server.url], check=True, capture_output=True)  # warm-up
+    cpu0 = cpu_seconds(server.proc.pid)
+    done = subprocess.run([*run[:-1], f"-d{seconds:g}s", server.url], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    cpu = cpu_seconds(server.proc.pid) - cpu0
+    out = done.stdout
+    if "Non-2xx" in out or done.stderr:  # a script error goes to stderr; wrk then sends GETs
+        raise RuntimeError(f"{server.name}: wrk saw errors\n{out}\n{done.stderr}")
+    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+
+    def percentile(p: int) -> float:
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * _WRK_UNITS[unit]
+
+    return Round(rps, percentile(50), percentile(99), cpu / total * 1e3)
 
 
 def mlflow_server(mlflow: Path, weights: bytes, tmp: Path, x: np.ndarray) -> Server:
     from models.onnx_export import to_onnx
 
+    python = mlflow.parent / "python"
+    fast_http = subprocess.run([str(python), "-c", "import uvloop, httptools"],
+                               capture_output=True).returncode == 0  # fmt: skip
+    name = "mlflow + uvloop/httptools" if fast_http else "mlflow"
+    tmp = tmp / name.replace(" ", "").replace("/", "-").replace("+", "-")
+    tmp.mkdir()
     onnx_path, model_dir = tmp / "model.onnx", tmp / "mlflow-model"
     onnx_path.write_bytes(to_onnx(weights))
-    python = mlflow.parent / "python"
     save = ("import onnx, mlflow.onnx, sys; "
             "mlflow.onnx.save_model(onnx.load(sys.argv[1]), sys.argv[2])")  # fmt: skip
     subprocess.run([str(python), "-c", save, str(onnx_path), str(model_dir)], check=True)
     port = free_port()
     cmd = [str(mlflow), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
-    # mlflow starts `uvicorn` by name: its own venv must come first on PATH
-    path = {"PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return Server("mlflow", cmd, path, f"http://127.0.0.1:{port}/invocations",
+    # mlflow starts `uvicorn` by name: its own venv must come first on PATH. Its uvicorn logs
+    # every request by default; off, as for the other servers (uvicorn reads UVICORN_* options).
+    env = {"PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "UVICORN_ACCESS_LOG": "false"}  # fmt: skip
+    return Server(name, cmd, env, f"http://127.0.0.1:{port}/invocations",
                   lambda n: {"inputs": rows(n, x)})  # fmt: skip
 
 
@@ -205,7 +272,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=500, help="requests per target and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--mlflow", type=Path, default=None, help="the mlflow executable")
+    parser.add_argument("--seconds", type=float, default=3.0, help="wrk's run per target and round")
+    parser.add_argument("--clients", type=lambda v: v.split(","), default=list(CLIENTS),
+                        help="comma-separated: wrk (skipped if not installed), httpx")  # fmt: skip
+    parser.add_argument("--mlflow", type=Path, action="append", default=[],
+                        help="an mlflow executable (repeatable)")  # fmt: skip
     args = parser.parse_args()
 
     x, y = iris()
@@ -219,88 +290,90 @@ def main() -> None:
     def body(n: int) -> dict[str, Any]:
         return {"inputs": rows(n, x)}
 
-    p1, p2 = free_port(), free_port()
+    p1, p2, p3 = free_port(), free_port(), free_port()
     servers = [
         Server("fitserve", uvicorn("app.main:create_app", p1, {}, factory=True),
                {"FITSERVE_DATABASE_URL": database_url},
                f"http://127.0.0.1:{p1}/v1/models/{model_id}/predict", body),
+        Server("fitserve route only", uvicorn("app.main:create_app", p3, {}, factory=True),
+               {"FITSERVE_DATABASE_URL": database_url, "FITSERVE_FAST_PREDICT": "false"},
+               f"http://127.0.0.1:{p3}/v1/models/{model_id}/predict", body),
         Server("bare FastAPI", uvicorn("bench.bare_predict_app:app", p2, {}),
                {"BENCH_WEIGHTS": str(tmp / "weights.safetensors"),
                 "BENCH_CLASSES": ",".join(CLASSES)},
                f"http://127.0.0.1:{p2}/predict", body),
     ]  # fmt: skip
-    mlflow_note = "not measured: no --mlflow given"
-    if args.mlflow is not None:
+    mlflow_note = "" if args.mlflow else "not measured: no --mlflow given"
+    for mlflow in args.mlflow:
         try:
-            servers.append(mlflow_server(args.mlflow, weights, tmp, x))
-            mlflow_note = ""
+            servers.append(mlflow_server(mlflow, weights, tmp, x))
         except (OSError, subprocess.CalledProcessError) as exc:
-            mlflow_note = f"not measured: {exc}"
+            mlflow_note += f"{mlflow} not measured: {exc}. "
     sizes = (1, 100)
-    lat: dict[tuple[str, int], list[float]] = {}
-    rps: dict[tuple[str, int], list[float]] = {}
-    cpu: dict[tuple[str, int], list[float]] = {}
+    clients = [c for c in args.clients if c != "wrk" or shutil.which("wrk")]
+    results: dict[tuple[str, str, int], list[Round]] = {}
     try:
         with httpx.Client(timeout=60) as client:
             for s in list(servers):
                 try:
                     s.wait_ready(client)
                 except RuntimeError as exc:
-                    if s.name != "mlflow":
+                    if not s.name.startswith("mlflow"):
                         raise
-                    mlflow_note = f"not measured: {exc}"
+                    mlflow_note += f"{s.name} not measured: {exc}. "
                     s.stop()
                     servers.remove(s)
             for r in range(args.rounds):
                 order = servers[r % len(servers) :] + servers[: r % len(servers)]
-                for s in order:
-                    for n in sizes:
-                        got, cpu_per_request = measure(client, s, n, args.requests)
-                        cpu.setdefault((s.name, n), []).append(cpu_per_request)
-                        lat.setdefault((s.name, n), []).extend(got)
-                        rps.setdefault((s.name, n), []).append(len(got) / sum(got))
-                        print(f"  round {r + 1} {s.name:12s} {n:3d} rows: "
-                              f"{rps[(s.name, n)][-1]:7.0f} req/s", flush=True)  # fmt: skip
+                for c, s, n in itertools.product(clients, order, sizes):
+                    if c == "wrk":
+                        got = measure_wrk(s, n, args.seconds, tmp)
+                    else:
+                        got = measure_httpx(client, s, n, args.requests)
+                    results.setdefault((c, s.name, n), []).append(got)
+                    print(f"  round {r + 1} {c:5s} {s.name:26s} {n:3d} rows: "
+                          f"{got.rps:7.0f} req/s", flush=True)  # fmt: skip
     finally:
         for s in servers:
             s.stop()
-    print(report(servers, sizes, lat, rps, cpu, args, mlflow_note))
+    print(report([s.name for s in servers], sizes, clients, results, args, mlflow_note))
 
 
-def report(servers: list[Server], sizes: tuple[int, ...], lat: dict[tuple[str, int], list[float]],
-           rps: dict[tuple[str, int], list[float]], cpu: dict[tuple[str, int], list[float]],
-           args: argparse.Namespace, mlflow_note: str) -> str:  # fmt: skip
+def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
+           results: dict[tuple[str, str, int], list[Round]], args: argparse.Namespace,
+           mlflow_note: str) -> str:  # fmt: skip
+    def median(c: str, name: str, n: int) -> Round:
+        """The median round by requests/s."""
+        rounds = sorted(results[(c, name, n)], key=lambda r: r.rps)
+        return rounds[len(rounds) // 2]
+
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"{args.rounds} rounds x {args.requests} requests per target and size, concurrency 1; "
-        f"load average at the end {os.getloadavg()[0]:.1f}",
-        "",
-        "| server | rows/request | requests/s (median round) | p50 ms | p99 ms "
-        "| server CPU ms/request (median round) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{args.rounds} rounds per client, server and size (wrk: {args.seconds:g} s each, httpx: "
+        f"{args.requests} requests each), concurrency 1; load average at the end "
+        f"{os.getloadavg()[0]:.1f}",
     ]
-    for s in servers:
+    for c in clients:
+        lines += [
+            "",
+            f"Client: {CLIENTS[c]}",
+            "",
+            "| server | rows/request | requests/s | p50 ms | p99 ms | server CPU ms/request |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, n in itertools.product(names, sizes):
+            m = median(c, name, n)
+            lines.append(f"| {name} | {n} | {m.rps:.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
+                         f"{m.cpu_ms:.2f} |")  # fmt: skip
+        lines.append("")
         for n in sizes:
-            ls = np.array(lat[(s.name, n)]) * 1e3
-            lines.append(f"| {s.name} | {n} | {statistics.median(rps[(s.name, n)]):.0f} | "
-                         f"{np.percentile(ls, 50):.2f} | {np.percentile(ls, 99):.2f} | "
-                         f"{statistics.median(cpu[(s.name, n)]) * 1e3:.2f} |")  # fmt: skip
-    names = [s.name for s in servers]
-    lines.append("")
-    for n in sizes:
-        fit = statistics.median(rps[("fitserve", n)])
-        bare = statistics.median(rps[("bare FastAPI", n)])
-        line = f"{n}-row requests/s: fitserve / bare FastAPI = {fit / bare:.2f}x"
-        if "mlflow" in names:
-            line += f"; fitserve / mlflow = {fit / statistics.median(rps[('mlflow', n)]):.2f}x"
-        cpu_fit = statistics.median(cpu[("fitserve", n)])
-        line += (f" (server CPU per request: bare / fitserve = "
-                 f"{statistics.median(cpu[('bare FastAPI', n)]) / cpu_fit:.2f}x")  # fmt: skip
-        if "mlflow" in names:
-            line += f", mlflow / fitserve = {statistics.median(cpu[('mlflow', n)]) / cpu_fit:.2f}x"
-        line += ")"
-        lines.append(line)
+            fit = median(c, "fitserve", n)
+            others = [o for o in names if o != "fitserve"]
+            rate = ", ".join(f"{fit.rps / median(c, o, n).rps:.2f}x {o}" for o in others)
+            used = ", ".join(f"{median(c, o, n).cpu_ms / fit.cpu_ms:.2f}x" for o in others)
+            lines.append(f"{n}-row requests/s, fitserve over: {rate} (their server CPU per "
+                         f"request over fitserve's: {used})")  # fmt: skip
     if mlflow_note:
         lines.append(f"MLflow: {mlflow_note}")
     return "\n".join(lines)
