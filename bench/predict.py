@@ -21,7 +21,7 @@ so requests/s is 1 / the mean round trip, the client's own time included:
 
 - wrk (`apt-get install wrk`), a C load generator: little of each round trip is the client's,
   so its figures compare the servers;
-- one httpx.Client: what a Python caller sees; its ~0.3 ms a request narrows every ratio.
+- one httpx.Client: what a Python caller sees; its ~0.4 ms a request narrows every ratio.
 
 Rounds are interleaved (every target once a round, in rotating order) because the machine may be
 shared; each table row is the median round by requests/s, with that round's p50/p99 and the
@@ -76,7 +76,7 @@ CLIENTS = {
     "wrk": "wrk 4 (C, one thread, one keep-alive connection): the server's cost, little of "
     "the client's",
     "httpx": "one httpx.Client (Python, keep-alive), requests one after another: a Python "
-    "caller's view, ~0.3 ms a request of it the client's own",
+    "caller's view, ~0.4 ms a request of it the client's own",
 }
 
 
