@@ -61,9 +61,9 @@ class FastPredictMiddleware:
         if content is None:
             await self.app(scope, replay(messages, receive), send)
             return
-        headers = [
-            (b"content-type", b"application/json"),
+        headers = [  # as the route's Response writes them, in its order
             (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
