@@ -10,7 +10,6 @@ driven with Hypothesis directly, one test per operation and generation mode.)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import create_key
 from app.config import Settings
-from app.db import make_engine, upgrade_head
+from app.db import make_engine
 from app.main import create_app
 
 CHECKS = [
@@ -59,14 +58,11 @@ OPERATIONS = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(
-    tmp_path_factory: pytest.TempPathFactory, live_server: Any, iris_trainer: Any
-) -> Iterator[Any]:
+def fuzz_target(module_database_url: str, live_server: Any, iris_trainer: Any) -> Iterator[Any]:
     """The live API, a key, and real rows of that key: in positive mode the fuzzed requests
-    name them, so the handlers behind the 404s (predict, exports, cancel...) are fuzzed too."""
-    path = Path(tmp_path_factory.mktemp("fuzz")) / "fitserve.db"
-    url = f"sqlite:///{path}"
-    upgrade_head(url)
+    name them, so the handlers behind the 404s (predict, exports, cancel...) are fuzzed too.
+    Once on a SQLite file and once on Postgres (module_database_url, migrated)."""
+    url = module_database_url
     engine = make_engine(url)
     with Session(engine) as session, session.begin():
         _, secret = create_key(session, name="fuzzer")
