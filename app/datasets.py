@@ -139,7 +139,7 @@ def encode_classes(labels: Sequence[Any], *, where: str) -> tuple[np.ndarray, li
             labels = as_ints
     kinds = {type(v) for v in labels}
     if kinds == {float} or kinds == {int, float}:
-        if not all(v.is_integer() for v in labels):
+        if not all(float(v).is_integer() for v in labels):  # int has no is_integer before 3.12
             raise Unprocessable(
                 f"{where} holds fractional numbers, which can't be class labels: use "
                 '"task": "regression", or give labels as strings or integers'

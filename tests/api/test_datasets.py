@@ -109,6 +109,34 @@ async def test_json_upload_classification_keeps_label_spelling(client: httpx.Asy
     assert body["feature_names"] == ["a", "b"]
 
 
+async def test_json_labels_mixing_integers_and_whole_floats_are_classes(
+    client: httpx.AsyncClient,
+) -> None:
+    # JSON writers emit 1.0 for a float that holds a whole number; with 0 and 2 beside it these
+    # are three classes, not a 500 (Python 3.11's int has no is_integer).
+    response = await client.post(
+        "/v1/datasets",
+        json={
+            "name": "mixed",
+            "features": [[0.0], [1.0], [2.0], [3.0]],
+            "targets": [0, 1.0, 2, 1],
+            "task": "classification",
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["classes"] == [0, 1, 2]
+    fractional = await client.post(
+        "/v1/datasets",
+        json={
+            "name": "m",
+            "features": [[0.0], [1.0]],
+            "targets": [0, 1.5],
+            "task": "classification",
+        },
+    )
+    assert fractional.status_code == 422 and "fractional" in fractional.json()["detail"]
+
+
 async def test_json_upload_regression_with_two_outputs(client: httpx.AsyncClient, db: Rows) -> None:
     response = await client.post(
         "/v1/datasets",
