@@ -27,6 +27,7 @@ test: install
 lint: install
 	$(BIN)/ruff format --check app models migrations tests bench
 	$(BIN)/ruff check app models migrations tests bench
+	$(BIN)/mypy app models
 
 bench: install
 	$(BIN)/python bench/train_overhead.py
