@@ -12,7 +12,8 @@ itself when all of this holds:
   than the limit, each as wide as the model's input, and the outputs are finite.
 
 Anything else is handed on, untouched, to the documented route in app/api/models.py, which
-loads the model on a cache miss and answers every error. So this layer only ever sends a 200,
+loads the model on a cache miss and answers every error (a key check the database can't answer
+included: the route's 503). So this layer only ever sends a 200,
 and the one it sends is the route's (`tests/api/test_fast_predict.py` holds the two side by
 side). Small requests run inline on the event loop — under ~1 M multiply-adds a forward pass
 takes less than the thread hop would — larger ones in the thread pool, as the route does.
@@ -24,6 +25,7 @@ import re
 
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth import owner_for
 from app.errors import FitserveError
@@ -117,6 +119,8 @@ async def _answer(scope: Scope, model_id: str, body: bytes) -> bytes | None:
             outputs, labels = service.run_prediction(model, facts, request)
         else:
             outputs, labels = await run_in_threadpool(service.run_prediction, model, facts, request)
-    except (FitserveError, ValidationError):
+    except (FitserveError, ValidationError, SQLAlchemyError):
+        # A database error can only come from checking a key: the route meets it again and
+        # answers 503 through the app's handlers, which do not wrap this layer.
         return None
     return encode_predictions(outputs, labels)

@@ -14,6 +14,7 @@ import pytest
 
 from app.auth import create_key
 from app.config import Settings
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from tests.api.conftest import Rows
 from tests.api.test_models import iris, store_model
@@ -139,3 +140,28 @@ async def test_only_a_cached_model_takes_the_fast_path(fast: tuple[Any, httpx.As
     app.state.model_cache.discard(model_id)  # evicted: the route loads it again
     assert (await client.post(url, json=body)).status_code == 200
     assert fast_count((await client.get("/metrics")).text) == counts[-1]
+
+
+async def test_a_key_check_that_cannot_reach_the_database_is_the_routes_503(
+    fast: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = fast
+    db = Rows(app.state.sessionmaker)
+    with db.begin() as session:
+        key, secret = create_key(session, name="k")
+        owner = key.id
+    keyed, keyless = store_model(db, owner=owner), store_model(db)
+    auth = {"Authorization": f"Bearer {secret}"}
+    body = {"inputs": ROWS[:1]}
+    for model_id, headers in ((keyed, auth), (keyless, {})):  # both cached
+        response = await client.post(f"/v1/models/{model_id}/predict", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+    # The database goes away (nothing listens on port 1). A sent key can't be checked, so the
+    # fast path must not answer, and nothing may become a 500: the route's 503.
+    app.state.sessionmaker = make_sessionmaker(make_engine("postgresql://postgres@127.0.0.1:1/x"))
+    response = await client.post(f"/v1/models/{keyed}/predict", json=body, headers=auth)
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "unavailable" and response.headers["retry-after"] == "2"
+    # A keyless request needs no database once its model is cached: still answered.
+    response = await client.post(f"/v1/models/{keyless}/predict", json=body)
+    assert response.status_code == 200, response.text
