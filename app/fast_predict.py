@@ -13,10 +13,10 @@ itself when all of this holds:
 
 Anything else is handed on, untouched, to the documented route in app/api/models.py, which
 loads the model on a cache miss and answers every error (a key check the database can't answer
-included: the route's 503). So this layer only ever sends a 200,
-and the one it sends is the route's (`tests/api/test_fast_predict.py` holds the two side by
-side). Small requests run inline on the event loop — under ~1 M multiply-adds a forward pass
-takes less than the thread hop would — larger ones in the thread pool, as the route does.
+included: the route's 503). So this layer only ever sends a 200, and the one it sends is the
+route's (`tests/api/test_fast_predict.py` holds the two side by side). Small requests run inline
+on the event loop — under ~1 M multiply-adds a forward pass takes less than the thread hop
+would — larger ones in the thread pool, as the route does.
 """
 
 from __future__ import annotations
