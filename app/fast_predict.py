@@ -107,7 +107,7 @@ async def _answer(scope: Scope, model_id: str, body: bytes) -> bytes | None:
         owner = await owner_for(
             None if header is None else header.decode("latin-1"),
             state.settings,
-            state.sessionmaker,
+            state.engine,
         )
         cached = service.cached_model(state.model_cache, owner=owner, model_id=model_id)
         if cached is None:

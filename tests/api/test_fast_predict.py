@@ -158,7 +158,8 @@ async def test_a_key_check_that_cannot_reach_the_database_is_the_routes_503(
         assert response.status_code == 200, response.text
     # The database goes away (nothing listens on port 1). A sent key can't be checked, so the
     # fast path must not answer, and nothing may become a 500: the route's 503.
-    app.state.sessionmaker = make_sessionmaker(make_engine("postgresql://postgres@127.0.0.1:1/x"))
+    app.state.engine = make_engine("postgresql://postgres@127.0.0.1:1/x")
+    app.state.sessionmaker = make_sessionmaker(app.state.engine)
     response = await client.post(f"/v1/models/{keyed}/predict", json=body, headers=auth)
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "unavailable" and response.headers["retry-after"] == "2"
