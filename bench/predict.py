@@ -7,6 +7,9 @@ endpoint holding the same model, and against `mlflow models serve` where it is i
   (app/fast_predict.py).
 - fitserve route only: the same app with FITSERVE_FAST_PREDICT=false, every request through
   FastAPI's routing and the documented route.
+- fitserve with an API key: the fast path again, for a model owned by a key, each request sending
+  that key (`Authorization: Bearer`), as every request does where keys are required; the key is
+  looked up in the database on each request.
 - bare:     bench/bare_predict_app.py — a hand-written FastAPI endpoint around the same weights.
 - mlflow:   the same network exported to ONNX (models.onnx_export: standardization + network +
   softmax in one graph), saved with mlflow.onnx and served by `mlflow models serve
@@ -95,7 +98,8 @@ def iris() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data.x, dtype=np.float32), np.asarray(data.y)
 
 
-def store_model(database_url: str, weights: bytes, final: dict[str, Any]) -> str:
+def store_model(database_url: str, weights: bytes, final: dict[str, Any],
+                owner: str | None = None) -> str:  # fmt: skip
     """The Job and Model rows as the worker leaves them after a succeeded job."""
     from sqlalchemy import select
 
@@ -110,12 +114,14 @@ def store_model(database_url: str, weights: bytes, final: dict[str, Any]) -> str
     with make_sessionmaker(engine).begin() as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == "iris", Dataset.builtin))
         assert dataset is not None
-        job = Job(dataset_id=dataset.id, network=NETWORK, training=TRAINING, status="succeeded",
+        job = Job(owner_id=owner, dataset_id=dataset.id, network=NETWORK, training=TRAINING,
+                  status="succeeded",
                   epochs=TRAINING["epochs"], epoch=TRAINING["epochs"],
                   finished_at=datetime.now(UTC))  # fmt: skip
         session.add(job)
         session.flush()
-        model = Model(job_id=job.id, dataset_id=dataset.id, network=NETWORK, training=TRAINING,
+        model = Model(owner_id=owner, job_id=job.id, dataset_id=dataset.id, network=NETWORK,
+                      training=TRAINING,
                       task="classification", classes=dataset.classes, metrics=final,
                       weights=weights)  # fmt: skip
         session.add(model)
@@ -126,6 +132,19 @@ def store_model(database_url: str, weights: bytes, final: dict[str, Any]) -> str
     return str(model_id)
 
 
+def create_key(database_url: str) -> tuple[str, str]:
+    """(key id, secret) of a new API key, as `fitserve keys create` makes one."""
+    from app.auth import create_key as make
+    from app.db import make_engine, make_sessionmaker
+
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine).begin() as session:
+        key, secret = make(session, name="bench")
+        key_id = key.id
+    engine.dispose()
+    return key_id, secret
+
+
 def uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--log-level", "warning", "--no-access-log"]  # fmt: skip
@@ -134,8 +153,8 @@ def uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) 
 
 class Server:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str,
-                 body: Any) -> None:  # fmt: skip
-        self.name, self.url, self.body = name, url, body
+                 body: Any, headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.name, self.url, self.body, self.headers = name, url, body, headers or {}
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT)
 
     def wait_ready(self, client: httpx.Client, timeout: float = 120.0) -> None:
@@ -144,7 +163,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
             try:
-                r = client.post(self.url, json=self.body(1))
+                r = client.post(self.url, json=self.body(1), headers=self.headers)
                 if r.status_code == 200:
                     return
                 raise RuntimeError(f"{self.name}: {r.status_code} {r.text[:300]}")
@@ -200,12 +219,12 @@ def measure_httpx(client: httpx.Client, server: Server, n_rows: int, requests: i
     """`requests` sequential requests from one keep-alive httpx.Client."""
     body = server.body(n_rows)
     for _ in range(20):  # warm the connection and the server's caches
-        client.post(server.url, json=body)
+        client.post(server.url, json=body, headers=server.headers)
     cpu0 = cpu_seconds(server.proc.pid)
     latencies = []
     for _ in range(requests):
         t0 = time.perf_counter()
-        r = client.post(server.url, json=body)
+        r = client.post(server.url, json=body, headers=server.headers)
         latencies.append(time.perf_counter() - t0)
         if r.status_code != 200:
             raise RuntimeError(f"{server.name}: {r.status_code} {r.text[:300]}")
@@ -222,8 +241,10 @@ def measure_wrk(server: Server, n_rows: int, seconds: float, tmp: Path) -> Round
     """`wrk -t1 -c1` for `seconds`: one connection, each request sent when the last is answered."""
     script = tmp / f"wrk-{n_rows}.lua"
     body = json.dumps(server.body(n_rows))
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = [==[{body}]==]\n")  # fmt: skip
+    headers = {"Content-Type": "application/json", **server.headers}
+    script.write_text('wrk.method = "POST"\n'
+                      + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+                      + f"wrk.body = [==[{body}]==]\n")  # fmt: skip
     run = ["wrk", "-t1", "-c1", "--latency", "-s", str(script), server.url]
     subprocess.run([*run[:-1], "-d1s", server.url], check=True, capture_output=True)  # warm-up
     cpu0 = cpu_seconds(server.proc.pid)
@@ -290,7 +311,9 @@ def main() -> None:
     def body(n: int) -> dict[str, Any]:
         return {"inputs": rows(n, x)}
 
-    p1, p2, p3 = free_port(), free_port(), free_port()
+    key_id, secret = create_key(database_url)
+    keyed_model = store_model(database_url, weights, result.history[-1].as_dict(), owner=key_id)
+    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
     servers = [
         Server("fitserve", uvicorn("app.main:create_app", p1, {}, factory=True),
                {"FITSERVE_DATABASE_URL": database_url},
@@ -298,6 +321,10 @@ def main() -> None:
         Server("fitserve route only", uvicorn("app.main:create_app", p3, {}, factory=True),
                {"FITSERVE_DATABASE_URL": database_url, "FITSERVE_FAST_PREDICT": "false"},
                f"http://127.0.0.1:{p3}/v1/models/{model_id}/predict", body),
+        Server("fitserve with an API key", uvicorn("app.main:create_app", p4, {}, factory=True),
+               {"FITSERVE_DATABASE_URL": database_url},
+               f"http://127.0.0.1:{p4}/v1/models/{keyed_model}/predict", body,
+               {"Authorization": f"Bearer {secret}"}),
         Server("bare FastAPI", uvicorn("bench.bare_predict_app:app", p2, {}),
                {"BENCH_WEIGHTS": str(tmp / "weights.safetensors"),
                 "BENCH_CLASSES": ",".join(CLASSES)},
