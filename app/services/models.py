@@ -13,7 +13,7 @@ from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
 from app.inference import ModelCache, ModelFacts, encode_predictions
 from app.metrics import observe_prediction
-from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest, PredictResponse
+from app.schemas import ModelList, ModelRead, NetworkSummary, PredictRequest
 from app.services import is_id, owned_by
 from app.services.jobs import metrics_view
 from app.tables import Model
@@ -111,21 +111,6 @@ def get_weights(session: Session, *, owner: str | None, model_id: str) -> bytes:
     return bytes(_get(session, owner=owner, model_id=model_id, weights=True).weights)
 
 
-def predict(
-    session: Session,
-    *,
-    owner: str | None,
-    model_id: str,
-    body: PredictRequest,
-    settings: Settings,
-    cache: ModelCache,
-) -> PredictResponse:
-    outputs, predictions = predict_arrays(
-        session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
-    )
-    return PredictResponse(outputs=outputs.tolist(), predictions=predictions)
-
-
 def predict_json(
     session: Session,
     *,
@@ -135,7 +120,7 @@ def predict_json(
     settings: Settings,
     cache: ModelCache,
 ) -> bytes:
-    """`predict`'s PredictResponse as JSON bytes, encoded from the arrays in one call."""
+    """PredictResponse as JSON bytes, encoded from `predict_arrays`' arrays in one call."""
     outputs, predictions = predict_arrays(
         session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
     )

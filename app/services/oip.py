@@ -230,7 +230,7 @@ def infer(
                 loc=("body", "outputs", i, "name"),
             )
     rows = _rows(body.inputs[0], model.input_dim)
-    predicted = model_service.predict(
+    values, labels = model_service.predict_arrays(
         session,
         owner=owner,
         model_id=model_id,
@@ -241,13 +241,17 @@ def infer(
     outputs = []
     for name in wanted:
         if name == OUTPUT:
-            flat = [v for row in predicted.outputs for v in row]
+            flat = values.ravel().tolist()
             outputs.append(
                 ResponseOutput(name=OUTPUT, shape=[len(rows), units], datatype="FP32", data=flat)
             )
         else:
-            labels = [str(label) for label in predicted.predictions or []]
             outputs.append(
-                ResponseOutput(name=LABEL, shape=[len(rows)], datatype="BYTES", data=labels)
+                ResponseOutput(
+                    name=LABEL,
+                    shape=[len(rows)],
+                    datatype="BYTES",
+                    data=[str(label) for label in labels or []],
+                )
             )
     return InferenceResponse(model_name=model.id, model_version="1", id=body.id, outputs=outputs)
