@@ -54,8 +54,9 @@ class FastPredictMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _PATH.fullmatch(_route_path(scope)) if scope["type"] == "http" else None
-        if match is None or scope["method"] != "POST" or not _declares_json(scope):
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        match = _PATH.fullmatch(_route_path(scope)) if post else None
+        if match is None or not _declares_json(scope):
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
