@@ -93,7 +93,7 @@ def build(network: NetworkSpec | dict[str, Any], *, seed: int | None = None) -> 
         elif isinstance(layer, BatchNormalization):
             module = L.BatchNormalization(width, momentum=layer.momentum, epsilon=layer.epsilon)
         elif isinstance(layer, LayerNormalization):
-            module = nn.LayerNorm(width, eps=layer.epsilon)
+            module = L.LayerNormalization(width, eps=layer.epsilon)
         else:  # pragma: no cover - the discriminated union admits nothing else
             raise SpecError(f"unsupported layer type {layer.type!r}", loc=("layers", i))
         modules.append((name, module))

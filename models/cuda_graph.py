@@ -29,11 +29,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from models import precision
 from models.errors import StopTraining
 from models.optim import clip_gradients
 
@@ -114,13 +114,8 @@ class GraphEpochs:
         self.warm = 0  # eager full-batch steps run so far (warm-up before capture)
         self.lrs: list[float] = []
         self.side = torch.cuda.Stream(dev) if capture else None
-        precision = trainer.config.precision
         # autocast's weight-cast cache must be off under capture (torch: make_graphed_callables)
-        self.autocast: Any = (
-            torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-            if dev.type == "cuda" and precision == "bf16"
-            else nullcontext()
-        )
+        self.autocast = precision.autocast(dev, trainer.config.precision, cache_enabled=False)
         if capture:
             self._set_capturable(True)
 

@@ -125,9 +125,12 @@ class Dense(nn.Module):
         self._activate = activation.forward if activation is not None else None  # see Network
         self.kernel_penalty = kernel_penalty  # (l1, l2) or None
         self.bias_penalty = bias_penalty
+        # the dtype of the last output: what autocast really computed in (models/precision.py)
+        self.computed_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)  # (batch, units)
+        self.computed_dtype = y.dtype
         return y if self._activate is None else self._activate(y)
 
     def penalty(self) -> torch.Tensor | None:
@@ -173,14 +176,29 @@ class BatchNormalization(nn.Module):
         self.register_buffer("moving_variance", torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics and normalization in float32 whatever the input: under bf16 autocast the
+        # Dense before this returns bf16, whose batch mean would neither fit the float32 moving
+        # averages (lerp_ refuses mixed dtypes) nor be precise enough to keep; the result goes
+        # back in the input's dtype, as torch's own batch_norm does under autocast.
+        xf = x.float()
         if self.training:
-            var, mean = torch.var_mean(x, dim=0, unbiased=False)
+            var, mean = torch.var_mean(xf, dim=0, unbiased=False)
             with torch.no_grad():
                 self.moving_mean.lerp_(mean.detach(), 1.0 - self.momentum)
                 self.moving_variance.lerp_(var.detach(), 1.0 - self.momentum)
         else:
             mean, var = self.moving_mean, self.moving_variance
-        return (x - mean) * torch.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        y = (xf - mean) * torch.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        return y.to(x.dtype)
+
+
+class LayerNormalization(nn.LayerNorm):
+    """Keras LayerNormalization over the last axis: nn.LayerNorm (same parameters and state dict),
+    its statistics in float32 under bf16 autocast and its result in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.to(x.dtype)
 
 
 class Network(nn.Module):

@@ -62,6 +62,6 @@ class FitResult:
     network: NetworkSpec
     training: TrainingConfig
     best_epoch: int | None = None  # with early stopping
-    precision: str = "fp32"  # as trained: the config's on CUDA; the CPU always trains in fp32
+    precision: str = "fp32"  # observed from the steps (models/precision.py), not the config
     device_reason: str = ""  # why this device (device="auto" decides in models/placement.py)
     step_mode: str = "eager"  # "cuda_graph", or "eager: <why not>" (models/cuda_graph.py)

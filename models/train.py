@@ -11,13 +11,13 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-from models import cuda_graph, placement
+from models import cuda_graph, placement, precision
 from models import data as D
 from models.build import as_network, as_training, build, check_compatible, count_params
 from models.callbacks import Callback, EarlyStopping, overrides
@@ -115,6 +115,7 @@ class Trainer:
         )
         self.data_shape = {"rows": rows, "n_features": xt.shape[1]}
         self.step_mode = "eager"
+        self.precision: str | None = None  # observed from the first epoch's steps
         self._graph: cuda_graph.GraphEpochs | None = None
         self.device_reason = f"{self.device}, as asked"
         if str(device) == "auto":
@@ -192,14 +193,12 @@ class Trainer:
         if self.device.type == "cpu" and threads is not None:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
-        if self.device.type != "cuda" or self.config.precision == "fp32":
-            return nullcontext(), stack
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", previous)
-        if self.config.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16), stack
-        return nullcontext(), stack
+        autocast = precision.autocast(self.device, self.config.precision)
+        if self.device.type == "cuda" and self.config.precision != "fp32":
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", previous)
+        return autocast, stack
 
     # ------------------------------------------------------------ the loop
 
@@ -243,7 +242,7 @@ class Trainer:
             network=self.network,
             training=self.config,
             best_epoch=self.early_stopping.best_epoch if self.early_stopping else None,
-            precision=self.config.precision if self.device.type == "cuda" else "fp32",
+            precision=self.precision or "fp32",
             device_reason=self.device_reason,
             step_mode=self.step_mode,
         )
@@ -351,6 +350,8 @@ class Trainer:
         norm_sum: torch.Tensor,
     ) -> None:
         epoch = self.epoch + 1
+        if self.precision is None:  # before validation, which runs in float32
+            self.precision = precision.observed(self.module, self.device)
         parts = [loss_sum.reshape(1).double(), metric_sum.reshape(1).double(), norm_sum.double()]
         if self._val is not None:
             val_loss, val_metric, val_rows = self._evaluate()
