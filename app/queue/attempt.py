@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.orm import Session
 
 from app.queue import runner, store
+from app.queue.launch import check_fork_safe
 from app.tables import Dataset, Model
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Attempt:
         inputs = self._inputs()
         if inputs is None:
             return
+        check_fork_safe()
         parent_conn, child_conn = FORK.Pipe(duplex=False)
         self.process = FORK.Process(
             target=runner.run_attempt,

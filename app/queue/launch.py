@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
+import sys
 
 from app.config import Settings
 
@@ -18,6 +20,28 @@ CRASH_EXIT_CODE = 86
 # Likewise, for tests only: the training process of a job so named raises
 # torch.cuda.OutOfMemoryError at its first batch, as a GPU that ran out of memory would.
 OOM_ENV = "FITSERVE_TEST_OOM_JOB_NAME"
+
+
+# torch.cuda.is_available() then asks NVML instead of initialising the CUDA driver, so a worker
+# process that checks for a GPU stays safe to fork (torch docs: "CUDA environment variables").
+NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def prepare_worker_process() -> None:
+    """Set, before anything in this worker process can look for a GPU, what keeps it fork-safe."""
+    os.environ.setdefault(NVML_CHECK_ENV, "1")
+
+
+def check_fork_safe() -> None:
+    """Raise unless this process may fork a training process: CUDA must not be initialised in it,
+    or the child's first CUDA call fails ("Cannot re-initialize CUDA in forked subprocess") on
+    every attempt. Reads torch only if something has imported it (this module stays torch-free)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError(
+            "CUDA is initialised in the worker process, so the training processes it forks could "
+            "not use the GPU; the worker must leave every CUDA call to its children"
+        )
 
 
 def worker_process(settings: Settings, log_file: str | None = None) -> None:

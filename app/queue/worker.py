@@ -44,7 +44,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import runner, store
 from app.queue.attempt import FORK, Attempt, Claimed, LostJob
-from app.queue.launch import EXIT_LEASE_LOST
+from app.queue.launch import EXIT_LEASE_LOST, check_fork_safe, prepare_worker_process
 from app.tables import Dataset
 
 log = logging.getLogger("fitserve.worker")
@@ -110,6 +110,7 @@ class Worker:
         done = 0
         try:
             while not self.stopping.is_set():
+                check_fork_safe()  # before a claim: no job is claimed by a worker that cannot fork
                 claimed = self._claim()
                 if claimed is None:
                     if exit_when_idle:
@@ -263,6 +264,7 @@ def probe_device(device: str) -> dict[str, Any]:
     """Resolve the device in a throwaway child: CUDA must never be initialized in the worker
     itself, or the training processes it forks could not use it.
     Returns {"ok": True, "device": "cuda:0", "name": ...} or {"ok": False, "error": ...}."""
+    check_fork_safe()
     reader, writer = FORK.Pipe(duplex=False)
     child = FORK.Process(target=_probe, args=(writer, device), daemon=True)
     child.start()
@@ -277,6 +279,7 @@ def probe_device(device: str) -> dict[str, Any]:
 
 def run_worker(settings: Settings, *, device: str | None = None) -> int:
     """`fitserve worker`: one worker process until SIGTERM/SIGINT."""
+    prepare_worker_process()
     worker = Worker(settings, device=device)
     url = make_url(settings.database_url).render_as_string()
     try:
