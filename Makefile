@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-gpu lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# On a machine with a CUDA GPU (and a CUDA build of torch in .venv, see README): the CUDA tests,
+# then bench/gpu.py (its figures, and real iris jobs through `fitserve worker --device cuda`).
+# Fails, never skips, when no CUDA device is usable.
+test-gpu: install
+	$(BIN)/python bench/gpu.py --check-cuda
+	FITSERVE_REQUIRE_CUDA=1 $(BIN)/python -m pytest -m cuda -p no:cacheprovider
+	$(BIN)/python bench/gpu.py --skip-tests --strict
 
 lint: install
 	$(BIN)/ruff format --check app models migrations tests bench

@@ -57,15 +57,46 @@ IRIS_TRAINING = {"loss": "sparse_categorical_crossentropy", "optimizer": "adam",
                  "epochs": 100, "seed": 0}  # fmt: skip
 
 
+# The jobs end_to_end runs: iris in fp32 and tf32, and with batch/layer normalization in bf16 (the
+# statistics in float32 under bf16 autocast, models/layers.py).
+IRIS_NORM_NET = {
+    "layers": [
+        {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},
+        {"type": "batch_normalization"},
+        {"type": "dense", "units": 8, "activation": "relu"},
+        {"type": "layer_normalization"},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ]
+}
+E2E_JOBS = [
+    ("iris 4-8-8-3", ts.IRIS_NET, "fp32"),
+    ("iris 4-8-8-3", ts.IRIS_NET, "tf32"),
+    ("iris 4-8-BN-8-LN-3", IRIS_NORM_NET, "bf16"),
+]
+
+
 def say(line: str = "") -> None:
     print(line, flush=True)
+
+
+def cuda_problem() -> str | None:
+    """Why no CUDA device is usable here, or None when one is."""
+    if torch.version.cuda is None:
+        return (
+            f"torch {torch.__version__} is a CPU-only build; install a CUDA build of the same "
+            "version into .venv (README, 'On a GPU machine')"
+        )
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device"
+    return None
 
 
 def cuda_tests() -> str:
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/speed", "-q", "-rs", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "FITSERVE_REQUIRE_CUDA": "1"},
     )  # fmt: skip
     tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]
     return f"exit {proc.returncode} in {time.perf_counter() - started:.0f} s: " + " / ".join(tail)
@@ -197,7 +228,8 @@ def _ts(text: str) -> float:
 
 
 def end_to_end(graph_iris_rate: float | None, device: str = "cuda") -> list[str]:
-    """One iris job over HTTP through one `fitserve worker --device cuda` on a SQLite file."""
+    """The E2E_JOBS over HTTP through one `fitserve worker --device cuda` on a SQLite file;
+    raises when one does not succeed or, on CUDA, records another device or precision."""
     fitserve = shutil.which("fitserve", path=str(Path(sys.executable).parent)) or "fitserve"
     tmp = Path(tempfile.mkdtemp(prefix="fitserve-gpu-"))
     db = tmp / "gpu.db"
@@ -226,9 +258,9 @@ def end_to_end(graph_iris_rate: float | None, device: str = "cuda") -> list[str]
                 time.sleep(0.3)
             time.sleep(3)  # let the worker probe its device and reach its idle poll
             rows = []
-            for precision in ("fp32", "tf32"):
-                spec = {"name": f"iris on {device}, {precision}", "dataset": "iris",
-                        "network": ts.IRIS_NET,
+            for label, network, precision in E2E_JOBS:
+                spec = {"name": f"{label} on {device}, {precision}", "dataset": "iris",
+                        "network": network,
                         "training": {**IRIS_TRAINING, "precision": precision}}  # fmt: skip
                 submitted = time.time()
                 job = http.post("/v1/jobs", json=spec)
@@ -246,23 +278,27 @@ def end_to_end(graph_iris_rate: float | None, device: str = "cuda") -> list[str]
                     raise RuntimeError(f"job {job_id} {body['status']}: {body.get('error')}")
                 metrics = http.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
                 with sqlite3.connect(db) as con:
-                    device, recorded = con.execute(
+                    ran_on, recorded = con.execute(
                         "SELECT device, precision FROM jobs WHERE id = ?", (job_id,)
                     ).fetchone()
+                if device == "cuda" and (not ran_on.startswith("cuda") or recorded != precision):
+                    raise RuntimeError(f"job {job_id} ({label}, {precision}) recorded device "
+                                       f"{ran_on}, precision {recorded}")  # fmt: skip
                 steps_per_epoch = -(-150 // IRIS_TRAINING["batch_size"])
                 epoch_s = statistics.median(m["seconds"] for m in metrics[1:])  # 1st: capture
                 whole = _ts(body["finished_at"]) - _ts(body["started_at"])
                 predict = http.post(f"/v1/models/{body['model_id']}/predict",
                                     json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})  # fmt: skip
-                rows.append((precision, device, recorded, _ts(body["started_at"]) - submitted,
+                rows.append((f"{label}, {precision}", ran_on, recorded,
+                             _ts(body["started_at"]) - submitted,
                              steps_per_epoch / epoch_s,
                              IRIS_TRAINING["epochs"] * steps_per_epoch / whole,
                              metrics[-1].get("accuracy"), predict.status_code))  # fmt: skip
         lines += ["| job | device (recorded) | precision (recorded) | submit to running s "
                   "| steps/s, epoch loop | steps/s, whole job | final accuracy | predict |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for p, device, recorded, latency, loop_rate, whole_rate, acc, status in rows:
-            lines.append(f"| iris 4-8-8-3, batch 10, 100 epochs, {p} | {device} | {recorded} | "
+        for p, ran_on, recorded, latency, loop_rate, whole_rate, acc, status in rows:
+            lines.append(f"| {p}, batch 10, 100 epochs | {ran_on} | {recorded} | "
                          f"{latency:.2f} | {loop_rate:,.0f} | {whole_rate:,.0f} | {acc:.3f} | "
                          f"{status} |")  # fmt: skip
         if graph_iris_rate:
@@ -287,15 +323,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument(
+        "--check-cuda",
+        action="store_true",
+        help="only check that a CUDA device is usable: exit 0, or 2 saying why not",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when the jobs through the queue fail or record another device or precision "
+        "(make test-gpu)",
+    )
+    parser.add_argument(
         "--cpu-smoke",
         action="store_true",
         help="check this script's plumbing on a CPU at tiny sizes (no GPU figures)",
     )
     args = parser.parse_args()
     smoke = args.cpu_smoke
-    if not smoke and not torch.cuda.is_available():
-        say("No CUDA GPU here: nothing measured. Run this on a machine with one.")
-        sys.exit(2)
+    if args.check_cuda or not smoke:
+        problem = cuda_problem()
+        if problem:
+            say(f"No usable CUDA device: {problem}. Nothing measured.")
+            sys.exit(2)
+        if args.check_cuda:
+            say(f"CUDA device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+            return
     dev = torch.device("cpu" if smoke else "cuda")
     began = time.perf_counter()
     if smoke:
@@ -321,13 +373,18 @@ def main() -> None:
     say("end to end through the queue ...")
     ref = "tight" if smoke else "graph"
     graph_rate = results[workloads[0].name][ref].steps_per_second
+    failed = None
     try:
         e2e = end_to_end(graph_rate, device=dev.type)
         out += [f"A real job through the queue on {dev.type}:", "", *e2e, ""]
     except Exception as exc:  # noqa: BLE001 - report it with the rest of the figures
-        out += [f"End to end through the queue FAILED: {type(exc).__name__}: {exc}", ""]
+        failed = f"End to end through the queue FAILED: {type(exc).__name__}: {exc}"
+        out += [failed, ""]
     out.append(f"(bench/gpu.py took {time.perf_counter() - began:.0f} s)")
     say("\n" + "\n".join(out))
+    if failed and args.strict:
+        say(failed)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Database fixtures shared by every test directory.
+"""Database fixtures shared by every test directory, and the `cuda` marker.
+
+Tests marked `cuda` need a CUDA GPU: they skip without one, except under `make test-gpu`
+(FITSERVE_REQUIRE_CUDA=1), where a missing GPU stops the run with an error instead.
 
 `database_url` runs a test on SQLite (a fresh file) and again on the real Postgres (a fresh
 database copied from a migrated template, so every test starts from `upgrade head` in ~50 ms).
@@ -17,6 +20,34 @@ import pytest
 
 from app.config import Settings
 from app.db import upgrade_head
+
+REQUIRE_CUDA_ENV = "FITSERVE_REQUIRE_CUDA"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one; make test-gpu fails without one)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get(REQUIRE_CUDA_ENV) == "1":
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise pytest.UsageError(
+            f"{len(cuda_tests)} CUDA tests selected, {REQUIRE_CUDA_ENV}=1, and no CUDA device "
+            f"is usable (torch {torch.__version__}, {build}): run them on a machine with a GPU"
+        )
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make test-gpu runs it)")
+    for item in cuda_tests:
+        item.add_marker(skip)
+
 
 POSTGRES_URL = os.environ.get(
     "FITSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

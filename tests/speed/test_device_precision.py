@@ -11,8 +11,6 @@ import models
 from models import placement
 from models.spec import NetworkSpec, TrainingConfig
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 IRIS_NET = {
     "layers": [
         {"type": "dense", "units": 8, "activation": "relu", "input_dim": 4},
@@ -108,7 +106,7 @@ def test_the_cpu_trains_in_fp32_whatever_is_asked(iris: Any, precision: str) -> 
     assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_trains_in_the_precision_asked_and_restores_tf32(iris: Any, precision: str) -> None:
     x, y = iris

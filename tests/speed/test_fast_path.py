@@ -19,8 +19,6 @@ import models
 from models import cuda_graph
 from models.train import Trainer
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 DROPOUT_NET = {
     "layers": [
         {"type": "dense", "units": 16, "activation": "relu", "input_dim": 4},
@@ -184,7 +182,7 @@ def test_the_switch_turns_the_path_off(iris: Any, graphs: Any) -> None:
 # ---------------------------------------------------------------- on a real GPU
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_dropout_masks_differ_between_replays() -> None:
     # the mechanism the fast path relies on: the default CUDA generator is registered with the
     # capture, and each replay advances its Philox offset
@@ -201,7 +199,7 @@ def test_dropout_masks_differ_between_replays() -> None:
     assert 0.4 < float((masks[0] == 0).float().mean()) < 0.6
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("case", list(CASES))
 def test_captured_training_matches_eager_on_cuda(iris: Any, graphs: Any, case: str) -> None:
     network, training = CASES[case]
@@ -224,7 +222,7 @@ class _SyncingAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_a_capture_failure_falls_back_to_eager_training(iris: Any, graphs: Any) -> None:
     graphs("1")
     x, y = iris
