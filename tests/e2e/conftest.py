@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL, _admin, _with_database, postgres_available
+from tests.conftest import POSTGRES_URL, _admin, _with_database, require_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
@@ -97,8 +97,7 @@ def database(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('e2e')}/fitserve.db"
         return
-    if not postgres_available():
-        pytest.skip(f"Postgres does not answer at {POSTGRES_URL}")
+    require_postgres()
     name = f"fitserve_e2e_{uuid.uuid4().hex[:12]}"
     _admin(f"CREATE DATABASE {name}")
     try:

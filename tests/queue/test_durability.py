@@ -6,11 +6,9 @@ signals. Resumed runs are compared with uninterrupted ones on CPU with the same 
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from app.config import Settings
 from app.main import create_app
 from app.queue.launch import EXIT_LEASE_LOST
 from app.tables import Job, JobClaim, JobMetric, Model
+from tests.throwaway_postgres import ThrowawayPostgres
 
 EPOCHS = 20
 # batch 5 on 150 rows: 30 steps an epoch, long enough to act between epochs, short overall.
@@ -226,30 +225,6 @@ def test_an_idle_worker_is_woken_by_notify_not_by_polling(
     wait_for(lambda: job_state(job_id).status != "queued", timeout=20, what="the NOTIFY wake-up")
 
 
-def local_cluster(database_url: str) -> tuple[str, str]:
-    """(version, name) of the Debian-managed cluster serving `database_url`, or skip."""
-    url = make_url(database_url)
-    if shutil.which("pg_lsclusters") is None or url.host not in ("127.0.0.1", "localhost"):
-        pytest.skip("restarting Postgres needs a local Debian-managed cluster")
-    listing = subprocess.run(
-        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
-    ).stdout
-    for line in listing.splitlines():
-        version, name, port, *_ = line.split()
-        if int(port) == (url.port or 5432):
-            return version, name
-    pytest.skip(f"no local cluster listens on port {url.port or 5432}")
-
-
-def pg_ctlcluster(cluster: tuple[str, str], action: str, *, check: bool = True) -> None:
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action],
-        check=check,
-        timeout=120,
-        capture_output=True,
-    )
-
-
 @contextmanager
 def live_api(database_url: str) -> Iterator[httpx.Client]:
     """create_app() served by uvicorn on a free loopback port, in a thread of this process
@@ -278,21 +253,21 @@ def assert_database_unavailable(response: httpx.Response) -> None:
     assert "database" in body["detail"], body
 
 
-@postgres_only
+@pytest.mark.parametrize("database_url", ["throwaway_postgres"], indirect=True)
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_job_and_the_api_survive_postgres_going_down(
+    throwaway_postgres: ThrowawayPostgres,
     database_url: str,
     start_worker: StartWorker,
     make_job: MakeJob,
     job_state: JobState,
     sessions: sessionmaker[Session],
 ) -> None:
-    """Stops and starts the local server: other sessions' Postgres tests running now see it too.
+    """Stops and starts a Postgres server of the test's own (never the shared one).
     While it is down the API answers 503 (no 500, no hang); once it is back the same API process
     answers 200 again (pool_pre_ping replaces the connections the stop cut) and the worker,
     whose writes retried meanwhile, finishes the job in its first attempt."""
-    cluster = local_cluster(database_url)  # skips unless the server is a local cluster
     epochs = 40
     job_id = make_job("through a restart", training=iris_training(epochs=epochs, batch_size=5))
     worker = start_worker(lease_seconds=20.0, heartbeat_seconds=1.0)
@@ -300,13 +275,12 @@ def test_a_job_and_the_api_survive_postgres_going_down(
         assert api.get(f"/v1/jobs/{job_id}").status_code == 200
         wait_for(lambda: job_state(job_id).epoch >= 2, timeout=60, what="epoch 2")
 
+        throwaway_postgres.stop()
         try:
-            pg_ctlcluster(cluster, "stop")
             job_read = api.get(f"/v1/jobs/{job_id}")
             health = api.get("/health")
         finally:
-            # Whatever happened, other tests need the server (fails harmlessly if it is up).
-            pg_ctlcluster(cluster, "start", check=False)
+            throwaway_postgres.start()
 
         assert_database_unavailable(job_read)
         assert "try again" in job_read.json()["detail"]

@@ -8,7 +8,6 @@ part); tests make their own datasets and jobs and assert on those, never on glob
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,10 +20,10 @@ import httpx
 import pytest
 
 from app.db import upgrade_head
+from tests.conftest import require_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 IRIS_CSV = ROOT / "app" / "data" / "iris.csv"
-CHROMIUM = "/usr/bin/chromium"
 CLI = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
 
 # 4 -> 8 -> 3 on iris: small enough to train in seconds on a shared CPU, and learns well.
@@ -148,9 +147,7 @@ def live_server(
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium package)")
-    return CHROMIUM
+    return require_chromium()
 
 
 def run_chromium(binary: str, url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
