@@ -10,7 +10,8 @@ endpoint holding the same model, and against `mlflow models serve` where it is i
 - fitserve with an API key: the fast path again, for a model owned by a key, each request sending
   that key (`Authorization: Bearer`), as every request does where keys are required; the key is
   looked up in the database on each request.
-- bare:     bench/bare_predict_app.py — a hand-written FastAPI endpoint around the same weights.
+- bare:     bench/bare_predict_app.py — the fastest plain FastAPI endpoint around the same weights
+  (async def, orjson in and out, a plain Response: no thread hop, no response_model pass).
 - mlflow:   the same network exported to ONNX (models.onnx_export: standardization + network +
   softmax in one graph), saved with mlflow.onnx and served by `mlflow models serve
   --env-manager local` (onnxruntime inside; no pickle anywhere). Only with --mlflow PATH; give
@@ -327,7 +328,7 @@ def main() -> None:
                {"Authorization": f"Bearer {secret}"}),
         Server("bare FastAPI", uvicorn("bench.bare_predict_app:app", p2, {}),
                {"BENCH_WEIGHTS": str(tmp / "weights.safetensors"),
-                "BENCH_CLASSES": ",".join(CLASSES)},
+                "BENCH_CLASSES": ",".join(CLASSES), "BENCH_FEATURES": str(x.shape[1])},
                f"http://127.0.0.1:{p2}/predict", body),
     ]  # fmt: skip
     mlflow_note = "" if args.mlflow else "not measured: no --mlflow given"
