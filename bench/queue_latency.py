@@ -37,13 +37,12 @@ from sqlalchemy import Table, func, insert, select, update
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "queue")]
 
-from queue_kit import IRIS_NETWORK, iris_dataset_row, iris_training  # noqa: E402
+from queue_kit import IRIS_NETWORK, iris_dataset_row, iris_training, worker_process  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker, upgrade_head  # noqa: E402
 from app.queue import store  # noqa: E402
 from app.queue.clock import db_now  # noqa: E402
-from app.queue.launch import worker_process  # noqa: E402
 from app.tables import Job  # noqa: E402
 
 TINY = iris_training(epochs=1, batch_size="full")

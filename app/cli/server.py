@@ -9,7 +9,6 @@ SIGTERM stops them all, giving workers their grace period to hand running jobs b
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ import time
 from typing import Any
 
 from app.config import Settings
+from app.parent_death import die_with_parent
 
 log = logging.getLogger("fitserve.serve")
 
@@ -110,10 +110,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _die_with_parent() -> None:
     """Children get SIGTERM if the supervisor itself is killed (Linux), instead of lingering."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 class _Child:

@@ -1,8 +1,9 @@
 """The worker loop: claim a job, train it in a child process, write back under a fenced lease
-(the attempt itself — child, heartbeat, fenced writes — is app/queue/attempt.py).
+(the attempt itself — the parent's side of the pipe: fork, heartbeat, fenced writes — is
+app/queue/parent.py; the training process is app/queue/child.py).
 
     claim (one transaction: reap expired jobs, claim_next_job, set_runtime, read the inputs)
-      -> fork runner.run_attempt; start the heartbeat thread
+      -> fork child.run_attempt; start the heartbeat thread
       -> per message: started -> set_runtime (the device models.fit chose, when it differs from
          the claim's: device "auto"), epoch -> record_epoch, done -> finish_job (with the last
          epoch) / finish_cancelled / release_job, error -> fail_job or retry_job;
@@ -42,9 +43,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.queue import runner, store
-from app.queue.attempt import FORK, Attempt, Claimed, LostJob
-from app.queue.launch import EXIT_LEASE_LOST, check_fork_safe, prepare_worker_process
+from app.queue import store
+from app.queue.parent import (
+    Attempt,
+    Claimed,
+    LostJob,
+    check_fork_safe,
+    prepare_worker_process,
+    probe_device,
+)
+from app.queue.protocol import EXIT_LEASE_LOST
 from app.tables import Dataset
 
 log = logging.getLogger("fitserve.worker")
@@ -118,7 +126,14 @@ class Worker:
                     self._wait_for_work()
                     continue
                 try:
-                    Attempt(self, claimed).run()
+                    Attempt(
+                        claimed,
+                        write=self.write,
+                        stopping=self.stopping,
+                        settings=self.settings,
+                        device=self.fit_device,
+                        worker_name=self.name,
+                    ).run()
                 except LostJob as exc:
                     log.warning("%s: gave up job %s: %s", self.name, claimed.claim.job_id, exc)
                     return EXIT_LEASE_LOST
@@ -243,38 +258,6 @@ class Worker:
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, DB_RETRY_MAX)
-
-
-def _probe(conn: Any, device: str) -> None:
-    from models.train import resolve_device
-
-    try:
-        resolved = resolve_device(device)
-        name = str(resolved)
-        if resolved.type == "cuda":
-            import torch
-
-            name += f" ({torch.cuda.get_device_name(resolved)})"
-        conn.send_bytes(runner.encode({"ok": True, "device": str(resolved), "name": name}))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as a startup error
-        conn.send_bytes(runner.encode({"ok": False, "error": str(exc)}))
-
-
-def probe_device(device: str) -> dict[str, Any]:
-    """Resolve the device in a throwaway child: CUDA must never be initialized in the worker
-    itself, or the training processes it forks could not use it.
-    Returns {"ok": True, "device": "cuda:0", "name": ...} or {"ok": False, "error": ...}."""
-    check_fork_safe()
-    reader, writer = FORK.Pipe(duplex=False)
-    child = FORK.Process(target=_probe, args=(writer, device), daemon=True)
-    child.start()
-    writer.close()
-    try:
-        header, _ = runner.decode(reader.recv_bytes())
-    except EOFError:
-        header = {"ok": False, "error": f"the device probe exited with code {child.exitcode}"}
-    child.join()
-    return header
 
 
 def run_worker(settings: Settings, *, device: str | None = None) -> int:

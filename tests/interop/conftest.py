@@ -1,6 +1,7 @@
 """A trained iris model in a fresh database, the way the worker leaves one: submitted through
 POST /v1/jobs, claimed with `claim_next_job`, trained with `models.fit` on the dataset row's
-arrays and stored by `finish_job` (save_model bytes carrying task and classes, as the runner's)."""
+arrays and stored by `finish_job` (save_model bytes carrying task and classes, as
+app/queue/child.py makes them)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from queue_kit import (
     WorkerHandle,
     iris_dataset_row,
     iris_training,
+    worker_process,
 )
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import store
-from app.queue.launch import CRASH_ENV, OOM_ENV, worker_process
+from app.queue.protocol import CRASH_ENV, OOM_ENV
 from app.tables import Job
 
 

@@ -7,6 +7,7 @@ packages, so `conftest` would be ambiguous.)
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -22,11 +23,14 @@ from safetensors.numpy import save as st_save
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.data import BUILTINS
 from app.datasets import parse_csv
+from app.parent_death import die_with_parent
+from app.queue.worker import run_worker
 from app.tables import TERMINAL_STATUSES, Dataset, Job, JobClaim, JobMetric
 
-# A job with this name kills its training process on every attempt (the runner's fault hook).
+# A job with this name kills its training process on every attempt (app/queue/child.py's hook).
 POISON_JOB_NAME = "fitserve-test-poison"
 # A job with this name raises torch.cuda.OutOfMemoryError in its training process (same hook).
 OOM_JOB_NAME = "fitserve-test-oom"
@@ -47,6 +51,19 @@ IRIS_NETWORK: dict[str, Any] = {
         {"type": "dense", "units": 3, "activation": "softmax"},
     ]
 }
+
+
+def worker_process(settings: Settings, log_file: str | None = None) -> None:
+    """A worker as a multiprocessing child (tests, bench/): the same `run_worker` as `fitserve
+    worker`, dying with its parent, its exit code the process's."""
+    die_with_parent(signal.SIGTERM)
+    logging.basicConfig(
+        filename=log_file,
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    raise SystemExit(run_worker(settings))
+
 
 MakeJob = Callable[..., str]
 JobState = Callable[[str], Job]

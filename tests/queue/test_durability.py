@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.main import create_app
-from app.queue.launch import EXIT_LEASE_LOST
+from app.queue.protocol import EXIT_LEASE_LOST
 from app.tables import Job, JobClaim, JobMetric, Model
 from tests.throwaway_postgres import ThrowawayPostgres
 

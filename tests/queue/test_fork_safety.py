@@ -18,8 +18,9 @@ import torch
 from queue_kit import JobState, MakeJob
 
 from app.config import Settings
-from app.queue import launch
-from app.queue.worker import Worker, probe_device, run_worker
+from app.queue import parent
+from app.queue.parent import probe_device
+from app.queue.worker import Worker, run_worker
 
 
 def test_the_check_holds_in_a_process_that_imported_torch_and_trained() -> None:
@@ -33,7 +34,7 @@ def test_the_check_holds_in_a_process_that_imported_torch_and_trained() -> None:
         device="cpu",
     )
     assert not torch.cuda.is_initialized()
-    launch.check_fork_safe()  # raises if it does not hold
+    parent.check_fork_safe()  # raises if it does not hold
     assert probe_device("cpu")["ok"]
 
 
@@ -58,7 +59,7 @@ def test_a_worker_with_cuda_initialised_forks_nothing_and_claims_nothing(
 def test_a_worker_process_asks_nvml_rather_than_cuda_whether_a_gpu_is_there(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv(launch.NVML_CHECK_ENV, raising=False)
+    monkeypatch.delenv(parent.NVML_CHECK_ENV, raising=False)
     empty = f"sqlite:///{tmp_path}/empty.db"  # no tables: run_worker returns 2 after its set-up
     assert run_worker(Settings(database_url=empty)) == 2
-    assert os.environ[launch.NVML_CHECK_ENV] == "1"
+    assert os.environ[parent.NVML_CHECK_ENV] == "1"

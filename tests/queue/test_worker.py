@@ -21,7 +21,7 @@ from safetensors.numpy import load as st_load
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.queue import store
-from app.queue.launch import CRASH_EXIT_CODE
+from app.queue.protocol import CRASH_EXIT_CODE
 from app.tables import Dataset, Model
 
 

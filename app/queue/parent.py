@@ -1,6 +1,8 @@
-"""One claimed job on a worker: the training child, the heartbeat thread, the fenced writes.
+"""One claimed job on a worker, the parent's side of the pipe: the training child, the heartbeat
+thread, the fenced writes (the child's side is app/queue/child.py; the frames between them,
+app/queue/protocol.py).
 
-The worker forks `runner.run_attempt` for each attempt and follows its reports: the device
+The parent forks `child.run_attempt` for each attempt and follows its reports: the device
 training started on with `set_runtime` (device "auto" is decided in the child, by models.fit),
 each epoch with `record_epoch`, the end with `finish_job` / `finish_cancelled` / `release_job`,
 an error with `fail_job` or `retry_job`, a child that dies without a word with `retry_job`.
@@ -12,35 +14,40 @@ killed, and nothing more is written. The heartbeat thread extends the lease, and
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
-from app.queue import runner, store
-from app.queue.launch import check_fork_safe
+from app.config import Settings
+from app.queue import child, store
+from app.queue.protocol import (
+    CANCEL,
+    RUN,
+    STOP_AT_EPOCH_END,
+    STOP_NOW,
+    AttemptInput,
+    decode,
+)
 from app.tables import Dataset, Model
-
-if TYPE_CHECKING:
-    from app.queue.worker import Worker
 
 log = logging.getLogger("fitserve.worker")
 T = TypeVar("T")
+
+# torch.cuda.is_available() then asks NVML instead of initialising the CUDA driver, so a worker
+# process that checks for a GPU stays safe to fork (torch docs: "CUDA environment variables").
+NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 # A cancel request is looked for this often (a read), between the heartbeats' lease extensions.
 CANCEL_CHECK_SECONDS = 1.0
 # After the grace period the child stops at its next batch; this long after, it is killed.
 KILL_AFTER_GRACE_SECONDS = 5.0
-# fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
-# it per attempt). Safe because the worker never initializes CUDA and runs no thread of its own
-# while forking; the child never touches the inherited database connections.
-FORK = multiprocessing.get_context("fork")
 
 
 @dataclass(frozen=True)
@@ -55,17 +62,36 @@ class LostJob(Exception):
     """This worker may not write to the job any more (its lease is gone or the database is)."""
 
 
-class Attempt:
-    """One claimed job on this worker: a training child, a heartbeat thread, fenced writes."""
+class Write(Protocol):
+    """Runs a store write in its own transaction, retrying transient database errors for up to
+    `patience` seconds; a refused lease or a database gone for longer raises LostJob."""
 
-    def __init__(self, worker: Worker, claimed: Claimed) -> None:
-        self.worker, self.claim, self.claimed = worker, claimed.claim, claimed
-        self.settings = worker.settings
-        self.control = FORK.Value("i", runner.RUN, lock=False)  # shared memory, read per batch
+    def __call__(self, what: str, fn: Callable[[Session], T], *, patience: float) -> T: ...
+
+
+class Attempt:
+    """One claimed job on this worker: a training child, a heartbeat thread, fenced writes.
+
+    `write` is the worker's retrying writer, `stopping` its shutdown signal, `device` the device
+    handed to models.fit, `worker_name` the name its log lines carry."""
+
+    def __init__(
+        self,
+        claimed: Claimed,
+        *,
+        write: Write,
+        stopping: threading.Event,
+        settings: Settings,
+        device: str,
+        worker_name: str,
+    ) -> None:
+        self.claim, self.claimed, self.dataset = claimed.claim, claimed, claimed.dataset
+        self.write, self.stopping, self.settings = write, stopping, settings
+        self.device, self.worker_name = device, worker_name
+        self.control = child.FORK.Value("i", RUN, lock=False)  # shared memory, read per batch
         self.lost = threading.Event()
         self.finished = threading.Event()
         self.process: Any = None
-        self.dataset = claimed.dataset
 
     @property
     def patience(self) -> float:
@@ -74,7 +100,7 @@ class Attempt:
         return max(3 * self.settings.lease_seconds, 10.0)
 
     def _write(self, what: str, fn: Callable[[Session], T]) -> T:
-        return self.worker.write(what, fn, patience=self.patience)
+        return self.write(what, fn, patience=self.patience)
 
     def run(self) -> None:
         claim = self.claim
@@ -82,9 +108,9 @@ class Attempt:
         if inputs is None:
             return
         check_fork_safe()
-        parent_conn, child_conn = FORK.Pipe(duplex=False)
-        self.process = FORK.Process(
-            target=runner.run_attempt,
+        parent_conn, child_conn = child.FORK.Pipe(duplex=False)
+        self.process = child.FORK.Process(
+            target=child.run_attempt,
             args=(child_conn, self.control, inputs, os.getpid()),
             name=f"fitserve-train-{claim.job_id[:8]}",
             daemon=True,
@@ -103,7 +129,7 @@ class Attempt:
             parent_conn.close()
             heartbeat.join()
 
-    def _inputs(self) -> runner.AttemptInput | None:
+    def _inputs(self) -> AttemptInput | None:
         claim, dataset = self.claim, self.dataset
         if dataset is None or getattr(dataset, "deleted_at", None) is not None:
             self._write(
@@ -117,7 +143,7 @@ class Attempt:
                 ),
             )
             return None
-        return runner.AttemptInput(
+        return AttemptInput(
             job_id=claim.job_id,
             name=claim.name,
             network=claim.network,
@@ -127,7 +153,7 @@ class Attempt:
             task=dataset.task,
             classes=dataset.classes,
             checkpoint=self.claimed.checkpoint,
-            device=self.worker.fit_device,
+            device=self.device,
             cpu_threads=self.settings.cpu_threads,
         )
 
@@ -139,22 +165,22 @@ class Attempt:
             if self.lost.is_set():
                 self.process.kill()
                 raise LostJob("heartbeat refused: the lease is held by another worker")
-            if self.worker.stopping.is_set():
+            if self.stopping.is_set():
                 now = time.monotonic()
                 if grace_deadline is None:
                     grace_deadline = now + self.settings.shutdown_grace_seconds
-                    self.control.value = runner.STOP_AT_EPOCH_END
+                    self.control.value = STOP_AT_EPOCH_END
                 elif now > grace_deadline + KILL_AFTER_GRACE_SECONDS:
                     self.process.kill()
                 elif now > grace_deadline:
-                    self.control.value = runner.STOP_NOW
+                    self.control.value = STOP_NOW
             if not conn.poll(0.05):
                 if not self.process.is_alive() and not conn.poll(0):
                     self._ended_without_report()
                     return
                 continue
             try:
-                header, payload = runner.decode(conn.recv_bytes())
+                header, payload = decode(conn.recv_bytes())
             except (EOFError, OSError):
                 self.process.join(timeout=5)
                 self._ended_without_report()
@@ -170,7 +196,7 @@ class Attempt:
             runtime = (header["device"], header["precision"])
             log.info(
                 "%s: job %s trains on %s (%s)",
-                self.worker.name,
+                self.worker_name,
                 claim.job_id,
                 runtime[0],
                 header["device_reason"],
@@ -209,7 +235,7 @@ class Attempt:
                         s, **fence, error=header["message"], error_code=header["code"]
                     ),
                 )
-                log.info("%s: job %s failed: %s", self.worker.name, claim.job_id, header["message"])
+                log.info("%s: job %s failed: %s", self.worker_name, claim.job_id, header["message"])
             return True
         raise ValueError(f"unknown message from the training process: {kind!r}")
 
@@ -219,7 +245,7 @@ class Attempt:
         stopped = header["stopped"]
         if stopped == "shutdown":
             status = self._write("release", lambda s: store.release_job(s, **fence))
-            log.info("%s: job %s handed back (%s)", self.worker.name, claim.job_id, status)
+            log.info("%s: job %s handed back (%s)", self.worker_name, claim.job_id, status)
             return
         if stopped is None:
             assert self.dataset is not None
@@ -239,15 +265,15 @@ class Attempt:
                     "finish",
                     lambda s: store.finish_job(s, **fence, model=model, last_epoch=last_epoch),
                 )
-                log.info("%s: job %s succeeded", self.worker.name, claim.job_id)
+                log.info("%s: job %s succeeded", self.worker_name, claim.job_id)
                 return
             except LostJob:
                 pass  # a cancel that came during the last epoch, or a lost lease: see below
         self._write("finish cancelled", lambda s: store.finish_cancelled(s, **fence))
-        log.info("%s: job %s cancelled", self.worker.name, claim.job_id)
+        log.info("%s: job %s cancelled", self.worker_name, claim.job_id)
 
     def _ended_without_report(self) -> None:
-        if self.worker.stopping.is_set() and self.control.value == runner.STOP_NOW:
+        if self.stopping.is_set() and self.control.value == STOP_NOW:
             # Killed by us after the grace period: the shutdown's fault, not the job's.
             status = self._write(
                 "release",
@@ -255,7 +281,7 @@ class Attempt:
                     s, job_id=self.claim.job_id, lease_token=self.claim.lease_token
                 ),
             )
-            log.info("%s: job %s handed back (%s)", self.worker.name, self.claim.job_id, status)
+            log.info("%s: job %s handed back (%s)", self.worker_name, self.claim.job_id, status)
             return
         self._crashed()
 
@@ -288,7 +314,7 @@ class Attempt:
         )
         log.warning(
             "%s: job %s attempt %d ended: %s -> %s",
-            self.worker.name,
+            self.worker_name,
             claim.job_id,
             claim.attempts,
             message,
@@ -307,14 +333,14 @@ class Attempt:
             beat = time.monotonic() >= next_beat
             try:
                 if beat:
-                    status = self.worker.write(
+                    status = self.write(
                         "heartbeat",
                         lambda s: store.heartbeat(s, **fence, lease_seconds=settings.lease_seconds),
                         patience=settings.heartbeat_seconds,
                     )
                     next_beat = time.monotonic() + settings.heartbeat_seconds
                 else:
-                    status = self.worker.write(
+                    status = self.write(
                         "status", lambda s: store.job_status(s, **fence), patience=0
                     )
             except LostJob as exc:
@@ -322,5 +348,39 @@ class Attempt:
                     self.lost.set()
                     return
                 continue  # the database is away; the main thread's writes decide
-            if status == "cancelling" and self.control.value == runner.RUN:
-                self.control.value = runner.CANCEL
+            if status == "cancelling" and self.control.value == RUN:
+                self.control.value = CANCEL
+
+
+def prepare_worker_process() -> None:
+    """Set, before anything in this worker process can look for a GPU, what keeps it fork-safe."""
+    os.environ.setdefault(NVML_CHECK_ENV, "1")
+
+
+def check_fork_safe() -> None:
+    """Raise unless this process may fork a training process: CUDA must not be initialised in it,
+    or the child's first CUDA call fails ("Cannot re-initialize CUDA in forked subprocess") on
+    every attempt. Reads torch only if something has imported it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError(
+            "CUDA is initialised in the worker process, so the training processes it forks could "
+            "not use the GPU; the worker must leave every CUDA call to its children"
+        )
+
+
+def probe_device(device: str) -> dict[str, Any]:
+    """Resolve the device in a throwaway child (child.probe): CUDA must never be initialized in
+    the worker itself, or the training processes it forks could not use it.
+    Returns {"ok": True, "device": "cuda:0", "name": ...} or {"ok": False, "error": ...}."""
+    check_fork_safe()
+    reader, writer = child.FORK.Pipe(duplex=False)
+    prober = child.FORK.Process(target=child.probe, args=(writer, device), daemon=True)
+    prober.start()
+    writer.close()
+    try:
+        header, _ = decode(reader.recv_bytes())
+    except EOFError:
+        header = {"ok": False, "error": f"the device probe exited with code {prober.exitcode}"}
+    prober.join()
+    return header

@@ -1,42 +1,28 @@
-"""One training attempt, in a child process of the worker.
+"""The training process: one attempt, in a child the worker forks (the parent's side is
+app/queue/parent.py; what travels between them is app/queue/protocol.py).
 
 The worker forks this process per attempt, so a CUDA error, an out-of-memory kill or a crash in
 native code ends the attempt and never the worker. The child never touches the database: it
-trains and reports over a pipe, and the worker makes every (fenced) write.
-
-Messages are frames of `4-byte header length | JSON header | optional binary payload`
-(checkpoints and weights are safetensors bytes; nothing here is pickled):
-
-    {"kind": "started", "device", "precision", "device_reason"}   (training begins: where it
-                                            runs, as models.fit decided — "auto" included)
-    {"kind": "epoch", "epoch", "values"}  + models.Checkpoint bytes   (every epoch but the last)
-    {"kind": "done", "stopped": null, "last_epoch": {"epoch", "values"} | null}
-                                          + models.save_model bytes   (the last epoch rides here,
-                                            so its metrics commit with the weights and `succeeded`)
-    {"kind": "done", "stopped": "cancelled" | "shutdown"}
-    {"kind": "error", "code", "message", "retry"}
-
-The worker steers the child through one shared integer (`control`), read at every batch end —
-no database query and no syscall per batch.
+trains and reports over a pipe, and the parent makes every (fenced) write.
 
 Fault injection (tests only): when the FITSERVE_TEST_CRASH_JOB_NAME variable equals the job's
 name, the child exits at once with CRASH_EXIT_CODE, as a process killed by the kernel would — a
 real way to make a job kill its training process on every attempt; when FITSERVE_TEST_OOM_JOB_NAME
 does, its first batch raises torch.cuda.OutOfMemoryError, which travels out of models.fit as a
-GPU's would (see app/queue/launch.py).
+GPU's would.
 
 Checkpoints are made at epoch ends only: models.Trainer can checkpoint and resume at an epoch
 boundary, not within an epoch, so a crash loses at most the epoch in progress.
+
+`probe` resolves the worker's device in a throwaway child of its own (parent.probe_device), for
+the same reason: CUDA is never initialized in the worker itself.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
+import multiprocessing
 import os
 import signal
-import struct
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,40 +35,23 @@ import torch._dynamo  # noqa: F401
 from safetensors.numpy import load as st_load
 
 import models
-from app.queue.launch import CRASH_ENV, CRASH_EXIT_CODE, OOM_ENV
+from app.parent_death import die_with_parent
+from app.queue.protocol import (
+    CANCEL,
+    CRASH_ENV,
+    CRASH_EXIT_CODE,
+    OOM_ENV,
+    STOP_AT_EPOCH_END,
+    STOP_NOW,
+    AttemptInput,
+    encode,
+)
+from models.train import resolve_device
 
-# Values of the shared control word, set by the worker.
-RUN, CANCEL, STOP_AT_EPOCH_END, STOP_NOW = 0, 1, 2, 3
-_PR_SET_PDEATHSIG = 1
-_HEADER = struct.Struct(">I")
-
-
-@dataclass(frozen=True)
-class AttemptInput:
-    """Everything one attempt needs, handed over by fork (never serialized)."""
-
-    job_id: str
-    name: str | None
-    network: dict[str, Any]
-    training: dict[str, Any]
-    features: bytes  # safetensors {"x": float32 (rows, n_features)}
-    targets: bytes  # safetensors {"y": int64 (rows,) | float32 (rows, n_outputs)}
-    task: str
-    classes: list[Any] | None
-    checkpoint: bytes | None  # models.Checkpoint bytes to resume from
-    device: str  # as models.fit takes it: "auto" (placement decides per job), "cpu", "cuda:N"
-    cpu_threads: int | None  # None: torch's default
-
-
-def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    head = json.dumps(header).encode()
-    return _HEADER.pack(len(head)) + head + payload
-
-
-def decode(frame: bytes) -> tuple[dict[str, Any], bytes]:
-    (length,) = _HEADER.unpack_from(frame)
-    end = _HEADER.size + length
-    return json.loads(frame[_HEADER.size : end]), frame[end:]
+# fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
+# it per attempt). Safe because the worker never initializes CUDA and runs no thread of its own
+# while forking; the child never touches the inherited database connections.
+FORK = multiprocessing.get_context("fork")
 
 
 class _Relay(models.Callback):
@@ -131,17 +100,6 @@ class _OutOfMemoryAtFirstBatch(models.Callback):
         )
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """A worker killed with SIGKILL takes its training process with it (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the worker died before prctl took effect
-        os._exit(1)
-
-
 def _oom_message(job: AttemptInput) -> str:
     batch = job.training.get("batch_size", 32)
     if batch == "full":
@@ -157,10 +115,10 @@ def _oom_message(job: AttemptInput) -> str:
 
 
 def run_attempt(conn: Connection, control: Any, job: AttemptInput, parent_pid: int) -> None:
-    """The child's entry point: train, report, exit."""
+    """The training process's entry point: train, report, exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which steers us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent_pid)
+    die_with_parent(signal.SIGKILL, parent_pid=parent_pid)  # a killed worker takes us with it
     if job.name is not None and os.environ.get(CRASH_ENV) == job.name:
         os._exit(CRASH_EXIT_CODE)
     if job.cpu_threads:
@@ -226,3 +184,15 @@ def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str,
         result, result.network, extra={"task": job.task, "classes": job.classes}
     )
     return {"kind": "done", "stopped": None, "last_epoch": relay.last_epoch}, weights
+
+
+def probe(conn: Connection, device: str) -> None:
+    """The device probe's entry point (app/queue/parent.py: probe_device forks it)."""
+    try:
+        resolved = resolve_device(device)
+        name = str(resolved)
+        if resolved.type == "cuda":
+            name += f" ({torch.cuda.get_device_name(resolved)})"
+        conn.send_bytes(encode({"ok": True, "device": str(resolved), "name": name}))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as a startup error
+        conn.send_bytes(encode({"ok": False, "error": str(exc)}))
