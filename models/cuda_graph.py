@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from models import precision
+from models import precision, randomness
 from models.errors import StopTraining
 from models.optim import clip_gradients
 
@@ -231,7 +231,9 @@ class GraphEpochs:
         t = self.t
         n, bs = t.n_train, self.bs
         perm = (
-            torch.randperm(n, generator=t._shuffle, device=t.device) if t.config.shuffle else None
+            randomness.epoch_permutation(t._shuffle_seed, t.epoch, n, t.device)
+            if t.config.shuffle
+            else None
         )
         order = perm if perm is not None else self.arange
         self.order.copy_(order[: self.full_steps * bs])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from models.errors import SpecError
 from models.results import EpochRecord
 from models.spec import TrainingConfig
@@ -45,22 +43,6 @@ def restore(trainer: Trainer, ckpt: Checkpoint) -> None:
     trainer.stop_training = ckpt.stop_training
 
 
-def snapshot_rng(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    rng = {"torch_cpu": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def restore_rng(
-    rng: dict[str, torch.Tensor], shuffle: torch.Generator, device: torch.device
-) -> None:
-    torch.set_rng_state(rng["torch_cpu"])
-    shuffle.set_state(rng["shuffle"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
-
-
 def make_checkpoint(trainer: Trainer) -> Checkpoint:
     """The state after the trainer's last completed epoch."""
     opt_tensors, opt_values = flatten_optimizer(trainer.optimizer.state_dict())
@@ -73,7 +55,6 @@ def make_checkpoint(trainer: Trainer) -> Checkpoint:
         model_state={k: v.detach().cpu().clone() for k, v in trainer.module.state_dict().items()},
         optimizer_state={k: v.detach().cpu().clone() for k, v in opt_tensors.items()},
         optimizer_values=opt_values,
-        rng={k: v.clone() for k, v in trainer._rng.items()},
         history=[r.as_dict() for r in trainer.history],
         data=dict(trainer.data_shape),
         standardization=trainer.standardization,

@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from models import cuda_graph, placement, precision
+from models import cuda_graph, placement, precision, randomness
 from models import data as D
 from models.build import as_network, as_training, build, check_compatible, count_params
 from models.callbacks import Callback, EarlyStopping, overrides
@@ -26,7 +26,7 @@ from models.errors import SpecError, StopTraining, TrainingError
 from models.losses import make_objective
 from models.optim import clip_gradients, make_optimizer
 from models.results import EpochRecord, FitResult
-from models.resume import check_resume, make_checkpoint, restore, restore_rng, snapshot_rng
+from models.resume import check_resume, make_checkpoint, restore
 from models.spec import NetworkSpec, TrainingConfig, split_rows
 from models.weights import Checkpoint
 
@@ -165,7 +165,6 @@ class Trainer:
             EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
         )
         self._layer_names, self._norm_matrix = self._grad_norm_layout()
-        self._rng: dict[str, torch.Tensor] = {}
         self._resume = resume
         if resume is not None:
             restore(self, resume)
@@ -206,22 +205,13 @@ class Trainer:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         autocast, restore = self._precision()
         with restore, torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            self._shuffle = torch.Generator(device=self.device)
-            if self._resume is not None and "shuffle" in self._resume.rng:
-                restore_rng(self._resume.rng, self._shuffle, self.device)
-            else:
-                self._shuffle.manual_seed(self._shuffle_seed)
-                # dropout draws from the global generator of the training device; seeded directly
-                # because torch.manual_seed also queues seeds for every other backend (ms per call)
-                if self.device.type == "cuda":
-                    torch.manual_seed(self._dropout_seed)
-                else:
-                    torch.default_generator.manual_seed(self._dropout_seed)
             self._graph = cuda_graph.plan(self)  # full-batch steps replayed from a CUDA graph
             for cb in self.callbacks:
                 cb.on_train_begin(self)
             try:
                 while self.epoch < self.config.epochs and not self.stop_training:
+                    # dropout draws from the device's global generator, reseeded per epoch
+                    randomness.seed_dropout(self._dropout_seed, self.epoch, self.device)
                     self._run_epoch(autocast)
             except StopTraining:
                 self.stop_training = True
@@ -265,7 +255,7 @@ class Trainer:
         clip = self.config.clipnorm or self.config.global_clipnorm or self.config.clipvalue
         hooks = self._batch_hooks
         perm = (
-            torch.randperm(n, generator=self._shuffle, device=self.device)
+            randomness.epoch_permutation(self._shuffle_seed, self.epoch, n, self.device)
             if self.config.shuffle
             else None
         )
@@ -389,7 +379,6 @@ class Trainer:
             epoch, record.as_dict(), self.module
         ):
             self.stop_training = True
-        self._rng = snapshot_rng(self._shuffle, self.device)
         for cb in self.callbacks:
             try:
                 cb.on_epoch_end(self, record)

@@ -1,8 +1,10 @@
 """Weights and checkpoints as safetensors bytes with JSON metadata — never pickle.
 
-Layout: tensors under prefixes (`model/`, `optimizer/<param>/<key>`, `rng/`, `best/`,
-`standardization/`), and one metadata entry "fitserve" holding JSON: the format, the network spec
-(so the network can be rebuilt from the bytes alone) and whatever else isn't a tensor.
+Layout: tensors under prefixes (`model/`, `optimizer/<param>/<key>`, `best/`, `standardization/`),
+and one metadata entry "fitserve" holding JSON: the format, the network spec (so the network can
+be rebuilt from the bytes alone) and whatever else isn't a tensor. A checkpoint holds no random
+generator state (models/randomness.py derives each epoch's from the seed), so it resumes on any
+device; the `rng/` tensors of checkpoints written before that are ignored.
 """
 
 from __future__ import annotations
@@ -163,7 +165,6 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, torch.Tensor]
     optimizer_values: dict[str, Any]
-    rng: dict[str, torch.Tensor]  # uint8 generator states
     history: list[dict[str, Any]]
     data: dict[str, int]  # rows, n_features: resuming on other data is refused
     standardization: Standardization | None = None
@@ -175,7 +176,6 @@ class Checkpoint:
     def to_bytes(self) -> bytes:
         tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in self.model_state.items()}
         tensors.update({f"optimizer/{k}": v for k, v in self.optimizer_state.items()})
-        tensors.update({f"rng/{k}": v for k, v in self.rng.items()})
         if self.best_weights is not None:
             tensors.update({f"best/{k}": v for k, v in self.best_weights.items()})
         if self.standardization is not None:
@@ -209,7 +209,6 @@ class Checkpoint:
                 model_state=_prefixed(tensors, "model/"),
                 optimizer_state=_prefixed(tensors, "optimizer/"),
                 optimizer_values=dict(meta["optimizer_values"]),
-                rng=_prefixed(tensors, "rng/"),
                 history=list(meta["history"]),
                 data={k: int(v) for k, v in meta["data"].items()},
                 standardization=Standardization.from_tensors(tensors),

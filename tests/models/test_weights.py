@@ -139,11 +139,8 @@ def test_checkpoint_carries_its_spec_and_no_pickle(blobs: tuple[np.ndarray, np.n
     header = json.loads(crash.saved[8 : 8 + header_len])
     meta = json.loads(header["__metadata__"]["fitserve"])
     assert meta["format"] == "fitserve.checkpoint/1" and meta["epoch"] == 2
-    assert any(
-        k.startswith("rng/") and v["dtype"] == "U8"
-        for k, v in header.items()
-        if k != "__metadata__"
-    )
+    # no generator state: it would tie the checkpoint to the device type that wrote it
+    assert not [k for k in header if k.startswith("rng/")]
     assert b"\x80\x04" not in crash.saved[:16]  # no pickle protocol header
     module = Checkpoint.from_bytes(crash.saved).build_module()
     for a, b in zip(
