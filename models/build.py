@@ -14,6 +14,7 @@ from models.errors import SpecError
 from models.spec import (
     Activation,
     BatchNormalization,
+    CategoryEncoding,
     Dense,
     Dropout,
     LayerNormalization,
@@ -94,6 +95,8 @@ def build(network: NetworkSpec | dict[str, Any], *, seed: int | None = None) -> 
             module = L.BatchNormalization(width, momentum=layer.momentum, epsilon=layer.epsilon)
         elif isinstance(layer, LayerNormalization):
             module = L.LayerNormalization(width, eps=layer.epsilon)
+        elif isinstance(layer, CategoryEncoding):
+            module = L.CategoryEncoding(layer.num_tokens, layer.output_mode)
         else:  # pragma: no cover - the discriminated union admits nothing else
             raise SpecError(f"unsupported layer type {layer.type!r}", loc=("layers", i))
         modules.append((name, module))
@@ -177,15 +180,40 @@ def check_compatible(
     training: TrainingConfig | dict[str, Any],
     *,
     task: Task,
-    n_features: int,
+    n_features: int | None,
     n_outputs: int | None = None,
     n_classes: int | None = None,
     rows: int,
 ) -> None:
-    """Raise SpecError when the spec can't train on data of this shape; the message says the fix."""
+    """Raise SpecError when the spec can't train on data of this shape; the message says the fix.
+
+    `n_features` None means token lists (a `sequences` dataset): the network must start with a
+    category_encoding layer, and only then."""
     net, cfg = as_network(network), as_training(training)
     out_loc = ("network", "layers", len(net.layers) - 1)
-    if net.input_dim != n_features:
+    if n_features is None:
+        if net.encoding is None:
+            raise SpecError(
+                "the dataset holds token lists (sequences) but the first layer is a "
+                f"{net.layers[0].type} layer, which reads feature vectors; start the network with "
+                '{"type": "category_encoding", "num_tokens": N, "output_mode": "multi_hot"} '
+                "(N above the largest token id)",
+                loc=("network", "layers", 0),
+            )
+        if cfg.standardize:
+            raise SpecError(
+                "standardize applies to feature columns; a token-list dataset is encoded by the "
+                "category_encoding layer: set standardize to false",
+                loc=("training", "standardize"),
+            )
+    elif net.encoding is not None:
+        raise SpecError(
+            "the first layer is category_encoding, which reads token lists, but the dataset has "
+            f"{n_features} feature columns; upload the documents as sequences, or replace the "
+            f"layer with input_dim: {n_features} on the first dense layer",
+            loc=("network", "layers", 0),
+        )
+    elif net.input_dim != n_features:
         raise SpecError(
             f"the first layer expects {net.input_dim} inputs, "
             f"the dataset has {n_features} features; "

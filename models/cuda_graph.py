@@ -8,7 +8,9 @@ and replayed with a single launch per step (torch docs, "CUDA Graphs: whole-netw
 How it stays the same training as the eager loop in models/train.py:
 
 - Shapes are static: every full batch replays the graph; the epoch's last partial batch (if any)
-  runs eagerly through the same `_step` function.
+  runs eagerly through the same `_step` function. Token lists (a category_encoding network) are
+  gathered into a (batch, longest document) id matrix padded with -1, the same shape every step,
+  and encoded into the graph's fixed (batch, num_tokens) buffer by the network's first layer.
 - The batch is gathered inside the graph from a device copy of the epoch's permutation, indexed
   by a device step counter the graph advances itself: no host work per step but the replay.
 - Dropout draws from the default CUDA generator, which torch registers with every capture: each
@@ -36,6 +38,7 @@ import torch
 from models import precision, randomness
 from models.errors import StopTraining
 from models.optim import clip_gradients
+from models.tokens import TokenLists, token_width
 
 if TYPE_CHECKING:
     from models.train import Trainer
@@ -82,6 +85,12 @@ def eligibility(trainer: Trainer, *, require_cuda: bool = True) -> str | None:
     if isinstance(opt, torch.optim.Adagrad) and not all(g.get("fused") for g in opt.param_groups):
         return "Adagrad steps under capture only with its fused kernel"
     bs = trainer._batch_size()
+    x = trainer._train[0]
+    if isinstance(x, TokenLists) and token_width(x) > trainer.network.input_dim:
+        return (
+            "a document is longer than num_tokens: its padded batch would be larger than the "
+            "encoded one"
+        )
     full_per_epoch = trainer.n_train // bs if bs else 0
     remaining_epochs = max(0, trainer.config.epochs - trainer.epoch)
     total = full_per_epoch * remaining_epochs
@@ -110,6 +119,9 @@ class GraphEpochs:
         self.order = torch.empty(self.full_steps * self.bs, dtype=torch.int64, device=dev)
         self.counter = torch.zeros(1, dtype=torch.int64, device=dev)
         self.arange = torch.arange(trainer.n_train, device=dev)
+        x = trainer._train[0]
+        # every batch padded to the longest document: a static shape the graph can replay
+        self.token_width = token_width(x) if isinstance(x, TokenLists) else None
         self.graph: Any = None  # torch.cuda.CUDAGraph once captured
         self.warm = 0  # eager full-batch steps run so far (warm-up before capture)
         self.lrs: list[float] = []
@@ -125,7 +137,12 @@ class GraphEpochs:
         t = self.t
         module, opt, objective = t.module, t.optimizer, t.objective
         x, target, labels = t._train
-        xb, tb = x.index_select(0, idx), target.index_select(0, idx)
+        xb = (
+            x.padded(idx, width=self.token_width)
+            if isinstance(x, TokenLists)
+            else x.index_select(0, idx)
+        )
+        tb = target.index_select(0, idx)
         lb = tb if labels is target else labels.index_select(0, idx)
         fwd = module.logits if objective.from_logits else module
         with self.autocast:

@@ -13,6 +13,7 @@ from models.keras_objects import DEFAULT_ALPHA, INITIALIZER_CLASS, KERAS_INITIAL
 from models.spec import (
     Activation,
     BatchNormalization,
+    CategoryEncoding,
     Dense,
     Dropout,
     LayerNormalization,
@@ -81,13 +82,21 @@ def to_keras_config(
     spec = network if isinstance(network, NetworkSpec) else NetworkSpec.model_validate(network)
     width = spec.input_dim
     taken = set(spec.layer_names())
+    # a category_encoding network reads integer token ids: (batch, length) documents, or
+    # (batch, 1) for one_hot, as keras.Input((None,), dtype="int64")
+    encoding = spec.encoding
+    input_shape: list[int | None] = (
+        [None, width]
+        if encoding is None
+        else [None, 1 if encoding.output_mode == "one_hot" else None]
+    )
     layers: list[dict[str, Any]] = [
         _obj(
             "keras.layers",
             "InputLayer",
             {
-                "batch_shape": [None, width],
-                "dtype": "float32",
+                "batch_shape": input_shape,
+                "dtype": "float32" if encoding is None else "int64",
                 "sparse": False,
                 "ragged": False,
                 "name": "input_layer",
@@ -149,12 +158,13 @@ def to_keras_config(
                 "beta_constraint": None, "gamma_constraint": None,
             }  # fmt: skip
             layers.append(_layer("LayerNormalization", config, width))
+        elif isinstance(layer, CategoryEncoding):
+            config = {**_base(layer_name), "num_tokens": layer.num_tokens,
+                      "output_mode": layer.output_mode, "sparse": False}  # fmt: skip
+            layers.append(_layer("CategoryEncoding", config, None))
     body = {"name": name, "trainable": True, "dtype": _FLOAT32, "layers": layers,
-            "build_input_shape": [None, spec.input_dim]}  # fmt: skip
-    return {
-        **_obj("keras", "Sequential", body),
-        "build_config": {"input_shape": [None, spec.input_dim]},
-    }
+            "build_input_shape": input_shape}  # fmt: skip
+    return {**_obj("keras", "Sequential", body), "build_config": {"input_shape": input_shape}}
 
 
 def to_keras_json(network: NetworkSpec | dict[str, Any], *, name: str = "sequential") -> str:

@@ -44,6 +44,7 @@ SUPPORTED_LAYERS = (
     "ReLU",
     "ELU",
     "Softmax",
+    "CategoryEncoding",
 )
 _LAYER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -70,7 +71,11 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         raise SpecError("the Sequential config has no layers list", loc=("config", "layers"))
     keras2 = str(config.get("keras_version", "")).startswith(("1.", "2."))
 
-    input_dim = _input_width(config, body if isinstance(body, dict) else {}, layers)
+    input_dim = (
+        None
+        if _starts_with_encoding(layers)
+        else _input_width(config, body if isinstance(body, dict) else {}, layers)
+    )
     specs: list[dict[str, Any]] = []
     for i, entry in enumerate(layers):
         loc: Loc = ("config", "layers", i)
@@ -95,7 +100,8 @@ def from_keras_json(source: str | bytes | dict[str, Any]) -> NetworkSpec:
         raise SpecError(
             "the Sequential model has no layers after its input", loc=("config", "layers")
         )
-    specs[0]["input_dim"] = input_dim
+    if input_dim is not None:
+        specs[0]["input_dim"] = input_dim
     try:
         return NetworkSpec.model_validate({"layers": specs})
     except ValidationError as exc:
@@ -149,6 +155,16 @@ def _input_width(config: dict[str, Any], body: dict[str, Any], layers: list[Any]
         "keras.Input((n,)) as its first layer before calling to_json()",
         loc=("config", "layers", 0),
     )
+
+
+def _starts_with_encoding(layers: list[Any]) -> bool:
+    """True when the first layer after the input is CategoryEncoding: the model reads token ids
+    (keras.Input((None,), dtype="int64")), so there is no feature width to read."""
+    for entry in layers:
+        name = class_name(entry.get("class_name")) if isinstance(entry, dict) else None
+        if name != "InputLayer":
+            return name == "CategoryEncoding"
+    return False
 
 
 def _is_int(v: Any) -> bool:
@@ -343,6 +359,29 @@ def _layer_normalization(options: dict[str, Any], loc: Loc, keras2: bool) -> dic
     return {"type": "layer_normalization", "epsilon": _number(options, "epsilon", 1e-3, loc)}
 
 
+def _category_encoding(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
+    num_tokens = options.pop("num_tokens", None)
+    if not _is_int(num_tokens):
+        raise SpecError("CategoryEncoding needs integer num_tokens", loc=(*loc, "num_tokens"))
+    mode = options.pop("output_mode", "multi_hot")
+    mode = "multi_hot" if mode == "binary" else mode  # Keras' deprecated name for multi_hot
+    if mode not in ("multi_hot", "count", "one_hot"):
+        raise SpecError(
+            f"CategoryEncoding output_mode {mode!r} is not supported; use multi_hot, count or "
+            "one_hot",
+            loc=(*loc, "output_mode"),
+        )
+    _require(
+        options,
+        "sparse",
+        False,
+        "CategoryEncoding",
+        loc,
+        "fitserve encodes each batch into a dense vector",
+    )
+    return {"type": "category_encoding", "num_tokens": num_tokens, "output_mode": mode}
+
+
 _CONVERTERS = {
     "Dense": _dense,
     "Dropout": _dropout,
@@ -353,4 +392,5 @@ _CONVERTERS = {
     "ReLU": _relu,
     "ELU": _elu,
     "Softmax": _softmax,
+    "CategoryEncoding": _category_encoding,
 }

@@ -155,6 +155,31 @@ class Dense(nn.Module):
         return f"inputs={inputs}, units={units}, bias={self.bias is not None}"
 
 
+class CategoryEncoding(nn.Module):
+    """Keras CategoryEncoding on padded token ids: (batch, length) int64 -> (batch, num_tokens).
+
+    Documents arrive padded to a common length with -1 (models/tokens.py builds the batch); a
+    padding slot adds nothing. count adds a 1 per occurrence; multi_hot clips those counts at 1;
+    one_hot is multi_hot over a single id per row. No parameters, no gradient. Written with
+    scatter_add and clamp only, so it exports to ONNX (ScatterElements, opset 16+) as it trains.
+    """
+
+    def __init__(self, num_tokens: int, output_mode: str) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.output_mode = output_mode
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        marks = (ids >= 0).to(torch.float32)  # (batch, length): 0 on padding
+        slots = ids.clamp(min=0)  # padding lands on id 0 with a mark of 0: no effect
+        counts = marks.new_zeros((ids.shape[0], self.num_tokens))  # (batch, num_tokens)
+        counts = counts.scatter_add(1, slots, marks)
+        return counts if self.output_mode == "count" else counts.clamp(max=1.0)
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, output_mode={self.output_mode}"
+
+
 class BatchNormalization(nn.Module):
     """Keras BatchNormalization for (batch, features).
 

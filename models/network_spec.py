@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_LAYERS = 100
 MAX_UNITS = 65_536
 MAX_INPUT_DIM = 1_000_000
+# A category_encoding layer's vocabulary: its dense output is batch x num_tokens floats on the
+# training device (512 x 1M is 2 GB), so the vocabulary is bounded like a feature count.
+MAX_NUM_TOKENS = 1_000_000
 # 100M float32 parameters is 400 MB of weights (x4 with Adam state): far beyond any MLP a request
 # should carry, small enough that one job can't exhaust a worker.
 MAX_PARAMS = 100_000_000
@@ -214,8 +217,42 @@ class LayerNormalization(_LayerBase):
     )
 
 
+class CategoryEncoding(StrictModel):
+    """Keras `CategoryEncoding`: a document of token ids -> a (num_tokens,) vector.
+
+    Only as the first layer: it turns each row of a token-list dataset (or prediction) into the
+    dense vector the next layer reads, batch by batch on the training device. `multi_hot` puts a 1
+    at every id present, `count` the number of times it occurs, `one_hot` a 1 at the row's single
+    id (one id per row, as Keras' one_hot of a (batch, 1) input). Ids must lie in
+    0..num_tokens-1; an empty document is the all-zero vector (multi_hot, count), as in Keras.
+    No parameters.
+    """
+
+    type: Literal["category_encoding"] = Field(description="Layer type.")
+    name: str | None = Field(
+        None,
+        pattern=_LAYER_NAME,
+        description="Layer name; default as Keras: category_encoding, ... (unique).",
+    )
+    num_tokens: int = Field(
+        ge=1,
+        le=MAX_NUM_TOKENS,
+        description=f"Vocabulary size: token ids run 0..num_tokens-1 (at most {MAX_NUM_TOKENS:,}).",
+        examples=[10000],
+    )
+    output_mode: Literal["multi_hot", "count", "one_hot"] = Field(
+        "multi_hot",
+        description="multi_hot: 1 for each id present; count: occurrences of each id; one_hot: "
+        "exactly one id per row. Keras' names and default.",
+    )
+
+    @property
+    def declared_input(self) -> int | None:
+        return None  # token lists of any length; the width it outputs is num_tokens
+
+
 Layer = Annotated[
-    Dense | Dropout | Activation | BatchNormalization | LayerNormalization,
+    Dense | Dropout | Activation | BatchNormalization | LayerNormalization | CategoryEncoding,
     Field(discriminator="type"),
 ]
 
@@ -241,7 +278,14 @@ class NetworkSpec(StrictModel):
 
     @model_validator(mode="after")
     def _shapes(self) -> NetworkSpec:
-        first = self.layers[0].declared_input
+        for i, layer in enumerate(self.layers[1:], start=1):
+            if isinstance(layer, CategoryEncoding):
+                raise ValueError(
+                    f"layers[{i}] is a category_encoding layer; it encodes token ids and can only "
+                    "be the first layer"
+                )
+        encoding = self.encoding
+        first = encoding.num_tokens if encoding is not None else self.layers[0].declared_input
         if first is None:
             raise ValueError(
                 "the first layer needs input_dim (or input_shape: [n]): the number of features, "
@@ -280,8 +324,17 @@ class NetworkSpec(StrictModel):
         return self
 
     @property
+    def encoding(self) -> CategoryEncoding | None:
+        """The first layer when it encodes token ids: the network then reads token lists."""
+        first = self.layers[0]
+        return first if isinstance(first, CategoryEncoding) else None
+
+    @property
     def input_dim(self) -> int:
-        dim = self.layers[0].declared_input
+        """The width of the vector the first dense-style layer reads: the declared input, or
+        num_tokens after a category_encoding layer (whose own input is token lists)."""
+        encoding = self.encoding
+        dim = encoding.num_tokens if encoding is not None else self.layers[0].declared_input
         assert dim is not None  # checked by the validator
         return dim
 

@@ -32,6 +32,7 @@ PROBE_MAX_FLOPS = 2e8
 _SINGLE_THREAD_FLOPS = 1 << 23
 _PROBE_SECONDS = 0.05  # wall-clock budget of the probe
 _PROBE_MAX_STEPS = 20
+_PROBE_DOCUMENT_TOKENS = 128  # ids per probe document for a category_encoding network
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,14 @@ def probe_cpu_step(
     module = build(network, seed=0)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(training.optimizer_config, params, torch.device("cpu"))
-    xb = torch.randn(batch_size, n_features, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    encoding = network.encoding
+    xb = (
+        # documents of _PROBE_DOCUMENT_TOKENS ids: the encoding's cost is the dense batch it fills
+        torch.randint(0, encoding.num_tokens, (batch_size, _PROBE_DOCUMENT_TOKENS), generator=g)
+        if encoding is not None
+        else torch.randn(batch_size, n_features, generator=g)
+    )
     previous = torch.get_num_threads()
     times: list[float] = []
     # dropout in the probe draws from the global generator: leave the caller's stream untouched

@@ -9,6 +9,7 @@ import torch
 
 from models import data as D
 from models.spec import NetworkSpec
+from models.tokens import TokenLists, as_tokens, batch_rows
 from models.weights import load_model
 
 _CHUNK_ELEMENTS = 1 << 22  # rows * features per forward pass: bounds memory for huge requests
@@ -36,7 +37,13 @@ class Predictor:
 
     @property
     def n_features(self) -> int:
+        """Features per input row; for a token model, num_tokens (the encoded width)."""
         return self.network.input_dim
+
+    @property
+    def takes_tokens(self) -> bool:
+        """True when the first layer is category_encoding: inputs are lists of token ids."""
+        return self.network.encoding is not None
 
     @property
     def n_parameters(self) -> int:
@@ -49,25 +56,35 @@ class Predictor:
     def predict(self, x: Any, *, chunk_rows: int | None = None) -> np.ndarray:
         """(rows, n_features) -> float32 (rows, outputs); probabilities for softmax/sigmoid.
 
-        Rows go through the network `chunk_rows` at a time (default: ~4M input values a chunk)."""
-        xt = D.features(x, n_features=self.n_features)
+        A token model (`takes_tokens`) takes lists of token ids (or `TokenLists`) instead, checked
+        against its category_encoding layer. Rows go through the network `chunk_rows` at a time
+        (default: ~4M encoded input values a chunk)."""
+        xt: torch.Tensor | TokenLists = (
+            as_tokens(x, self.network)
+            if self.takes_tokens
+            else D.features(x, n_features=self.n_features)
+        )
         chunk = chunk_rows or max(1, _CHUNK_ELEMENTS // self.n_features)
-        if xt.shape[0] == 0:
+        rows = xt.rows if isinstance(xt, TokenLists) else xt.shape[0]
+        if rows == 0:
             return np.zeros((0, self.n_outputs), dtype=np.float32)
         threads = torch.get_num_threads()
-        small = self.device.type == "cpu" and 2 * self._params * xt.shape[0] < _SINGLE_THREAD_FLOPS
+        small = self.device.type == "cpu" and 2 * self._params * rows < _SINGLE_THREAD_FLOPS
         if small and threads != 1:
             torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                outs = [self._forward(xt[i : i + chunk]) for i in range(0, xt.shape[0], chunk)]
+                outs = [
+                    self._forward(batch_rows(xt, slice(i, i + chunk)))
+                    for i in range(0, rows, chunk)
+                ]
         finally:
             if small and threads != 1:
                 torch.set_num_threads(threads)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One chunk of CPU float32 rows -> CPU float32 outputs."""
+        """One chunk of CPU float32 rows (or padded token ids) -> CPU float32 outputs."""
         if self.device.type != "cpu":
             x = x.to(self.device)
         if self.standardization is not None:

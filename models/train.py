@@ -28,6 +28,7 @@ from models.optim import clip_gradients, make_optimizer
 from models.results import EpochRecord, FitResult
 from models.resume import check_resume, make_checkpoint, restore
 from models.spec import NetworkSpec, TrainingConfig, split_rows
+from models.tokens import TokenLists, as_tokens, batch_rows
 from models.weights import Checkpoint
 
 _EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: bounds its memory
@@ -89,9 +90,15 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps this run
 
-        xt = D.features(x, n_features=None)
-        yt = D.targets(y, xt.shape[0])
-        rows = xt.shape[0]
+        # token lists (a category_encoding network) stay values + offsets; features a matrix
+        xt: torch.Tensor | TokenLists = (
+            as_tokens(x, self.network)
+            if self.network.encoding is not None
+            else D.features(x, n_features=None)
+        )
+        rows = xt.rows if isinstance(xt, TokenLists) else xt.shape[0]
+        n_features = None if isinstance(xt, TokenLists) else xt.shape[1]
+        yt = D.targets(y, rows)
         units = self.network.output_units
         n_classes = D.target_classes(yt, loss=self.config.loss, output_units=units)
         classification = n_classes is not None
@@ -99,7 +106,7 @@ class Trainer:
             self.network,
             self.config,
             task="classification" if classification else "regression",
-            n_features=xt.shape[1],
+            n_features=n_features,
             n_outputs=None if classification else yt.shape[1],
             n_classes=n_classes,
             rows=rows,
@@ -113,7 +120,7 @@ class Trainer:
         n_train = (
             split_rows(rows, self.config.validation_split) if self.config.validation_split else rows
         )
-        self.data_shape = {"rows": rows, "n_features": xt.shape[1]}
+        self.data_shape = {"rows": rows, "n_features": n_features or self.network.input_dim}
         self.step_mode = "eager"
         self.precision: str | None = None  # observed from the first epoch's steps
         self._graph: cuda_graph.GraphEpochs | None = None
@@ -123,7 +130,7 @@ class Trainer:
             where = placement.choose(
                 self.network,
                 self.config,
-                n_features=xt.shape[1],
+                n_features=self.network.input_dim,
                 n_train=n_train,
                 batch_size=n_train if batch == "full" else min(int(batch), max(n_train, 1)),
                 epochs=self.config.epochs,
@@ -143,17 +150,24 @@ class Trainer:
                 else int(np.random.SeedSequence().generate_state(1)[0])
             )
             self.standardization = (
-                D.Standardization.fit(xt[:n_train]) if self.config.standardize else None
+                D.Standardization.fit(xt[:n_train])
+                if self.config.standardize and isinstance(xt, torch.Tensor)
+                else None
             )
         init_seed, self._shuffle_seed, self._dropout_seed = _derive_seeds(self.seed)
 
         dev = self.device
         xt = xt.to(dev)
-        if self.standardization is not None:
+        if self.standardization is not None and isinstance(xt, torch.Tensor):
             xt = self.standardization.apply(xt)
         target, labels = self.objective.prepare(yt.to(dev))
-        self._train = (xt[:n_train], target[:n_train], labels[:n_train])
-        self._val = (xt[n_train:], target[n_train:], labels[n_train:]) if n_train < rows else None
+        x_train, x_val = (
+            (xt.take(0, n_train), xt.take(n_train, rows))
+            if isinstance(xt, TokenLists)
+            else (xt[:n_train], xt[n_train:])
+        )
+        self._train = (x_train, target[:n_train], labels[:n_train])
+        self._val = (x_val, target[n_train:], labels[n_train:]) if n_train < rows else None
         self.n_train = n_train
 
         self.module = build(self.network, seed=init_seed)
@@ -266,9 +280,9 @@ class Trainer:
         for start in range(0, n, bs):
             if perm is not None:
                 idx = perm[start : start + bs]
-                xb, tb = x[idx], target[idx]
+                xb, tb = batch_rows(x, idx), target[idx]
             else:
-                xb, tb = x[start : start + bs], target[start : start + bs]
+                xb, tb = batch_rows(x, slice(start, start + bs)), target[start : start + bs]
             with autocast:
                 out = fwd(xb)
                 loss = objective.loss(out, tb)
@@ -318,13 +332,13 @@ class Trainer:
         module.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        chunk = max(1, _EVAL_CHUNK_ELEMENTS // max(1, x.shape[1]))
-        for start in range(0, x.shape[0], chunk):
-            out = fwd(x[start : start + chunk])
+        chunk = max(1, _EVAL_CHUNK_ELEMENTS // self.network.input_dim)
+        rows = x.rows if isinstance(x, TokenLists) else x.shape[0]
+        for start in range(0, rows, chunk):
+            out = fwd(batch_rows(x, slice(start, start + chunk)))
             tb, lb = target[start : start + chunk], labels[start : start + chunk]
             loss_sum.add_(objective.loss(out.float(), tb), alpha=out.shape[0])
             metric_sum.add_(objective.metric_sum(out.float(), tb, lb))
-        rows = x.shape[0]
         loss = loss_sum / rows
         if module.has_penalty:  # Keras adds the regularization losses to val_loss too
             loss = loss + module.penalty()

@@ -234,3 +234,25 @@ def test_a_capture_failure_falls_back_to_eager_training(iris: Any, graphs: Any) 
     result = trainer.run()
     assert result.step_mode.startswith("eager: CUDA graph capture failed"), result.step_mode
     assert len(result.history) == 4 and np.isfinite(result.history[-1].loss)
+
+
+def test_token_lists_take_the_graph_path_with_a_fixed_batch_and_train_as_eagerly(
+    graphs: Any,
+) -> None:
+    # documents of uneven length (some empty): every graph step gathers a (batch, longest) id
+    # matrix padded with -1 and encodes it into the same (batch, num_tokens) buffer
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 150)
+    docs = [rng.integers(0, 30, int(rng.integers(0, 9))).tolist() for _ in y]
+    network = {"layers": [{"type": "category_encoding", "num_tokens": 40, "output_mode": "count"},
+                          *DROPOUT_NET["layers"][1:]]}  # fmt: skip
+    training = {"loss": "sparse_categorical_crossentropy", "seed": 3, "optimizer": "rmsprop",
+                "batch_size": 16, "epochs": 6, "validation_split": 0.2}  # fmt: skip
+    graphs("0")
+    eager = models.fit(network, training, docs, y, device="cpu")
+    graphs("emulate")
+    trainer = Trainer(network, training, docs, y, device="cpu")
+    graphed = trainer.run()
+    assert graphed.step_mode == "cuda_graph (emulated)"
+    assert trainer._graph is not None and trainer._graph.token_width == max(map(len, docs[:120]))
+    _same_training(eager, graphed)
