@@ -2,6 +2,7 @@
 
     Exception
     └── FitserveError               status 400, code "bad_request"; base of everything a user sees
+        ├── BadRequest              400 "bad_request"       malformed (an OIP inference request)
         ├── Unauthorized            401 "unauthorized"      no key, a malformed or unknown key
         ├── NotFound                404 "not_found"         doesn't exist, or belongs to another key
         ├── Conflict                409 "conflict"          the row's state forbids it (cancel a
@@ -44,6 +45,10 @@ class FitserveError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers
+
+
+class BadRequest(FitserveError):
+    """The request can't be read as what the route takes (OIP's status for a bad request)."""
 
 
 class Unauthorized(FitserveError):
@@ -245,11 +250,14 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
         "ErrorResponse",
         ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"),
     )
-    for item in schema.get("paths", {}).values():
+    for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
+            if path == "/v2" or path.startswith("/v2/"):
+                _document_oip_errors(responses, components, body="requestBody" in operation)
+                continue
             for response in responses.values():
                 media = response.get("content", {}).get("application/json", {})
                 if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
@@ -274,6 +282,38 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
         if f'/{unused}"' not in text:
             components.pop(unused, None)
     return schema
+
+
+def _document_oip_errors(
+    responses: dict[str, Any], components: dict[str, Any], *, body: bool
+) -> None:
+    """/v2 answers its errors as OIP's {"error": message}, and 400 where /v1 says 422
+    (app/api/v2.py's OipErrorMiddleware)."""
+    from app.services.oip import InferenceRequest, InferenceResponse, OipError
+
+    # the infer routes read their body and write their answer themselves (JSON or binary)
+    for model in (OipError, InferenceRequest, InferenceResponse):
+        document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(document.pop("$defs", {}))
+        components.setdefault(model.__name__, document)
+    oip_ref = {"$ref": "#/components/schemas/OipError"}
+
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": oip_ref}}}
+
+    responses.pop("422", None)
+    for response in responses.values():
+        media = response.get("content", {}).get("application/json", {})
+        if (
+            media.get("schema", {})
+            .get("$ref", "")
+            .endswith(("/ErrorResponse", "/HTTPValidationError"))
+        ):
+            media["schema"] = oip_ref
+    responses.setdefault("400", error("The request is invalid; the message says what to fix."))
+    if body:
+        responses.setdefault("413", error("The body is larger than FITSERVE_MAX_BODY_BYTES."))
+    responses.setdefault("503", error("The database is not answering."))
 
 
 def _document_errors(app: FastAPI) -> None:

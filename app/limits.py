@@ -170,6 +170,16 @@ def is_json_media_type(value: bytes) -> bool:
     )
 
 
+def _json_part(scope: Scope, body: bytes) -> bytes:
+    """The JSON of a body: all of it, or the header before the binary tensors of an OIP request
+    (Inference-Header-Content-Length; a malformed length is /v2's to refuse)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"inference-header-content-length":
+            text = value.decode("latin-1").strip()
+            return body[: int(text)] if text.isdigit() and int(text) <= len(body) else b""
+    return body
+
+
 def _content_length(scope: Scope) -> int | None | str:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -261,7 +271,7 @@ class RequestLimitsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = body_problem(body)
+        problem = body_problem(_json_part(scope, body))
         if problem is not None:
             detail, loc = problem
             # The shape of FastAPI's validation errors in app/errors.py: a client parses one thing.

@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     from app.api import datasets, health, jobs, models, networks
+    from app.api.v2 import OipErrorMiddleware
 
     app = FastAPI(
         title="fitserve",
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if app.state.settings.fast_predict:
         app.add_middleware(FastPredictMiddleware)
     app.add_middleware(RequestLimitsMiddleware)
+    app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
     for module in (health, datasets, networks, jobs, models):
         app.include_router(module.router)
     _install_extras(app)

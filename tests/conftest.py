@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
+import uvicorn
 
 from app.config import Settings
 from app.db import upgrade_head
@@ -227,3 +232,53 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Runs the test once on SQLite and once on Postgres (or, parametrized indirectly with
     "throwaway_postgres", on a server of the test's own)."""
     return request.getfixturevalue(_DATABASE_FIXTURES[request.param])
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database shared by one module's tests, on SQLite and again on Postgres.
+    The tests that share it check row-count differences, never absolute counts."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('module')}/fitserve.db"
+        upgrade_head(url)
+        yield url
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"fitserve_module_{uuid.uuid4().hex[:12]}"
+    _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+    yield Settings(database_url=_with_database(POSTGRES_URL, name)).database_url
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Callable[[Any], AbstractContextManager[str]]:
+    """`with live_server(app) as url:` serves app over real HTTP for the block."""
+    return serve

@@ -14,7 +14,7 @@ from app.schemas import ErrorResponse, Health
 router = APIRouter(tags=["health"])
 
 
-def _version() -> str:
+def server_version() -> str:
     try:
         return version("fitserve")
     except PackageNotFoundError:
@@ -36,4 +36,4 @@ def health(request: Request) -> Health:
         raise ServiceUnavailable(
             "the database is not answering; check FITSERVE_DATABASE_URL and that the database is up"
         ) from None
-    return Health(status="ok", database=engine.dialect.name, version=_version())
+    return Health(status="ok", database=engine.dialect.name, version=server_version())

@@ -1,113 +1,294 @@
-"""/v2/models/{id}: the Open Inference Protocol V2 (REST) beside /v1's JSON predict.
+"""/v2: the Open Inference Protocol V2 (REST) beside /v1's JSON predict.
 
-Errors carry the protocol's "error" message next to fitserve's usual {"detail", "code"}, so OIP
-clients (tritonclient, KServe's) show the message too.
+Server metadata and health, model metadata and readiness, and inference, each plain and under
+/versions/{version}; inference bodies in JSON or with the binary tensor data extension, read as
+JSON when they come without a Content-Type (as tritonclient sends them). Every /v2 error is the
+protocol's `{"error": message}` (OipErrorMiddleware), with 400 where /v1 would say 422.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+import orjson
+from fastapi import APIRouter, Depends, Header, Request, Response
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, SettingsDep
+from app.api.health import server_version
 from app.auth import OwnerDep
-from app.errors import FitserveError
-from app.schemas import UNAUTHORIZED, ErrorResponse
+from app.config import Settings
+from app.errors import BadRequest
+from app.inference import ModelCache
+from app.limits import ASGIApp, Message, Receive, Scope, Send
+from app.oip_tensors import HEADER_LENGTH
 from app.services import oip as service
 
-
-class _OipRoute(APIRoute):
-    """Runs the app's own error handler, then adds OIP's "error" key to its body."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (FitserveError, RequestValidationError) as exc:
-                response = await _app_handler(request, exc)
-                body = json.loads(bytes(response.body))
-                headers = {
-                    k: v for k, v in response.headers.items() if k.lower() != "content-length"
-                }
-                return JSONResponse(
-                    {"error": body.get("detail"), **body},
-                    status_code=response.status_code,
-                    headers=headers,
-                )
-
-        return route
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 
-async def _app_handler(request: Request, exc: Exception) -> Any:
-    handlers = request.app.exception_handlers
-    for cls in type(exc).__mro__:
-        if cls in handlers:
-            return await handlers[cls](request, exc)
-    raise exc
+def _error(description: str) -> dict[str, Any]:
+    return {"model": service.OipError, "description": description}
 
 
-router = APIRouter(prefix="/v2/models", tags=["open inference protocol"], route_class=_OipRoute)
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    **UNAUTHORIZED,
-    404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
+_EMPTY: dict[str, Any] = {"content": {}}
+_MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("No or unknown API key."),
+    404: _error("No such model or version (or not yours)."),
 }
 
 
-@router.get(
-    "/{model_id}",
-    response_model=service.ModelMetadata,
-    summary="OIP model metadata: input and output tensors",
-    responses=_ERRORS,
-)
-def model_metadata(
-    model_id: str, request: Request, session: SessionDep, owner: OwnerDep
-) -> service.ModelMetadata:
-    cache = request.app.state.model_cache
-    return service.metadata(session, owner=owner, model_id=model_id, cache=cache)
+@router.get("", response_model=service.ServerMetadata, summary="OIP server metadata")
+def server_metadata() -> service.ServerMetadata:
+    return service.server_metadata(server_version())
 
 
 @router.get(
-    "/{model_id}/ready",
-    response_model=service.ModelReady,
-    summary="OIP model readiness (loads the model into the predictor cache)",
-    responses=_ERRORS,
+    "/health/live",
+    summary="OIP server live: 200 while the server answers (empty body)",
+    response_class=Response,
+    responses={200: {"description": "Live.", **_EMPTY}},
 )
-def model_ready(
-    model_id: str, request: Request, session: SessionDep, owner: OwnerDep
-) -> service.ModelReady:
-    cache = request.app.state.model_cache
-    return service.ready(session, owner=owner, model_id=model_id, cache=cache)
+def live() -> Response:
+    return Response(status_code=200)
 
 
-@router.post(
-    "/{model_id}/infer",
-    response_model=service.InferenceResponse,
-    summary="OIP inference: the same outputs as /v1/models/{id}/predict, as tensors",
+@router.get(
+    "/health/ready",
+    summary="OIP server ready: 200 when the database answers, 400 when it doesn't",
+    response_class=Response,
     responses={
-        **_ERRORS,
-        400: {"model": ErrorResponse, "description": "The body could not be parsed as JSON."},
-        413: {"model": ErrorResponse, "description": "Too many rows."},
-        422: {"model": ErrorResponse, "description": "A tensor that doesn't fit the model."},
+        200: {"description": "Ready (empty body).", **_EMPTY},
+        400: _error("Not ready: the database is not answering."),
     },
 )
-def infer(
-    model_id: str,
-    body: service.InferenceRequest,
-    request: Request,
+def ready(request: Request) -> Response:
+    try:
+        with request.app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except sa_exc.SQLAlchemyError:
+        raise BadRequest(
+            "not ready: the database is not answering; check FITSERVE_DATABASE_URL"
+        ) from None
+    return Response(status_code=200)
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+HeaderLength = Annotated[
+    str | None,
+    Header(
+        alias=HEADER_LENGTH,
+        pattern=r"^[0-9]{1,12}$",
+        description="Binary tensor data extension: the JSON header's length in bytes; the "
+        "binary tensors follow it, as the inputs' parameters.binary_data_size say.",
+    ),
+]
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An inference request as JSON (a body without Content-Type is read as "
+        "JSON), or with the binary tensor data extension: the JSON header, then the tensors.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The outputs; with binary outputs the body is the JSON header followed by "
+        f"the tensors, and {HEADER_LENGTH} gives the header's length.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "headers": {
+            HEADER_LENGTH: {
+                "description": "Set when the body has binary outputs.",
+                "schema": {"type": "string", "pattern": r"^[0-9]+$"},
+            }
+        },
+    },
+    **_MODEL_ERRORS,
+    400: _error("A request that can't be read, or a tensor that doesn't fit the model."),
+    413: _error("Too many rows, or a body over FITSERVE_MAX_BODY_BYTES."),
+}
+
+
+async def _model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache  # type: ignore[no-any-return]
+
+
+Cache = Annotated[ModelCache, Depends(_model_cache)]
+Body = Annotated[bytes, Depends(_raw_body)]
+_META: dict[str, Any] = {
+    "response_model": service.ModelMetadata,
+    "responses": _MODEL_ERRORS,
+}
+_READY: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: {"description": "Ready (empty body).", **_EMPTY}, **_MODEL_ERRORS},
+}
+_INFER: dict[str, Any] = {
+    "response_class": Response,
+    "responses": _INFER_RESPONSES,
+    "openapi_extra": _INFER_BODY,
+}
+
+
+@router.get("/models/{name}", summary="OIP model metadata: input and output tensors", **_META)
+def model_metadata(
+    name: str, session: SessionDep, owner: OwnerDep, cache: Cache
+) -> service.ModelMetadata:
+    return service.metadata(session, owner=owner, name=name, version=None, cache=cache)
+
+
+@router.get(
+    "/models/{name}/versions/{version}", summary="OIP model metadata of one version", **_META
+)
+def version_metadata(
+    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: Cache
+) -> service.ModelMetadata:
+    return service.metadata(session, owner=owner, name=name, version=version, cache=cache)
+
+
+@router.get(
+    "/models/{name}/ready", summary="OIP model ready: 200 once loaded (empty body)", **_READY
+)
+def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: Cache) -> Response:
+    service.ready(session, owner=owner, name=name, version=None, cache=cache)
+    return Response(status_code=200)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="OIP model ready, one version: 200 once loaded (empty body)",
+    **_READY,
+)
+def version_ready(
+    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: Cache
+) -> Response:
+    service.ready(session, owner=owner, name=name, version=version, cache=cache)
+    return Response(status_code=200)
+
+
+@dataclass(frozen=True)
+class _InferCall:
+    """What an infer route passes on besides the model's name and version."""
+
+    body: bytes
+    header_length: str | None
+    session: Session
+    owner: str | None
+    settings: Settings
+    cache: ModelCache
+
+    def run(self, name: str, version: str | None) -> Response:
+        reply = service.infer(
+            self.session,
+            owner=self.owner,
+            name=name,
+            version=version,
+            body=self.body,
+            header_length=self.header_length,
+            settings=self.settings,
+            cache=self.cache,
+        )
+        if not reply.binary:
+            return Response(content=reply.header, media_type="application/json")
+        return Response(
+            content=reply.header + reply.binary,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(len(reply.header))},
+        )
+
+
+def _infer_call(
+    body: Body,
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
-) -> service.InferenceResponse:
-    cache = request.app.state.model_cache
-    return service.infer(
-        session, owner=owner, model_id=model_id, body=body, settings=settings, cache=cache
-    )
+    cache: Cache,
+    header_length: HeaderLength = None,
+) -> _InferCall:
+    return _InferCall(body, header_length, session, owner, settings, cache)
+
+
+InferCall = Annotated[_InferCall, Depends(_infer_call)]
+
+
+@router.post("/models/{name}/infer", summary="OIP inference: the outputs of /v1 predict", **_INFER)
+def infer(name: str, call: InferCall) -> Response:
+    return call.run(name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer", summary="OIP inference, one version", **_INFER
+)
+def version_infer(name: str, version: str, call: InferCall) -> Response:
+    return call.run(name, version)
+
+
+class OipErrorMiddleware:
+    """Answers every /v2 error in the protocol's shape, `{"error": message}`, whichever layer
+    raised it (the routes, the key check, routing's 404/405, app/limits.py), and with 400 where
+    fitserve's /v1 says 422: OIP's status for a request it can't serve."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != "/v2" and not path.startswith("/v2/"):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def reshaping_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] < 400:
+                    await send(message)
+                else:
+                    start = message
+                return
+            if start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                await _send_oip_error(send, start, b"".join(chunks))
+
+        await self.app(scope, receive, reshaping_send)
+
+
+async def _send_oip_error(send: Send, start: Message, body: bytes) -> None:
+    try:
+        document = orjson.loads(body)
+        message = document["detail"] if isinstance(document, dict) else None
+    except (orjson.JSONDecodeError, KeyError):
+        message = None
+    if not isinstance(message, str):
+        message = body.decode("utf-8", "replace") or "the request failed"
+    status = 400 if start["status"] == 422 else start["status"]
+    payload = orjson.dumps({"error": message})
+    headers = [
+        (name, value)
+        for name, value in start.get("headers", [])
+        if name.lower() not in (b"content-length", b"content-type")
+    ]
+    headers += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

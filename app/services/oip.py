@@ -1,30 +1,42 @@
 """The Open Inference Protocol V2 (KServe, Triton, Seldon MLServer) over fitserve's models.
 
-One input tensor "input" FP32 [-1, n_features]; outputs "output" FP32 [-1, units] (the final
-activation's values, as /v1 predict returns them) and, for classification, "label" BYTES [-1].
-The tensors are translated to and from /v1 predict's request and response, and the work is
-done by `app.services.models.predict`: the same owner check, limits, checks and predictor cache.
+One input tensor "input" [-1, n_features] of any numeric datatype; outputs "output" FP32
+[-1, units] (the final activation's values, as /v1 predict returns them) and, for
+classification, "label" BYTES [-1]. The tensors are decoded by app/oip_tensors.py (JSON or the
+binary tensor data extension) and the rows run by `app.services.models.predict_arrays`: the same
+owner check, limits, checks and predictor cache as /v1 predict.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Unprocessable
+from app.errors import BadRequest, NotFound, Unprocessable, validation_message
 from app.inference import ModelCache
-from app.schemas import PredictRequest
+from app.oip_tensors import (
+    Output,
+    TensorError,
+    binary_sections,
+    input_array,
+    output_json,
+    split_body,
+)
+from app.schemas import ModelRead, PredictRequest
 from app.services import models as model_service
 
 INPUT = "input"
 OUTPUT = "output"
 LABEL = "label"
 PLATFORM = "pytorch"
-# JSON numbers carry both exactly enough; the network computes in float32 either way.
-INPUT_DATATYPES = ("FP32", "FP64")
+SERVER_NAME = "fitserve"
+EXTENSIONS = ["binary_tensor_data"]
 
 IRIS_INFER: dict[str, Any] = {
     "inputs": [
@@ -36,14 +48,24 @@ IRIS_INFER: dict[str, Any] = {
         }  # fmt: skip
     ]
 }
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
 EXAMPLE_ID = "3f2c0e6a9b8d4c1e8f7a6b5c4d3e2f10"
 OUTPUT_TENSOR = {"name": OUTPUT, "datatype": "FP32", "shape": [-1, 3]}
+# $parameters: names to a string, number or boolean (the spec's Parameters section)
+Parameters = dict[str, str | int | float | bool]
+
+
+class OipError(BaseModel):
+    error: str = Field(
+        description="What is wrong and how to fix it.", examples=["model 'iris' not found"]
+    )
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(description="The server's name.", examples=[SERVER_NAME])
+    version: str = Field(description="fitserve's version.", examples=["0.1.0"])
+    extensions: list[str] = Field(
+        description="The protocol extensions served.", examples=[EXTENSIONS]
+    )
 
 
 class MetadataTensor(BaseModel):
@@ -55,13 +77,13 @@ class MetadataTensor(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
+    name: str = Field(description="The model's name (or id) as asked for.", examples=[EXAMPLE_ID])
     versions: list[str] = Field(
-        description="fitserve models have one version, 1.", examples=[["1"]]
+        description="The versions that /versions/{version} accepts.", examples=[["1"]]
     )
     platform: str = Field(description="What runs the model.", examples=[PLATFORM])
     inputs: list[MetadataTensor] = Field(
-        description="The one input tensor.",
+        description="The one input tensor; any numeric datatype is accepted for it.",
         examples=[[{"name": INPUT, "datatype": "FP32", "shape": [-1, 4]}]],
     )
     outputs: list[MetadataTensor] = Field(
@@ -70,32 +92,47 @@ class ModelMetadata(BaseModel):
     )
 
 
-class ModelReady(BaseModel):
-    name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
-    ready: bool = Field(
-        description="True once the model is loaded and answers /infer.", examples=[True]
-    )
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class RequestInput(_Request):
     name: str = Field(max_length=64, description="Must be 'input'.", examples=[INPUT])
     shape: list[int] = Field(
-        min_length=2, max_length=2, description="[rows, n_features].", examples=[[2, 4]]
+        min_length=2,
+        max_length=2,
+        description="[rows, n_features]: rows >= 1, n_features the model's input width.",
+        examples=[[2, 4]],
     )
-    datatype: str = Field(max_length=16, description="FP32 (or FP64).", examples=["FP32"])
-    parameters: dict[str, Any] | None = Field(
-        None, description="Accepted and ignored.", examples=[None]
+    datatype: str = Field(
+        max_length=16,
+        description="Any numeric OIP datatype (BOOL, INT8-64, UINT8-64, FP16, FP32, FP64); "
+        "each value must fit it. BYTES is refused: features are numbers.",
+        examples=["FP32"],
     )
-    data: list[float] | list[list[float]] = Field(
-        description="The values in row-major order, flat or nested as the shape.",
+    parameters: Parameters | None = Field(
+        None,
+        description="binary_data_size: the tensor's byte count in the binary section "
+        "(binary tensor data extension), in place of data.",
+        examples=[None],
+    )
+    data: list[Any] | None = Field(
+        None,
+        description="The values in row-major order, flat or nested as the shape; numbers "
+        "(true/false for BOOL). Left out when sent as binary data.",
         examples=[[5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]],
+        json_schema_extra={
+            "items": {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "array"}]}
+        },
     )
 
 
 class RequestOutput(_Request):
     name: str = Field(max_length=64, description="'output' or 'label'.", examples=[OUTPUT])
-    parameters: dict[str, Any] | None = Field(
-        None, description="Accepted and ignored.", examples=[None]
+    parameters: Parameters | None = Field(
+        None,
+        description="binary_data: true to receive this output in the binary section.",
+        examples=[None],
     )
 
 
@@ -105,11 +142,16 @@ class InferenceRequest(_Request):
     id: str | None = Field(
         None, max_length=256, description="Echoed in the response.", examples=["request-1"]
     )
-    parameters: dict[str, Any] | None = Field(
-        None, description="Accepted and ignored.", examples=[None]
+    parameters: Parameters | None = Field(
+        None,
+        description="binary_data_output: true to receive every output in the binary section.",
+        examples=[None],
     )
     inputs: list[RequestInput] = Field(
-        min_length=1, description="Exactly one tensor, 'input'.", examples=[IRIS_INFER["inputs"]]
+        min_length=1,
+        max_length=1,
+        description="Exactly one tensor, 'input'.",
+        examples=[IRIS_INFER["inputs"]],
     )
     outputs: list[RequestOutput] | None = Field(
         None,
@@ -121,16 +163,22 @@ class InferenceRequest(_Request):
 class ResponseOutput(BaseModel):
     name: str = Field(description="Tensor name.", examples=[OUTPUT])
     shape: list[int] = Field(description="[rows, units] or [rows].", examples=[[2, 3]])
-    datatype: Literal["FP32", "BYTES"] = Field(description="OIP datatype.", examples=["FP32"])
-    data: list[float] | list[str] = Field(
-        description="Values, flattened in row-major order.",
+    datatype: str = Field(description="OIP datatype: FP32 or BYTES.", examples=["FP32"])
+    parameters: dict[str, int] | None = Field(
+        None,
+        description="binary_data_size when the output is in the binary section.",
+        examples=[None],
+    )
+    data: list[float] | list[str] | None = Field(
+        None,
+        description="Values, flattened in row-major order (absent when sent as binary).",
         examples=[[0.98, 0.02, 0.0, 0.0, 0.03, 0.97]],
     )
 
 
 class InferenceResponse(BaseModel):
-    model_name: str = Field(description="The model id.", examples=[EXAMPLE_ID])
-    model_version: str = Field("1", description="Always 1.", examples=["1"])
+    model_name: str = Field(description="The model as asked for.", examples=[EXAMPLE_ID])
+    model_version: str = Field(description="The version that answered.", examples=["1"])
     id: str | None = Field(None, description="The request's id.", examples=["request-1"])
     outputs: list[ResponseOutput] = Field(
         description="The requested outputs.",
@@ -138,120 +186,167 @@ class InferenceResponse(BaseModel):
     )
 
 
-def _output_tensors(task: str, classes: list[Any] | None, units: int) -> list[MetadataTensor]:
+@dataclass(frozen=True)
+class Reply:
+    """An inference answer: the JSON header, and the binary section after it (maybe empty)."""
+
+    header: bytes
+    binary: bytes
+
+
+def server_metadata(version: str) -> ServerMetadata:
+    return ServerMetadata(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
+
+
+def _resolve(
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
+) -> tuple[ModelRead, str]:
+    """(the model, its version) for a model id and an optional version. A model id has the
+    one version "1"."""
+    model = model_service.get_model(session, owner=owner, model_id=name, cache=cache)
+    if version is not None and version != "1":
+        raise NotFound(f"model {name!r} has no version {version!r}; its only version is '1'")
+    return model, "1"
+
+
+def _output_tensors(model: ModelRead) -> list[MetadataTensor]:
+    units = model.summary.layers[-1].output_shape[-1]
+    assert units is not None
     tensors = [MetadataTensor(name=OUTPUT, datatype="FP32", shape=[-1, units])]
-    if task == "classification" and classes:
+    if model.task == "classification" and model.classes:
         tensors.append(MetadataTensor(name=LABEL, datatype="BYTES", shape=[-1]))
     return tensors
 
 
 def metadata(
-    session: Session, *, owner: str | None, model_id: str, cache: ModelCache
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
 ) -> ModelMetadata:
-    model = model_service.get_model(session, owner=owner, model_id=model_id, cache=cache)
-    units = model.summary.layers[-1].output_shape[-1]
-    assert units is not None
+    model, _ = _resolve(session, owner=owner, name=name, version=version, cache=cache)
     return ModelMetadata(
-        name=model.id,
+        name=name,
         versions=["1"],
         platform=PLATFORM,
         inputs=[MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.input_dim])],
-        outputs=_output_tensors(model.task, model.classes, units),
+        outputs=_output_tensors(model),
     )
 
 
-def ready(session: Session, *, owner: str | None, model_id: str, cache: ModelCache) -> ModelReady:
-    # get_model loads the predictor into the cache: ready means the next /infer needs no load
-    model = model_service.get_model(session, owner=owner, model_id=model_id, cache=cache)
-    return ModelReady(name=model.id, ready=True)
+def ready(
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
+) -> None:
+    """Returns when the model is loaded (in the predictor cache): the next /infer needs no load."""
+    _resolve(session, owner=owner, name=name, version=version, cache=cache)
 
 
-def _rows(tensor: RequestInput, width: int) -> list[list[float]]:
-    """The input tensor as rows of `width` values; the message says what doesn't fit."""
-    loc = ("body", "inputs", 0)
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
+    """The request's JSON header, validated, and its binary section."""
+    try:
+        header, binary = split_body(body, header_length)
+    except TensorError as exc:
+        raise BadRequest(str(exc)) from None
+    if not header.strip():
+        raise BadRequest("the body is empty; send an inference request (see /docs)")
+    try:
+        return InferenceRequest.model_validate_json(header), binary
+    except ValidationError as exc:
+        raise BadRequest(validation_message([dict(e) for e in exc.errors()])) from None
+
+
+def _binary_size(tensor: RequestInput, index: int) -> int | None:
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"inputs[{index}].parameters.binary_data_size must be a byte count")
+    return size
+
+
+def _features(body: InferenceRequest, binary: bytes, width: int) -> np.ndarray:
+    """The input tensor as a (rows, width) float64 array."""
+    tensor = body.inputs[0]
     if tensor.name != INPUT:
-        raise Unprocessable(
-            f"the model's input tensor is named {INPUT!r}, not {tensor.name!r}",
-            loc=(*loc, "name"),
-        )
-    if tensor.datatype not in INPUT_DATATYPES:
-        raise Unprocessable(
-            f"datatype {tensor.datatype!r} is not supported; send the features as FP32",
-            loc=(*loc, "datatype"),
-        )
+        raise BadRequest(f"the model's input tensor is named {INPUT!r}, not {tensor.name!r}")
     rows, columns = tensor.shape
     if columns != width or rows < 1:
-        raise Unprocessable(
+        raise BadRequest(
             f"shape {tensor.shape} does not fit the model's input [-1, {width}]: send "
-            f"[rows, {width}] with rows >= 1",
-            loc=(*loc, "shape"),
+            f"[rows, {width}] with rows >= 1"
         )
-    data = tensor.data
-    if data and isinstance(data[0], list):
-        nested: list[list[float]] = data  # type: ignore[assignment]
-        if len(nested) != rows or any(len(row) != width for row in nested):
-            raise Unprocessable(
-                f"the nested data is not {rows} rows of {width} values, as the shape says",
-                loc=(*loc, "data"),
+    try:
+        (section,) = binary_sections([_binary_size(tensor, 0)], binary)
+        return input_array(
+            datatype=tensor.datatype,
+            shape=tensor.shape,
+            data=tensor.data,
+            binary=section,
+            where="inputs[0]",
+        )
+    except TensorError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _wanted(body: InferenceRequest, available: list[str]) -> list[tuple[str, bool]]:
+    """(output name, sent as binary) for each output to return, in the request's order."""
+    default_binary = bool((body.parameters or {}).get("binary_data_output", False))
+    if not body.outputs:
+        return [(name, default_binary) for name in available]
+    wanted = []
+    for i, output in enumerate(body.outputs):
+        if output.name not in available:
+            raise BadRequest(
+                f"the model has no output {output.name!r}; its outputs are {', '.join(available)}"
             )
-        return nested
-    flat: list[float] = data  # type: ignore[assignment]
-    if len(flat) != rows * width:
-        raise Unprocessable(
-            f"shape {tensor.shape} needs {rows * width} values, data has {len(flat)}",
-            loc=(*loc, "data"),
-        )
-    return [flat[i : i + width] for i in range(0, len(flat), width)]
+        parameters = output.parameters or {}
+        if parameters.get("class_count"):
+            raise BadRequest(
+                f"outputs[{i}].parameters.class_count: the classification extension is not "
+                f"served; ask for {LABEL!r}, the predicted class"
+            )
+        wanted.append((output.name, bool(parameters.get("binary_data", default_binary))))
+    return wanted
 
 
 def infer(
     session: Session,
     *,
     owner: str | None,
-    model_id: str,
-    body: InferenceRequest,
+    name: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
     settings: Settings,
     cache: ModelCache,
-) -> InferenceResponse:
-    model = model_service.get_model(session, owner=owner, model_id=model_id, cache=cache)
-    if len(body.inputs) != 1:
-        raise Unprocessable(
-            f"the model takes one input tensor ({INPUT!r}), the request has {len(body.inputs)}",
-            loc=("body", "inputs"),
+) -> Reply:
+    """The model's outputs for a request body (JSON, or a JSON header of `header_length` bytes
+    and binary tensors). The model is found first: an unknown one is a 404 whatever the body."""
+    model, served_version = _resolve(session, owner=owner, name=name, version=version, cache=cache)
+    request, binary = parse_request(body, header_length)
+    tensors = _output_tensors(model)
+    wanted = _wanted(request, [t.name for t in tensors])
+    x = _features(request, binary, model.input_dim)
+    try:
+        values, labels = model_service.predict_arrays(
+            session,
+            owner=owner,
+            model_id=model.id,
+            body=PredictRequest.model_construct(inputs=x.tolist()),
+            settings=settings,
+            cache=cache,
         )
-    units = model.summary.layers[-1].output_shape[-1]
-    assert units is not None
-    available = [t.name for t in _output_tensors(model.task, model.classes, units)]
-    wanted = [o.name for o in body.outputs] if body.outputs else available
-    for i, name in enumerate(wanted):
-        if name not in available:
-            raise Unprocessable(
-                f"the model has no output {name!r}; its outputs are {', '.join(available)}",
-                loc=("body", "outputs", i, "name"),
-            )
-    rows = _rows(body.inputs[0], model.input_dim)
-    values, labels = model_service.predict_arrays(
-        session,
-        owner=owner,
-        model_id=model_id,
-        body=PredictRequest(inputs=rows),
-        settings=settings,
-        cache=cache,
-    )
-    outputs = []
-    for name in wanted:
-        if name == OUTPUT:
-            flat = values.ravel().tolist()
-            outputs.append(
-                ResponseOutput(name=OUTPUT, shape=[len(rows), units], datatype="FP32", data=flat)
-            )
-        else:
-            outputs.append(
-                ResponseOutput(
-                    name=LABEL,
-                    shape=[len(rows)],
-                    datatype="BYTES",
-                    data=[str(label) for label in labels or []],
-                )
-            )
-    return InferenceResponse(model_name=model.id, model_version="1", id=body.id, outputs=outputs)
+    except Unprocessable as exc:
+        raise BadRequest(exc.message) from None
+    rows = len(values)
+    outputs = {
+        OUTPUT: Output(OUTPUT, "FP32", [rows, values.shape[1]], values),
+        LABEL: Output(LABEL, "BYTES", [rows], [str(label) for label in labels or []]),
+    }
+    entries, sections = [], []
+    for output_name, as_binary in wanted:
+        entry, raw = output_json(outputs[output_name], binary=as_binary)
+        entries.append(entry)
+        sections.append(raw)
+    response: dict[str, Any] = {"model_name": name, "model_version": served_version}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = entries
+    return Reply(orjson.dumps(response), b"".join(sections))

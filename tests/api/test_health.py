@@ -43,7 +43,7 @@ async def test_health_is_503_when_the_database_is_down(
 
 
 async def test_unknown_route_and_method_use_the_error_shape(client: httpx.AsyncClient) -> None:
-    assert assert_error(await client.get("/v2/nothing"), 404, "/v1")["code"] == "not_found"
+    assert assert_error(await client.get("/v1/nothing"), 404, "/v1")["code"] == "not_found"
     body = assert_error(await client.put("/health"), 405, "method")
     assert body["code"] == "method_not_allowed"
 

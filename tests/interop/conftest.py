@@ -66,28 +66,12 @@ def _train(x: bytes, y: bytes, classes: str) -> tuple[bytes, str]:
     return weights, json.dumps(result.history[-1].as_dict())
 
 
-@dataclass
-class Trained:
-    model_id: str
-    headers: dict[str, str]  # the owner's Authorization header
-    other: dict[str, str]  # another key's
-
-
-@pytest.fixture
-async def trained(app: Any, client: httpx.AsyncClient) -> Trained:
-    with app.state.sessionmaker.begin() as session:
-        _, owner_secret = create_key(session, name="owner")
-        _, other_secret = create_key(session, name="other")
-    headers = {"Authorization": f"Bearer {owner_secret}"}
-    submitted = await client.post(
-        "/v1/jobs",
-        json={"network": IRIS_NETWORK, "training": IRIS_TRAINING, "dataset": "iris"},
-        headers=headers,
-    )
-    assert submitted.status_code == 202, submitted.text
-    with app.state.sessionmaker.begin() as session:
+def train_queued_job(sessionmaker: Any, job_id: str) -> str:
+    """Claim the queued job `job_id`, train it (once per session) and finish it as the worker
+    does; the new model's id."""
+    with sessionmaker.begin() as session:
         claim = claim_next_job(session, worker="interop-test", lease_seconds=60)
-        assert claim is not None and claim.job_id == submitted.json()["id"]
+        assert claim is not None and claim.job_id == job_id
         dataset = session.get(Dataset, claim.dataset_id)
         assert dataset is not None
         x, y = decode_arrays(dataset)
@@ -108,5 +92,27 @@ async def trained(app: Any, client: httpx.AsyncClient) -> Trained:
             weights=weights,
         )
         finish_job(session, job_id=claim.job_id, lease_token=claim.lease_token, model=model)
-        model_id = model.id
+        return str(model.id)
+
+
+@dataclass
+class Trained:
+    model_id: str
+    headers: dict[str, str]  # the owner's Authorization header
+    other: dict[str, str]  # another key's
+
+
+@pytest.fixture
+async def trained(app: Any, client: httpx.AsyncClient) -> Trained:
+    with app.state.sessionmaker.begin() as session:
+        _, owner_secret = create_key(session, name="owner")
+        _, other_secret = create_key(session, name="other")
+    headers = {"Authorization": f"Bearer {owner_secret}"}
+    submitted = await client.post(
+        "/v1/jobs",
+        json={"network": IRIS_NETWORK, "training": IRIS_TRAINING, "dataset": "iris"},
+        headers=headers,
+    )
+    assert submitted.status_code == 202, submitted.text
+    model_id = train_queued_job(app.state.sessionmaker, submitted.json()["id"])
     return Trained(model_id, headers, {"Authorization": f"Bearer {other_secret}"})

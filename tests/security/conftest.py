@@ -3,21 +3,13 @@ Postgres), two keys, row counts, and a live uvicorn for what depends on real HTT
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psycopg
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -26,10 +18,11 @@ import models
 from app.auth import create_key
 from app.config import Settings
 from app.datasets import decode_arrays
-from app.db import make_engine, upgrade_head
+from app.db import make_engine
 from app.main import create_app
 from app.queue import store
 from app.tables import ApiKey, Dataset, Job, JobCheckpoint, JobClaim, JobMetric, Model
+from tests.conftest import serve
 
 # Small limits, so each limit can be passed with a small request.
 TEST_LIMITS = dict(
@@ -40,71 +33,6 @@ TEST_LIMITS = dict(
 )
 
 COUNTED = (ApiKey, Dataset, Job, JobMetric, JobCheckpoint, JobClaim, Model)
-
-
-@contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    """Serve `app` on a free loopback port in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@pytest.fixture(scope="session")
-def live_server() -> Callable[[Any], AbstractContextManager[str]]:
-    """`with live_server(app) as url:` serves app over real HTTP for the block."""
-    return _serve
-
-
-# ------------------------------------------------------------------ a database per test module
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def module_database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A migrated database shared by one module's tests, on SQLite and again on Postgres.
-    The tests that share it check row-count differences, never absolute counts."""
-    if request.param == "sqlite":
-        path = Path(tmp_path_factory.mktemp("security")) / "fitserve.db"
-        url = f"sqlite:///{path}"
-        upgrade_head(url)
-        yield url
-        return
-    template = request.getfixturevalue("postgres_template")
-    admin = _libpq(
-        os.environ.get(
-            "FITSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        )
-    )
-    name = f"fitserve_security_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")  # type: ignore[arg-type]
-    yield Settings(database_url=admin.rpartition("/")[0] + "/" + name).database_url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
 
 
 @dataclass
@@ -154,7 +82,7 @@ def api(module_database_url: str) -> Iterator[Api]:
     key_b, owner_b = _new_key(engine, f"tenant-b-{suffix}")
     app = create_app(settings)
     try:
-        with _serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
             yield Api(app, http, settings, engine, key_a, key_b, owner_a, owner_b)
     finally:
         engine.dispose()

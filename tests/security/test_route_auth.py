@@ -17,8 +17,10 @@ from app.auth import create_key, revoke_key
 from app.config import Settings
 from app.main import create_app
 
-# Open on purpose: liveness for load balancers, and the API's own documentation.
+# Open on purpose: liveness for load balancers (and OIP's server health and metadata, as
+# KServe and Triton serve them), and the API's own documentation.
 OPEN_PATHS = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS |= {"/v2", "/v2/health/live", "/v2/health/ready"}
 OPEN_MOUNTS = {"/docs/assets"}  # Swagger UI / ReDoc static files
 AN_ID = "0" * 32  # well formed, names no row
 
@@ -91,8 +93,11 @@ def test_every_route_needs_a_key(api: Any, headers: dict[str, str]) -> None:
             open_routes.append(f"{method} {path} -> {r.status_code}")
             continue
         body = r.json()
-        assert body["code"] == "unauthorized", (method, path, body)
-        assert "key" in body["detail"].lower(), (method, path, body)
+        if path.startswith("/v2/"):  # the Open Inference Protocol's error object
+            assert list(body) == ["error"] and "key" in body["error"].lower(), (path, body)
+        else:
+            assert body["code"] == "unauthorized", (method, path, body)
+            assert "key" in body["detail"].lower(), (method, path, body)
         assert r.headers.get("www-authenticate") == "Bearer", (method, path)
     assert open_routes == [], "routes answering without a valid key:\n" + "\n".join(open_routes)
     assert api.row_counts() == before
