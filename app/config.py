@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Limits (issue: every input checked). Generous for teaching-size work, small enough to stay up.
     max_body_bytes: int = 64 * 1024 * 1024
     max_dataset_cells: int = 20_000_000
+    # Token-list datasets count token ids, not the cells of the dense matrix they stand for:
+    # Reuters is 1.3 M ids (89.8 M dense cells); 20 M ids is 160 MB stored as int64.
+    max_dataset_tokens: int = 20_000_000
     max_params: int = 50_000_000
     max_predict_rows: int = 10_000
     max_queued_jobs_per_key: int = 100

@@ -1,7 +1,9 @@
 """Datasets: parse what users upload (JSON arrays or a CSV file), encode it for the database,
 decode it for the worker, and the built-in real datasets.
 
-Stored format (see app/tables.py): `features` is safetensors {"x": float32 (rows, n_features)};
+Stored format (see app/tables.py): `features` is safetensors {"x": float32 (rows, n_features)},
+or for a token-list (`sequences`) dataset {"values": int64 (tokens,), "offsets": int64 (rows + 1,)}
+(models/tokens.py: never densified here, n_features is 0 and `tokens` counts the ids);
 `targets` is safetensors {"y": int64 (rows,)} of class indices for classification, or
 {"y": float32 (rows, n_outputs)} for regression. Class i is `classes[i]`; classes are the labels
 as the dataset spelled them (integers stay integers), sorted (numerically when all labels are
@@ -18,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from app.errors import Unprocessable
+from models import SpecError
+from models.tokens import TokenLists, inputs_from_bytes, to_bytes
 
 # An integer-valued target with at most this many distinct values is taken as class labels when
 # the task isn't given; more distinct values read as a regression target (diabetes has 214).
@@ -42,11 +47,12 @@ class ParsedDataset:
     """Arrays and metadata ready to become a `Dataset` row."""
 
     task: str
-    x: np.ndarray  # float32 (rows, n_features)
+    x: np.ndarray  # float32 (rows, n_features); (rows, 0) for a token-list dataset
     y: np.ndarray  # int64 (rows,) | float32 (rows, n_outputs)
     feature_names: list[str]
     target_names: list[str]
     classes: list[Any] | None
+    tokens: TokenLists | None = None  # the documents of a `sequences` dataset
 
     @property
     def rows(self) -> int:
@@ -83,18 +89,23 @@ def check_text(value: str, what: str) -> str:
 
 
 def encode_arrays(parsed: ParsedDataset) -> EncodedDataset:
-    features = st_save({"x": np.ascontiguousarray(parsed.x, dtype=np.float32)})
+    features = (
+        to_bytes(parsed.tokens)
+        if parsed.tokens is not None
+        else st_save({"x": np.ascontiguousarray(parsed.x, dtype=np.float32)})
+    )
     y_dtype = np.int64 if parsed.task == "classification" else np.float32
     targets = st_save({"y": np.ascontiguousarray(parsed.y, dtype=y_dtype)})
     return EncodedDataset(features, targets, hashlib.sha256(features + targets).hexdigest())
 
 
-def decode_arrays(row: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A `Dataset` row's arrays: x float32 (rows, n_features); y int64 (rows,) or float32
-    (rows, n_outputs) — what `models.fit` takes."""
-    x = st_load(bytes(row.features))["x"]
+def decode_arrays(row: Any) -> tuple[np.ndarray | TokenLists, np.ndarray]:
+    """A `Dataset` row's arrays: x float32 (rows, n_features), or TokenLists for a sequences
+    dataset; y int64 (rows,) or float32 (rows, n_outputs) — what `models.fit` takes."""
+    x = inputs_from_bytes(row.features)
     y = st_load(bytes(row.targets))["y"]
-    if x.ndim != 2 or x.shape != (row.rows, row.n_features) or y.shape[0] != row.rows:
+    shape = (x.rows, 0) if isinstance(x, TokenLists) else x.shape
+    if shape != (row.rows, row.n_features) or y.shape[0] != row.rows:
         raise ValueError(f"dataset {row.id} arrays do not match its row (corrupt or edited)")
     return x, y
 
@@ -206,14 +217,17 @@ def build_dataset(
     feature_names: list[str],
     target_names: list[str] | None,
     where: str = "targets",
+    tokens: TokenLists | None = None,
 ) -> ParsedDataset:
-    """Common path for JSON and CSV uploads: x is already a finite 2-D float array."""
+    """Common path for JSON, CSV and Parquet uploads: x is already a finite 2-D float array
+    ((rows, 0) beside the documents of a token-list dataset)."""
     rows = int(x.shape[0])
     if rows == 0:
         raise Unprocessable("the dataset has no rows; give at least one row of features")
     if len(targets) != rows:
         raise Unprocessable(
-            f"features has {rows} rows but {where} has {len(targets)}; give one target per row"
+            f"{'sequences' if tokens is not None else 'features'} has {rows} rows but {where} "
+            f"has {len(targets)}; give one target per row"
         )
     if np.abs(x).max(initial=0.0) > np.finfo(np.float32).max:
         raise Unprocessable("features hold a value too large for float32 (|v| > 3.4e38)")
@@ -246,7 +260,26 @@ def build_dataset(
         feature_names=feature_names,
         target_names=target_names,
         classes=classes,
+        tokens=tokens,
     )
+
+
+def sequences_tokens(sequences: Sequence[Sequence[int]], *, where: str = "sequences") -> TokenLists:
+    """Validated JSON documents (lists of ints >= 0) -> values + offsets, without a dense copy."""
+    if not sequences:
+        raise Unprocessable(f"{where} is empty; give at least one document")
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(sequences), dtype=np.int64, count=int(offsets[-1]))
+    return token_lists(values, offsets, where=where)
+
+
+def token_lists(values: np.ndarray, offsets: np.ndarray, *, where: str) -> TokenLists:
+    try:
+        return TokenLists.from_arrays(values, offsets, loc=where)
+    except SpecError as exc:
+        raise Unprocessable(f"{where}: {exc.message}", loc=("body", *exc.loc)) from None
 
 
 def features_array(features: Sequence[Sequence[float]], *, where: str = "features") -> np.ndarray:

@@ -11,11 +11,19 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from models import NetworkSpec, TrainingConfig
 from models.spec import IRIS_NETWORK as _IRIS_NETWORK
 from models.spec import IRIS_TRAINING as _IRIS_TRAINING
+from models.spec import MAX_NUM_TOKENS
 
 # Typed loosely: pydantic types json_schema_extra as JSON values, which dicts of objects are not.
 IRIS_NETWORK: Any = _IRIS_NETWORK
@@ -92,6 +100,8 @@ IRIS_ROWS: Any = [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.
 IRIS_FEATURES: Any = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 
 TargetValue = str | int | float | list[float]
+# A token id no category_encoding layer could take (num_tokens <= MAX_NUM_TOKENS) is refused here.
+TokenId = Annotated[int, Field(ge=0, le=MAX_NUM_TOKENS - 1)]
 
 
 class DatasetCreate(_Request):
@@ -121,10 +131,21 @@ class DatasetCreate(_Request):
         "integers with at most 20 distinct values are classes, other numbers a regression target.",
         examples=["classification"],
     )
-    features: list[list[float]] = Field(
+    features: list[list[float]] | None = Field(
+        None,
         min_length=1,
-        description="One row of numeric features per example; every row the same length.",
+        description="One row of numeric features per example; every row the same length. "
+        "Give features or sequences.",
         examples=[IRIS_ROWS],
+    )
+    sequences: list[list[TokenId]] | None = Field(
+        None,
+        min_length=1,
+        description="Instead of features: one document per example, a list of token ids "
+        "(integers 0..999999, e.g. word indices) of any length, [] for an empty one. Stored as "
+        "token lists, never as a dense matrix; train it with a network whose first layer is "
+        '{"type": "category_encoding", "num_tokens": N} (N above the largest id).',
+        examples=[[[1, 14, 22, 16], [1, 3267, 699], [1, 53, 2, 8]]],
     )
     targets: list[TargetValue] = Field(
         min_length=1,
@@ -162,6 +183,17 @@ class DatasetCreate(_Request):
                 )
         return v
 
+    @model_validator(mode="after")
+    def _features_or_sequences(self) -> DatasetCreate:
+        if (self.features is None) == (self.sequences is None):
+            raise ValueError(
+                "give the inputs as features (rows of numbers) or as sequences (lists of token "
+                "ids), exactly one of them"
+            )
+        if self.sequences is not None and self.feature_names is not None:
+            raise ValueError("feature_names names feature columns; sequences have none")
+        return self
+
 
 class DatasetRead(_Response):
     id: str = Field(description="Dataset id.", examples=[EXAMPLE_ID])
@@ -171,9 +203,25 @@ class DatasetRead(_Response):
     builtin: bool = Field(description="A built-in dataset shipped with fitserve.", examples=[True])
     task: Task = Field(description="classification or regression.", examples=["classification"])
     rows: int = Field(description="Number of examples.", examples=[150])
-    n_features: int = Field(description="Feature columns: the network's input_dim.", examples=[4])
+    n_features: int = Field(
+        description="Feature columns: the network's input_dim (0 for a sequences dataset).",
+        examples=[4],
+    )
     n_outputs: int = Field(
         description="Target columns (regression); 1 for classification.", examples=[1]
+    )
+    kind: Literal["features", "sequences"] = Field(
+        description="features: a numeric matrix; sequences: token lists, for a network whose "
+        "first layer is category_encoding.",
+        examples=["features"],
+    )
+    tokens: int | None = Field(
+        None, description="Token ids in all (sequences only).", examples=[None]
+    )
+    max_token_id: int | None = Field(
+        None,
+        description="The largest token id (sequences only): num_tokens must be above it.",
+        examples=[None],
     )
     feature_names: list[str] = Field(description="Feature column names.", examples=[IRIS_FEATURES])
     target_names: list[str] = Field(description="Target column names.", examples=[["species"]])

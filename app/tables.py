@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -80,15 +81,25 @@ class Dataset(Base):
     target_names: Mapped[list[str]] = mapped_column(JSON)
     # Class labels in a stable order (sorted); index i is class i. NULL for regression.
     classes: Mapped[list[Any] | None] = mapped_column(JSON)
-    # safetensors: features {"x": float32 (rows, n_features)};
+    # safetensors: features {"x": float32 (rows, n_features)}, or for a token-list dataset
+    # {"values": int64 (tokens,), "offsets": int64 (rows + 1,)} (n_features 0);
     # targets {"y": int64 (rows,) class indices | float32 (rows, n_outputs)}.
     features: Mapped[bytes] = mapped_column(LargeBinary)
     targets: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
+    # A token-list (sequences) dataset: how many token ids, and the largest (a network's
+    # category_encoding needs num_tokens above it). NULL for a feature matrix (migration 0004).
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    max_token_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     # Set when a dataset that jobs or models still refer to is deleted: its arrays are emptied and
     # it is hidden, but the rows that name it keep their provenance (migration 0002).
     deleted_at: Mapped[datetime | None]
+
+    @property
+    def kind(self) -> str:
+        """ "sequences" (token lists) or "features" (a numeric matrix)."""
+        return "sequences" if self.tokens is not None else "features"
 
 
 class Job(Base):

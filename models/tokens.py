@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from models.errors import SpecError
 from models.spec import CategoryEncoding, NetworkSpec
@@ -190,3 +192,25 @@ def batch_rows(x: torch.Tensor | TokenLists, rows: torch.Tensor | slice) -> torc
 def token_width(x: TokenLists) -> int:
     """The longest document's length (at least 1): the static width of every padded batch."""
     return max(1, int(x.lengths().max())) if x.rows else 1
+
+
+# ---------------------------------------------------------------- stored form
+
+
+def to_bytes(tokens: TokenLists) -> bytes:
+    """safetensors {"values": int64 (tokens,), "offsets": int64 (rows + 1,)}: how a dataset's
+    documents are stored (beside {"x": float32 (rows, features)} for a feature matrix)."""
+    return st_save(
+        {
+            "values": np.ascontiguousarray(tokens.values.cpu().numpy(), dtype=np.int64),
+            "offsets": np.ascontiguousarray(tokens.offsets.cpu().numpy(), dtype=np.int64),
+        }
+    )
+
+
+def inputs_from_bytes(data: bytes) -> np.ndarray | TokenLists:
+    """A stored dataset's inputs: the float32 feature matrix, or its documents as TokenLists."""
+    arrays = st_load(bytes(data))
+    if "x" in arrays:
+        return arrays["x"]
+    return TokenLists.from_arrays(arrays["values"], arrays["offsets"])

@@ -46,6 +46,7 @@ from app.queue.protocol import (
     AttemptInput,
     encode,
 )
+from models.tokens import inputs_from_bytes
 from models.train import resolve_device
 
 # fork: the child inherits the imported torch (a fresh interpreter would spend seconds importing
@@ -158,7 +159,7 @@ def run_attempt(conn: Connection, control: Any, job: AttemptInput, parent_pid: i
 
 
 def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str, Any], bytes]:
-    x = st_load(job.features)["x"]
+    x = inputs_from_bytes(job.features)  # a float32 matrix, or documents as token lists
     y = st_load(job.targets)["y"]
     if job.task == "regression" and y.ndim == 1:
         y = y.reshape(-1, 1)
@@ -170,7 +171,7 @@ def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str,
     result = models.fit(
         job.network,
         job.training,
-        np.asarray(x),
+        x,
         np.asarray(y),
         device=job.device,
         callbacks=callbacks,

@@ -52,7 +52,7 @@ class AttemptInput:
     name: str | None
     network: dict[str, Any]
     training: dict[str, Any]
-    features: bytes  # safetensors {"x": float32 (rows, n_features)}
+    features: bytes  # safetensors {"x": float32 (rows, n_features)} | {"values", "offsets"}
     targets: bytes  # safetensors {"y": int64 (rows,) | float32 (rows, n_outputs)}
     task: str
     classes: list[Any] | None

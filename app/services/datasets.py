@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import numpy as np
 from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
@@ -19,8 +20,10 @@ from app.datasets import (
     encode_arrays,
     features_array,
     parse_csv,
+    sequences_tokens,
 )
 from app.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from app.parquet import is_parquet, parse_parquet
 from app.schemas import DatasetCreate
 from app.services import is_id, owned_by
 from app.tables import Dataset, Job, Model
@@ -39,6 +42,15 @@ def visible(owner: str | None) -> Any:
 
 
 def _check_size(parsed: ParsedDataset, settings: Settings) -> None:
+    if parsed.tokens is not None:
+        # documents count in token ids, not in the dense cells they stand for
+        if parsed.tokens.n_tokens > settings.max_dataset_tokens:
+            raise PayloadTooLarge(
+                f"the dataset has {parsed.tokens.n_tokens:,} token ids; the limit is "
+                f"{settings.max_dataset_tokens:,} (FITSERVE_MAX_DATASET_TOKENS): upload fewer "
+                "or shorter documents"
+            )
+        return
     cells = parsed.rows * (parsed.n_features + parsed.n_outputs)
     if cells > settings.max_dataset_cells:
         raise PayloadTooLarge(
@@ -66,6 +78,8 @@ def _store(
         features=encoded.features,
         targets=encoded.targets,
         sha256=encoded.sha256,
+        tokens=parsed.tokens.n_tokens if parsed.tokens is not None else None,
+        max_token_id=_max_id(parsed),
     )
     session.add(row)
     session.flush()
@@ -73,9 +87,29 @@ def _store(
     return row
 
 
+def _max_id(parsed: ParsedDataset) -> int | None:
+    tokens = parsed.tokens
+    if tokens is None:
+        return None
+    return int(tokens.values.max()) if tokens.n_tokens else -1  # -1: only empty documents
+
+
 def create_from_json(
     session: Session, *, owner: str | None, body: DatasetCreate, settings: Settings
 ) -> Dataset:
+    if body.sequences is not None:
+        tokens = sequences_tokens(body.sequences)
+        parsed = build_dataset(
+            x=np.zeros((tokens.rows, 0)),
+            targets=body.targets,
+            task=body.task,
+            feature_names=["sequences"],
+            target_names=body.target_names,
+            tokens=tokens,
+        )
+        _check_size(parsed, settings)
+        return _store(session, owner=owner, name=body.name, parsed=parsed)
+    assert body.features is not None  # exactly one of them: DatasetCreate checks
     x = features_array(body.features)
     names = (
         check_feature_names(body.feature_names, x.shape[1])
@@ -104,9 +138,21 @@ def create_from_csv(
     settings: Settings,
 ) -> Dataset:
     check_text(name, "name")
-    parsed = parse_csv(data, target=target, task=task)
+    parsed = (
+        parse_parquet(data, target=target, task=task, max_bytes=_max_table_bytes(settings))
+        if is_parquet(data)
+        else parse_csv(data, target=target, task=task)
+    )
     _check_size(parsed, settings)
     return _store(session, owner=owner, name=name, parsed=parsed)
+
+
+def _max_table_bytes(settings: Settings) -> int:
+    """A Parquet table's uncompressed size cap: what the limits let a dataset hold (int64 token
+    ids or float64 cells as read), plus the body cap for labels and padding."""
+    return (
+        8 * max(settings.max_dataset_tokens, settings.max_dataset_cells) + settings.max_body_bytes
+    )
 
 
 def list_datasets(session: Session, *, owner: str | None) -> list[Dataset]:

@@ -16,8 +16,9 @@ from app.queue import store
 from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by
 from app.services.datasets import resolve_dataset
-from app.tables import Job, JobMetric
+from app.tables import Dataset, Job, JobMetric
 from models.spec import format_count
+from models.tokens import TokenLists, inputs_from_bytes
 
 
 def finite_or_none(value: Any) -> Any:
@@ -69,18 +70,15 @@ def submit_job(
             body.network,
             body.training,
             task=dataset.task,  # type: ignore[arg-type]
-            n_features=dataset.n_features,
+            n_features=dataset.n_features if dataset.tokens is None else None,
             n_outputs=dataset.n_outputs,
             n_classes=len(dataset.classes) if dataset.classes is not None else None,
             rows=dataset.rows,
         )
+        check_token_ids(dataset, body.network)
     except models.SpecError as exc:
         loc = ("body", *exc.loc) if exc.loc else ("body",)
-        raise Unprocessable(
-            f"{exc.message} (dataset {dataset.name!r}: {dataset.rows} rows, "
-            f"{dataset.n_features} features, {_target_text(dataset)})",
-            loc=loc,
-        ) from None
+        raise Unprocessable(f"{exc.message} ({_dataset_text(dataset)})", loc=loc) from None
     queued = session.scalar(
         select(func.count())
         .select_from(Job)
@@ -108,6 +106,35 @@ def submit_job(
     store.enqueue_job(session, job=job)
     session.refresh(job)
     return job_view(job, None)
+
+
+def check_token_ids(dataset: Dataset, network: models.NetworkSpec) -> None:
+    """A sequences dataset's ids against the network's category_encoding: the stored largest id
+    decides without reading the arrays; only a dataset that fails (or a one_hot layer, which needs
+    the lengths) is decoded, to name the row."""
+    encoding = network.encoding
+    if dataset.tokens is None or encoding is None:
+        return
+    assert dataset.max_token_id is not None  # set with tokens
+    if dataset.max_token_id < encoding.num_tokens and encoding.output_mode != "one_hot":
+        return
+    tokens = inputs_from_bytes(dataset.features)
+    assert isinstance(tokens, TokenLists)
+    try:
+        tokens.check_for(encoding, loc="dataset")
+    except models.SpecError as exc:
+        raise models.SpecError(
+            f"{exc.message.replace('row', 'dataset row', 1)}", loc=("network", "layers", 0)
+        ) from None
+
+
+def _dataset_text(dataset: Dataset) -> str:
+    inputs = (
+        f"{dataset.tokens:,} token ids up to {dataset.max_token_id}"
+        if dataset.tokens is not None
+        else f"{dataset.n_features} features"
+    )
+    return f"dataset {dataset.name!r}: {dataset.rows} rows, {inputs}, {_target_text(dataset)}"
 
 
 def _target_text(dataset: Any) -> str:
