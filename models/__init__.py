@@ -4,12 +4,13 @@ Pure PyTorch: never imports app, fastapi or sqlalchemy (tests/models/test_bounda
 """
 
 from models.build import Summary, build, check_compatible, count_params, summary
-from models.callbacks import Callback, EarlyStopping
 from models.data import Standardization
+from models.early_stopping import EarlyStopping
 from models.errors import ModelsError, SpecError, StopTraining, TrainingError, WeightsError
 from models.predict import Predictor
+from models.results import EpochRecord, FitResult
 from models.spec import NetworkSpec, TrainingConfig
-from models.train import EpochRecord, FitResult, Trainer, fit
+from models.train import Callback, Trainer, fit
 from models.weights import Checkpoint, LoadedModel, load_model, save_model
 
 __all__ = [

@@ -1,68 +1,89 @@
-"""A run's state into a `Checkpoint` after an epoch, and back into a fresh `Trainer` to resume."""
+"""A run's state into a `Checkpoint` after an epoch, and back into a fresh run to resume it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
+from models.data import Standardization
+from models.early_stopping import EarlyStopping
 from models.errors import SpecError
 from models.results import EpochRecord
-from models.spec import TrainingConfig
+from models.spec import NetworkSpec, TrainingConfig
 from models.weights import Checkpoint, flatten_optimizer, load_state, unflatten_optimizer
 
-if TYPE_CHECKING:
-    from models.train import Trainer
 
-
-def check_resume(trainer: Trainer, ckpt: Checkpoint) -> None:
+def check_resume(
+    ckpt: Checkpoint,
+    *,
+    network: NetworkSpec,
+    config: TrainingConfig,
+    data_shape: dict[str, int],
+) -> None:
     """Refuse a checkpoint made for another network, config (epochs aside) or data shape."""
-    if ckpt.network != trainer.network.model_dump(mode="json"):
+    if ckpt.network != network.model_dump(mode="json"):
         raise SpecError("the checkpoint was made for a different network spec", loc=("resume",))
-    mine = trainer.config.model_dump(mode="json")
+    mine = config.model_dump(mode="json")
     theirs = TrainingConfig.model_validate(ckpt.training).model_dump(mode="json")
     mine.pop("epochs"), theirs.pop("epochs")  # training may be extended
     if mine != theirs:
         raise SpecError("the checkpoint was made with a different training config", loc=("resume",))
-    if ckpt.data != trainer.data_shape:
+    if ckpt.data != data_shape:
         raise SpecError(f"the checkpoint was made on data of shape {ckpt.data}", loc=("resume",))
 
 
-def restore(trainer: Trainer, ckpt: Checkpoint) -> None:
-    """Weights, optimizer, early-stopping state and history as they were after `ckpt.epoch`."""
-    dev = trainer.device
-    load_state(trainer.module, {k: v.to(dev) for k, v in ckpt.model_state.items()})
-    fresh = trainer.optimizer.state_dict()["param_groups"]
-    trainer.optimizer.load_state_dict(
+def restore(
+    ckpt: Checkpoint,
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    early_stopping: EarlyStopping | None,
+    device: torch.device,
+) -> None:
+    """Weights, optimizer and early-stopping state as they were after `ckpt.epoch`."""
+    load_state(module, {k: v.to(device) for k, v in ckpt.model_state.items()})
+    fresh = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict(
         unflatten_optimizer(ckpt.optimizer_state, ckpt.optimizer_values, fresh)
     )
-    if trainer.early_stopping is not None and ckpt.early_stopping is not None:
+    if early_stopping is not None and ckpt.early_stopping is not None:
         best = ckpt.best_weights
-        best = {k: v.to(dev) for k, v in best.items()} if best is not None else None
-        trainer.early_stopping.load_state(ckpt.early_stopping, best)
-    trainer.history = [EpochRecord.from_dict(d) for d in ckpt.history]
-    trainer.epoch = ckpt.epoch
-    trainer.stop_training = ckpt.stop_training
+        best = {k: v.to(device) for k, v in best.items()} if best is not None else None
+        early_stopping.load_state(ckpt.early_stopping, best)
 
 
-def make_checkpoint(trainer: Trainer) -> Checkpoint:
-    """The state after the trainer's last completed epoch."""
-    opt_tensors, opt_values = flatten_optimizer(trainer.optimizer.state_dict())
-    es = trainer.early_stopping
+def make_checkpoint(
+    *,
+    network: NetworkSpec,
+    training: TrainingConfig,
+    epoch: int,
+    seed: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[EpochRecord],
+    data_shape: dict[str, int],
+    standardization: Standardization | None,
+    early_stopping: EarlyStopping | None,
+    stop_training: bool,
+) -> Checkpoint:
+    """A run's state after its last completed epoch (`epoch`), copied to the host."""
+    opt_tensors, opt_values = flatten_optimizer(optimizer.state_dict())
+    es = early_stopping
     return Checkpoint(
-        network=trainer.network.model_dump(mode="json"),
-        training=trainer.config.model_dump(mode="json"),
-        epoch=trainer.epoch,
-        seed=trainer.seed,
-        model_state={k: v.detach().cpu().clone() for k, v in trainer.module.state_dict().items()},
+        network=network.model_dump(mode="json"),
+        training=training.model_dump(mode="json"),
+        epoch=epoch,
+        seed=seed,
+        model_state={k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
         optimizer_state={k: v.detach().cpu().clone() for k, v in opt_tensors.items()},
         optimizer_values=opt_values,
-        history=[r.as_dict() for r in trainer.history],
-        data=dict(trainer.data_shape),
-        standardization=trainer.standardization,
+        history=[r.as_dict() for r in history],
+        data=dict(data_shape),
+        standardization=standardization,
         early_stopping=es.state() if es is not None else None,
         best_weights=(
             {k: v.cpu().clone() for k, v in es.best_weights.items()}
             if es is not None and es.best_weights is not None
             else None
         ),
-        stop_training=trainer.stop_training,
+        stop_training=stop_training,
     )

@@ -1,8 +1,10 @@
 """The training loop: `fit(network, training, x, y)` -> FitResult.
 
 The dataset lives on the training device as tensors; each epoch draws a seeded permutation and
-slices batches from it. Loss, metric and gradient norms are accumulated on the device and read to
-the host once per epoch (`.item()` in the step would be a CPU-GPU sync per batch).
+runs its batches through one `TrainStep` (models/step.py) — eagerly (models/eager.py) or replayed
+from a CUDA graph (models/cuda_graph.py). Loss, metric and gradient norms are summed on the device
+and read to the host once per epoch (`.item()` in the step would be a CPU-GPU sync per batch),
+when the Trainer finishes the epoch: record, early stopping, callbacks.
 """
 
 from __future__ import annotations
@@ -12,22 +14,22 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
-from models import cuda_graph, placement, precision, randomness
+from models import cuda_graph, eager, placement, precision, randomness
 from models import data as D
 from models.build import as_network, as_training, build, check_compatible, count_params
-from models.callbacks import Callback, EarlyStopping, overrides
-from models.epoch_sums import EpochSums
+from models.early_stopping import EarlyStopping
 from models.errors import SpecError, StopTraining, TrainingError
 from models.losses import make_objective
-from models.optim import clip_gradients, make_optimizer
+from models.optim import make_optimizer
 from models.results import EpochRecord, FitResult
 from models.resume import check_resume, make_checkpoint, restore
 from models.spec import NetworkSpec, TrainingConfig, split_rows
+from models.step import EpochInputs, EpochTotals, TrainRows, TrainStep
 from models.tokens import TokenLists, as_tokens, batch_rows
 from models.weights import Checkpoint
 
@@ -36,6 +38,33 @@ _EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: b
 # runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
 # waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
 _SINGLE_THREAD_FLOPS = 1 << 23
+
+
+class Callback:
+    """Hooks into the loop, no-ops by default: subclass and override the ones you need.
+
+    Hooks run on the training thread. `on_batch_end` runs after every optimizer step, so it must
+    not read tensors to the host (that is a device sync) — set a flag or count, and act in
+    `on_epoch_end`. Raise `StopTraining` from any hook, or set `trainer.stop_training = True`, to
+    end training after the current step (batch hook) or epoch; `fit` then returns normally.
+    """
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch (also when resuming)."""
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        """After each optimizer step; cheap, no host sync."""
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """After each epoch (and early stopping's update); `trainer.checkpoint()` works here."""
+
+    def on_train_end(self, trainer: Trainer, result: FitResult) -> None:
+        """After training ended, however it ended (not after an exception)."""
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    """Whether `callback` implements `hook`, so the loop can skip no-op batch hooks entirely."""
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -84,11 +113,12 @@ class Trainer:
         self.network, self.config = as_network(network), as_training(training)
         self.device = resolve_device(device)
         self.callbacks = list(callbacks)
-        self._batch_hooks = [cb for cb in self.callbacks if overrides(cb, "on_batch_end")]
+        self._batch_hooks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self.stop_training = False
         self.history: list[EpochRecord] = []
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps this run
+        self.precision: str | None = None  # observed from the first epoch's steps
 
         # token lists (a category_encoding network) stay values + offsets; features a matrix
         xt: torch.Tensor | TokenLists = (
@@ -120,13 +150,13 @@ class Trainer:
         n_train = (
             split_rows(rows, self.config.validation_split) if self.config.validation_split else rows
         )
+        self.n_train = n_train
+        batch = self.config.batch_size
+        self.batch_size = n_train if batch == "full" else min(int(batch), n_train)
         self.data_shape = {"rows": rows, "n_features": n_features or self.network.input_dim}
         self.step_mode = "eager"
-        self.precision: str | None = None  # observed from the first epoch's steps
-        self._graph: cuda_graph.GraphEpochs | None = None
         self.device_reason = f"{self.device}, as asked"
         if str(device) == "auto":
-            batch = self.config.batch_size
             where = placement.choose(
                 self.network,
                 self.config,
@@ -140,7 +170,9 @@ class Trainer:
             self.device, self.device_reason = where.device, where.reason
 
         if resume is not None:
-            check_resume(self, resume)
+            check_resume(
+                resume, network=self.network, config=self.config, data_shape=self.data_shape
+            )
             self.seed = resume.seed
             self.standardization = resume.standardization
         else:
@@ -166,9 +198,8 @@ class Trainer:
             if isinstance(xt, TokenLists)
             else (xt[:n_train], xt[n_train:])
         )
-        self._train = (x_train, target[:n_train], labels[:n_train])
+        self._train = TrainRows(x_train, target[:n_train], labels[:n_train])
         self._val = (x_val, target[n_train:], labels[n_train:]) if n_train < rows else None
-        self.n_train = n_train
 
         self.module = build(self.network, seed=init_seed)
         if dev.type != "cpu":
@@ -181,7 +212,16 @@ class Trainer:
         self._layer_names, self._norm_matrix = self._grad_norm_layout()
         self._resume = resume
         if resume is not None:
-            restore(self, resume)
+            restore(
+                resume,
+                module=self.module,
+                optimizer=self.optimizer,
+                early_stopping=self.early_stopping,
+                device=dev,
+            )
+            self.history = [EpochRecord.from_dict(d) for d in resume.history]
+            self.epoch = resume.epoch
+            self.stop_training = resume.stop_training
 
     def _grad_norm_layout(self) -> tuple[list[str], torch.Tensor]:
         """Layer names with parameters, and a (layers + 1, params) 0/1 matrix: its product with the
@@ -193,16 +233,12 @@ class Trainer:
         rows.append([1.0] * len(owner))
         return layers, torch.tensor(rows, device=self.device)
 
-    def _batch_size(self) -> int:
-        bs = self.config.batch_size
-        return self.n_train if bs == "full" else min(int(bs), self.n_train)
-
     def _precision(self) -> tuple[Any, ExitStack]:
         """The autocast context for the forward pass, and a stack that restores global settings
         (TF32, CPU threads) when training ends."""
         stack = ExitStack()
         n_params = sum(p.numel() for p in self.params)
-        threads = cpu_threads_for(self._batch_size(), n_params)
+        threads = cpu_threads_for(self.batch_size, n_params)
         if self.device.type == "cpu" and threads is not None:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
@@ -213,22 +249,151 @@ class Trainer:
             stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", previous)
         return autocast, stack
 
+    def epoch_inputs(self) -> EpochInputs:
+        """What an epoch runner reads: the step (on the current optimizer), rows and batch size."""
+        step = TrainStep(
+            self.module,
+            self.optimizer,
+            self.objective,
+            self.params,
+            clipnorm=self.config.clipnorm,
+            global_clipnorm=self.config.global_clipnorm,
+            clipvalue=self.config.clipvalue,
+        )
+        return EpochInputs(
+            step,
+            self._train,
+            self.batch_size,
+            self._norm_matrix,
+            self._after_step,
+            input_dim=self.network.input_dim,
+        )
+
     # ------------------------------------------------------------ the loop
 
     def run(self) -> FitResult:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        autocast, restore = self._precision()
-        with restore, torch.random.fork_rng(devices=cuda, device_type="cuda"):
-            self._graph = cuda_graph.plan(self)  # full-batch steps replayed from a CUDA graph
+        autocast, restore_settings = self._precision()
+        with restore_settings, torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            inputs = self.epoch_inputs()
+            # full-batch steps replayed from a CUDA graph where that pays; None: the eager loop
+            graph, self.step_mode = cuda_graph.plan(
+                inputs, epochs_left=self.config.epochs - self.epoch, precision=self.config.precision
+            )
             for cb in self.callbacks:
                 cb.on_train_begin(self)
             try:
                 while self.epoch < self.config.epochs and not self.stop_training:
+                    started = time.perf_counter()
                     # dropout draws from the device's global generator, reseeded per epoch
                     randomness.seed_dropout(self._dropout_seed, self.epoch, self.device)
-                    self._run_epoch(autocast)
+                    perm = (
+                        randomness.epoch_permutation(
+                            self._shuffle_seed, self.epoch, self.n_train, self.device
+                        )
+                        if self.config.shuffle
+                        else None
+                    )
+                    self.module.train()
+                    if graph is None:
+                        totals = eager.run_epoch(inputs, perm, autocast)
+                    else:
+                        totals = graph.run_epoch(perm)
+                        if graph.fallback is not None:  # the next epochs run eagerly
+                            self.step_mode, graph = f"eager: {graph.fallback}", None
+                    self._finish_epoch(started, totals)
             except StopTraining:
                 self.stop_training = True
+        return self._result()
+
+    def _after_step(self) -> bool:
+        """Count a step and run the batch hooks; True when one of them stopped training."""
+        self.step += 1
+        if not self._batch_hooks:
+            return False
+        try:
+            for cb in self._batch_hooks:
+                cb.on_batch_end(self)
+        except StopTraining:
+            self.stop_training = True
+        return self.stop_training
+
+    def _finish_epoch(self, started: float, totals: EpochTotals) -> None:
+        """The epoch's record from the runner's sums (and the validation pass), then early
+        stopping and the callbacks."""
+        epoch = self.epoch + 1
+        if self.precision is None:  # before validation, which runs in float32
+            self.precision = precision.observed(self.module, self.device)
+        parts = [
+            totals.loss.reshape(1).double(),
+            totals.metric.reshape(1).double(),
+            totals.norm.double(),
+        ]
+        if self._val is not None:
+            val_loss, val_metric, val_rows = self._evaluate()
+            parts += [val_loss.reshape(1).double(), val_metric.reshape(1)]
+        values = torch.cat(parts).tolist()  # the epoch's one host sync
+        target = self._train.target
+        width = target.shape[1] if target.dim() == 2 else 1
+        metric = self.objective.metric
+        loss = values[0] / totals.rows
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} in epoch {epoch}: training diverged. Lower the learning "
+                f"rate (now {self.optimizer.param_groups[0]['lr']}), set clipnorm (e.g. 1.0), or "
+                "set standardize: true if the features have large values",
+                epoch=epoch,
+            )
+        norms = [v / max(totals.steps, 1) for v in values[2 : 2 + totals.norm.shape[0]]]
+        record = EpochRecord(
+            epoch=epoch,
+            loss=loss,
+            metrics={metric: values[1] / self.objective.metric_count(totals.rows, width)},
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+            seconds=0.0,
+            grad_norm=norms[-1],
+            layer_grad_norms=dict(zip(self._layer_names, norms[:-1], strict=True)),
+        )
+        if self._val is not None:
+            record.val_loss = values[-2]
+            record.val_metrics = {
+                f"val_{metric}": values[-1] / self.objective.metric_count(val_rows, width)
+            }
+        record.seconds = time.perf_counter() - started
+        self.epoch = epoch
+        self.history.append(record)
+        if self.early_stopping is not None and self.early_stopping.update(
+            epoch, record.as_dict(), self.module
+        ):
+            self.stop_training = True
+        for cb in self.callbacks:
+            try:
+                cb.on_epoch_end(self, record)
+            except StopTraining:
+                self.stop_training = True
+
+    @torch.inference_mode()
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        assert self._val is not None
+        x, target, labels = self._val
+        module, objective = self.module, self.objective
+        fwd = module.logits if objective.from_logits else module
+        module.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        chunk = max(1, _EVAL_CHUNK_ELEMENTS // self.network.input_dim)
+        rows = x.rows if isinstance(x, TokenLists) else x.shape[0]
+        for start in range(0, rows, chunk):
+            out = fwd(batch_rows(x, slice(start, start + chunk)))
+            tb, lb = target[start : start + chunk], labels[start : start + chunk]
+            loss_sum.add_(objective.loss(out.float(), tb), alpha=out.shape[0])
+            metric_sum.add_(objective.metric_sum(out.float(), tb, lb))
+        loss = loss_sum / rows
+        if module.has_penalty:  # Keras adds the regularization losses to val_loss too
+            loss = loss + module.penalty()
+        return loss, metric_sum, rows
+
+    def _result(self) -> FitResult:
         stopped = None
         if self.early_stopping is not None:
             self.early_stopping.restore(self.module)
@@ -257,153 +422,24 @@ class Trainer:
                 pass
         return result
 
-    def _run_epoch(self, autocast: Any) -> None:
-        started = time.perf_counter()
-        if self._graph is not None:
-            return self._graph.run_epoch(started)
-        module, opt, objective, params = self.module, self.optimizer, self.objective, self.params
-        x, target, labels = self._train
-        n, bs = self.n_train, self._batch_size()
-        fwd = module.logits if objective.from_logits else module
-        has_penalty = module.has_penalty
-        clip = self.config.clipnorm or self.config.global_clipnorm or self.config.clipvalue
-        hooks = self._batch_hooks
-        perm = (
-            randomness.epoch_permutation(self._shuffle_seed, self.epoch, n, self.device)
-            if self.config.shuffle
-            else None
-        )
-        sums = EpochSums(self, perm, bs)
-        losses, outputs, norms_per_step = sums.losses, sums.outputs, sums.norms
-        module.train()
-        steps = 0
-        for start in range(0, n, bs):
-            if perm is not None:
-                idx = perm[start : start + bs]
-                xb, tb = batch_rows(x, idx), target[idx]
-            else:
-                xb, tb = batch_rows(x, slice(start, start + bs)), target[start : start + bs]
-            with autocast:
-                out = fwd(xb)
-                loss = objective.loss(out, tb)
-                if has_penalty:
-                    loss = loss + module.penalty()
-            for p in params:  # opt.zero_grad(set_to_none=True) without its profiler bookkeeping
-                p.grad = None
-            loss.backward()
-            grads = cast(list[torch.Tensor], [p.grad for p in params])
-            norms = torch._foreach_norm(grads)  # one 0-d tensor per parameter
-            if clip:
-                clip_gradients(
-                    grads,
-                    torch.stack(norms),
-                    clipnorm=self.config.clipnorm,
-                    global_clipnorm=self.config.global_clipnorm,
-                    clipvalue=self.config.clipvalue,
-                )
-            opt.step()
-            # kept on the device and reduced every few hundred steps rather than added up step by
-            # step: on a small network each op is a measurable share of the step
-            losses.append(loss.detach())
-            outputs.append(out.detach())
-            norms_per_step.append(norms)
-            steps += 1
-            self.step += 1
-            if len(losses) == sums.flush_every:
-                sums.flush(start + xb.shape[0])
-            if hooks:
-                try:
-                    for cb in hooks:
-                        cb.on_batch_end(self)
-                except StopTraining:
-                    self.stop_training = True
-                if self.stop_training:
-                    break
-        rows_seen = min(steps * bs, n)
-        sums.flush(rows_seen)
-        self._finish_epoch(started, steps, rows_seen, sums.loss, sums.metric, sums.norm)
-
-    @torch.inference_mode()
-    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        assert self._val is not None
-        x, target, labels = self._val
-        module, objective = self.module, self.objective
-        fwd = module.logits if objective.from_logits else module
-        module.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        chunk = max(1, _EVAL_CHUNK_ELEMENTS // self.network.input_dim)
-        rows = x.rows if isinstance(x, TokenLists) else x.shape[0]
-        for start in range(0, rows, chunk):
-            out = fwd(batch_rows(x, slice(start, start + chunk)))
-            tb, lb = target[start : start + chunk], labels[start : start + chunk]
-            loss_sum.add_(objective.loss(out.float(), tb), alpha=out.shape[0])
-            metric_sum.add_(objective.metric_sum(out.float(), tb, lb))
-        loss = loss_sum / rows
-        if module.has_penalty:  # Keras adds the regularization losses to val_loss too
-            loss = loss + module.penalty()
-        return loss, metric_sum, rows
-
-    def _finish_epoch(
-        self,
-        started: float,
-        steps: int,
-        rows: int,
-        loss_sum: torch.Tensor,
-        metric_sum: torch.Tensor,
-        norm_sum: torch.Tensor,
-    ) -> None:
-        epoch = self.epoch + 1
-        if self.precision is None:  # before validation, which runs in float32
-            self.precision = precision.observed(self.module, self.device)
-        parts = [loss_sum.reshape(1).double(), metric_sum.reshape(1).double(), norm_sum.double()]
-        if self._val is not None:
-            val_loss, val_metric, val_rows = self._evaluate()
-            parts += [val_loss.reshape(1).double(), val_metric.reshape(1)]
-        values = torch.cat(parts).tolist()  # the epoch's one host sync
-        width = self._train[1].shape[1] if self._train[1].dim() == 2 else 1
-        metric = self.objective.metric
-        loss = values[0] / rows
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} in epoch {epoch}: training diverged. Lower the learning "
-                f"rate (now {self.optimizer.param_groups[0]['lr']}), set clipnorm (e.g. 1.0), or "
-                "set standardize: true if the features have large values",
-                epoch=epoch,
-            )
-        norms = [v / max(steps, 1) for v in values[2 : 2 + norm_sum.shape[0]]]
-        record = EpochRecord(
-            epoch=epoch,
-            loss=loss,
-            metrics={metric: values[1] / self.objective.metric_count(rows, width)},
-            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
-            seconds=0.0,
-            grad_norm=norms[-1],
-            layer_grad_norms=dict(zip(self._layer_names, norms[:-1], strict=True)),
-        )
-        if self._val is not None:
-            record.val_loss = values[-2]
-            record.val_metrics = {
-                f"val_{metric}": values[-1] / self.objective.metric_count(val_rows, width)
-            }
-        record.seconds = time.perf_counter() - started
-        self.epoch = epoch
-        self.history.append(record)
-        if self.early_stopping is not None and self.early_stopping.update(
-            epoch, record.as_dict(), self.module
-        ):
-            self.stop_training = True
-        for cb in self.callbacks:
-            try:
-                cb.on_epoch_end(self, record)
-            except StopTraining:
-                self.stop_training = True
-
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint(self) -> Checkpoint:
         """The state after the last completed epoch (call from on_epoch_end)."""
-        return make_checkpoint(self)
+        es = self.early_stopping
+        return make_checkpoint(
+            network=self.network,
+            training=self.config,
+            epoch=self.epoch,
+            seed=self.seed,
+            module=self.module,
+            optimizer=self.optimizer,
+            history=self.history,
+            data_shape=self.data_shape,
+            standardization=self.standardization,
+            early_stopping=es,
+            stop_training=self.stop_training,
+        )
 
 
 def fit(

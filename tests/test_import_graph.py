@@ -120,16 +120,7 @@ def test_the_walker_finds_a_circle() -> None:
     assert _cycle_through(graph, component) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        "app",
-        pytest.param(
-            "models",
-            marks=pytest.mark.xfail(strict=True, reason="models.train and its helpers, for now"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle(package: str) -> None:
     inside = {
         name: {t for t in targets if t.split(".")[0] == package}

@@ -221,7 +221,7 @@ def test_training_on_token_lists_is_training_on_their_dense_encoding(mode: str) 
 def test_the_dataset_stays_token_lists_on_the_trainer() -> None:
     docs, y = _documents(60, 20, seed=2)
     trainer = Trainer(_spec(), TRAINING, docs, y, device="cpu")
-    x_train, _, _ = trainer._train
+    x_train = trainer.epoch_inputs().rows.x
     assert isinstance(x_train, TokenLists) and x_train.rows == 45  # 25% held out
     assert trainer._val is not None and isinstance(trainer._val[0], TokenLists)
 

@@ -464,7 +464,7 @@ def test_gradient_norms_are_the_mean_over_steps(
     rows: int, batch_size: int | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 21 steps: two full flushes and a rest
-    monkeypatch.setattr("models.epoch_sums._FLUSH_STEPS", 8)
+    monkeypatch.setattr("models.eager._FLUSH_STEPS", 8)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, 3)).astype(np.float32)
     y = rng.integers(0, 2, size=rows)

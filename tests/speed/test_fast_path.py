@@ -139,44 +139,54 @@ def _trainer(iris: Any, training: dict[str, Any], **kw: Any) -> Trainer:
     return Trainer(DROPOUT_NET, {**BASE, **training}, x, y, device="cpu", **kw)
 
 
+def _eligibility(trainer: Trainer) -> str | None:
+    inputs, epochs = trainer.epoch_inputs(), trainer.config.epochs
+    return cuda_graph.eligibility(inputs, epochs_left=epochs, require_cuda=False)
+
+
+def _plan(trainer: Trainer) -> tuple[cuda_graph.GraphEpochs | None, str]:
+    inputs, epochs = trainer.epoch_inputs(), trainer.config.epochs
+    return cuda_graph.plan(inputs, epochs_left=epochs, precision="fp32")
+
+
 def test_the_cpu_trains_eagerly_and_says_why(iris: Any, graphs: Any) -> None:
     graphs("1")
     result = _fit(iris, DROPOUT_NET, {"optimizer": "adam", "batch_size": 8, "epochs": 3})
     assert result.step_mode == "eager: not on CUDA"
-    assert cuda_graph.plan(_trainer(iris, {"optimizer": "adam", "epochs": 3})) is None
+    assert _plan(_trainer(iris, {"optimizer": "adam", "epochs": 3})) == (None, result.step_mode)
 
 
 def test_too_few_steps_to_pay_for_a_capture(iris: Any, graphs: Any) -> None:
     graphs("emulate")
     # 150 rows / 64 = 2 full batches an epoch, 3 epochs: 6 steps
     trainer = _trainer(iris, {"optimizer": "adam", "batch_size": 64, "epochs": 3})
-    reason = cuda_graph.eligibility(trainer, require_cuda=False)
+    reason = _eligibility(trainer)
     assert reason is not None and "only 6 full-batch steps" in reason
-    assert cuda_graph.plan(trainer) is None and trainer.step_mode == f"eager: {reason}"
+    assert _plan(trainer) == (None, f"eager: {reason}")
     # batch gradient descent: one full batch an epoch, so it takes many epochs to qualify
     many = _trainer(iris, {"optimizer": "adam", "batch_size": "full", "epochs": 200})
-    assert cuda_graph.eligibility(many, require_cuda=False) is None
+    assert _eligibility(many) is None
 
 
 def test_an_optimizer_torch_cannot_capture_trains_eagerly(iris: Any, graphs: Any) -> None:
     graphs("emulate")
     trainer = _trainer(iris, {"optimizer": "adam", "batch_size": 8, "epochs": 5})
     trainer.optimizer = torch.optim.Adadelta(trainer.params)  # no capturable step in torch
-    reason = cuda_graph.eligibility(trainer, require_cuda=False)
+    reason = _eligibility(trainer)
     assert reason == "Adadelta can't step under CUDA graph capture"
     unfused = _trainer(iris, {"optimizer": "adagrad", "batch_size": 8, "epochs": 5})
     unfused.optimizer = torch.optim.Adagrad(unfused.params, foreach=True)
-    assert "fused" in str(cuda_graph.eligibility(unfused, require_cuda=False))
+    assert "fused" in str(_eligibility(unfused))
 
 
 def test_the_switch_turns_the_path_off(iris: Any, graphs: Any) -> None:
     graphs("off")
     assert cuda_graph.switch() == "off"
     trainer = _trainer(iris, {"optimizer": "adam", "batch_size": 8, "epochs": 5})
-    assert cuda_graph.eligibility(trainer, require_cuda=False) == "FITSERVE_CUDA_GRAPHS=0"
+    assert _eligibility(trainer) == "FITSERVE_CUDA_GRAPHS=0"
     graphs("emulate")
     assert cuda_graph.switch() == "emulate"
-    assert cuda_graph.eligibility(trainer, require_cuda=False) is None
+    assert _eligibility(trainer) is None
 
 
 # ---------------------------------------------------------------- on a real GPU
@@ -251,8 +261,8 @@ def test_token_lists_take_the_graph_path_with_a_fixed_batch_and_train_as_eagerly
     graphs("0")
     eager = models.fit(network, training, docs, y, device="cpu")
     graphs("emulate")
-    trainer = Trainer(network, training, docs, y, device="cpu")
-    graphed = trainer.run()
+    graphed = models.fit(network, training, docs, y, device="cpu")
     assert graphed.step_mode == "cuda_graph (emulated)"
-    assert trainer._graph is not None and trainer._graph.token_width == max(map(len, docs[:120]))
+    graph, _ = _plan(Trainer(network, training, docs, y, device="cpu"))
+    assert graph is not None and graph.token_width == max(map(len, docs[:120]))
     _same_training(eager, graphed)

@@ -1,43 +1,13 @@
-"""Callback hooks (no-ops by default) and Keras' EarlyStopping.
-
-Hooks run on the training thread. `on_batch_end` runs after every optimizer step, so it must not
-read tensors to the host (that is a device sync) — set a flag or count, and act in `on_epoch_end`.
-Raise `StopTraining` from any hook, or set `trainer.stop_training = True`, to end training after
-the current step (batch hook) or epoch; `fit` then returns normally.
-"""
+"""Keras' EarlyStopping, which the Trainer consults after every epoch (models/train.py)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from models.spec import EarlyStoppingConfig
-
-if TYPE_CHECKING:
-    from models.train import EpochRecord, FitResult, Trainer
-
-
-class Callback:
-    """Subclass and override the hooks you need."""
-
-    def on_train_begin(self, trainer: Trainer) -> None:
-        """Before the first epoch (also when resuming)."""
-
-    def on_batch_end(self, trainer: Trainer) -> None:
-        """After each optimizer step; cheap, no host sync."""
-
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        """After each epoch (and early stopping's update); `trainer.checkpoint()` works here."""
-
-    def on_train_end(self, trainer: Trainer, result: FitResult) -> None:
-        """After training ended, however it ended (not after an exception)."""
-
-
-def overrides(callback: Callback, hook: str) -> bool:
-    """Whether `callback` implements `hook`, so the loop can skip no-op batch hooks entirely."""
-    return getattr(type(callback), hook) is not getattr(Callback, hook)
 
 
 class EarlyStopping:
