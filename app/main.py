@@ -65,7 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from app.api import datasets, health, jobs, models, networks
+    from app.api import datasets, health, jobs, models, networks, studies
     from app.api.v2 import OipErrorMiddleware
 
     app = FastAPI(
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(FastPredictMiddleware)
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
-    for module in (health, datasets, networks, jobs, models):
+    for module in (health, datasets, networks, jobs, models, studies):
         app.include_router(module.router)
     _install_extras(app)
     return app

@@ -203,3 +203,64 @@ class Model(Base):
     # models.save_model() bytes: safetensors with the spec and standardization in its metadata.
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+STUDY_STATUSES = ("running", "completed", "cancelled")
+TRIAL_STATES = ("running", "complete", "pruned", "failed", "cancelled")
+
+
+class Study(Base):
+    """A hyperparameter search: a base spec, a search space and an objective. Its trials are
+    ordinary jobs (study_trials names them); samplers and pruners are asked over these rows
+    (app/studies/tuner.py)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        CheckConstraint(f"status IN {STUDY_STATUSES}", name="status"),
+        CheckConstraint("direction IN ('minimize', 'maximize')", name="direction"),
+        CheckConstraint("n_trials >= 1 AND max_parallel >= 1", name="counts"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # The base spec every trial starts from (validated, defaults filled in).
+    network: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON)
+    search_space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    objective_metric: Mapped[str] = mapped_column(String(20))
+    direction: Mapped[str] = mapped_column(String(10))
+    n_trials: Mapped[int]
+    max_parallel: Mapped[int]
+    sampler: Mapped[str] = mapped_column(String(20))
+    pruner: Mapped[str] = mapped_column(String(30))
+    seed: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+
+class StudyTrial(Base):
+    """One trial of a study: the params it sampled and the job that trains them."""
+
+    __tablename__ = "study_trials"
+    __table_args__ = (CheckConstraint(f"state IN {TRIAL_STATES}", name="state"),)
+
+    study_id: Mapped[str] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    # 0-based, in the order the trials were asked for (Optuna's trial number).
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # search-space path -> sampled value
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A grid search's point (Optuna GridSampler's grid_id); NULL for other samplers.
+    grid_id: Mapped[int | None]
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    # The objective after the trial's last epoch; NULL until it ends (or when it had none).
+    value: Mapped[float | None] = mapped_column(Float)
+    # The epoch at which the pruner stopped it.
+    pruned_at_epoch: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]

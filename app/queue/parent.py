@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -35,6 +36,7 @@ from app.queue.protocol import (
     AttemptInput,
     decode,
 )
+from app.studies import conduct
 from app.tables import Dataset, Model
 
 log = logging.getLogger("fitserve.worker")
@@ -92,6 +94,10 @@ class Attempt:
         self.lost = threading.Event()
         self.finished = threading.Event()
         self.process: Any = None
+        # A study's trial reports each epoch to its pruner; once pruned, later epochs the child
+        # sends before it stops are not recorded (the trial ends at the pruned epoch).
+        self.is_trial = False
+        self.pruned = False
 
     @property
     def patience(self) -> float:
@@ -103,6 +109,17 @@ class Attempt:
         return self.write(what, fn, patience=self.patience)
 
     def run(self) -> None:
+        claim = self.claim
+        self.is_trial = self._write(
+            "study trial?", lambda s: conduct.is_trial(s, job_id=claim.job_id)
+        )
+        try:
+            self._run()
+        finally:
+            if self.is_trial:  # the next trial is asked for as soon as this one ends
+                self._advance_study()
+
+    def _run(self) -> None:
         claim = self.claim
         inputs = self._inputs()
         if inputs is None:
@@ -210,6 +227,8 @@ class Attempt:
                 )
             return False
         if kind == "epoch":
+            if self.pruned:
+                return False
             self._write(
                 f"record epoch {header['epoch']}",
                 lambda s: store.record_epoch(
@@ -221,6 +240,12 @@ class Attempt:
                     lease_seconds=self.settings.lease_seconds,
                 ),
             )
+            if self.is_trial and self._write(
+                "report to the study",
+                lambda s: conduct.report_epoch(s, job_id=claim.job_id, epoch=header["epoch"]),
+            ):
+                self.pruned = True
+                self.control.value = CANCEL
             return False
         if kind == "done":
             self._done(header, payload)
@@ -320,6 +345,23 @@ class Attempt:
             message,
             status,
         )
+
+    def _advance_study(self) -> None:
+        try:
+            self.write(
+                "advance the study",
+                lambda s: conduct.advance_for_job(
+                    s, job_id=self.claim.job_id, settings=self.settings
+                ),
+                patience=self.patience,
+            )
+        except (LostJob, sa_exc.IntegrityError) as exc:  # the sweep will do it
+            log.warning(
+                "%s: could not advance the study of job %s: %s",
+                self.worker_name,
+                self.claim.job_id,
+                exc,
+            )
 
     # ------------------------------------------------------------------ heartbeat thread
 

@@ -53,6 +53,7 @@ from app.queue.parent import (
     probe_device,
 )
 from app.queue.protocol import EXIT_LEASE_LOST
+from app.studies import conduct
 from app.tables import Dataset
 
 log = logging.getLogger("fitserve.worker")
@@ -169,6 +170,8 @@ class Worker:
                 now = time.monotonic()
                 if now >= self._next_reap:  # rare work: not a statement on every claim
                     store.reap_expired_jobs(session)
+                    # trials whose jobs ended where no worker saw it (a cancelled queued trial)
+                    conduct.advance_running(session, settings=self.settings)
                     self._next_reap = now + REAP_INTERVAL_SECONDS
                 claim = store.claim_next_job(
                     session, worker=self.name, lease_seconds=self.settings.lease_seconds

@@ -54,31 +54,71 @@ def _params_message(count: int, limit: int) -> str:
     )
 
 
-def check_params(network: models.NetworkSpec, settings: Settings) -> None:
+def check_params(
+    network: models.NetworkSpec, settings: Settings, *, loc: tuple[str | int, ...] = ("body",)
+) -> None:
     count = models.count_params(network)
     if count > settings.max_params:
-        raise Unprocessable(_params_message(count, settings.max_params), loc=("body", "network"))
+        raise Unprocessable(_params_message(count, settings.max_params), loc=(*loc, "network"))
+
+
+def check_trainable(
+    network: models.NetworkSpec,
+    training: models.TrainingConfig,
+    *,
+    dataset: Any,
+    settings: Settings,
+    loc: tuple[str | int, ...] = ("body",),
+) -> None:
+    """422 unless the spec fits the parameter budget and can train on the dataset."""
+    check_params(network, settings, loc=loc)
+    try:
+        models.check_compatible(
+            network,
+            training,
+            task=dataset.task,
+            n_features=dataset.n_features if dataset.tokens is None else None,
+            n_outputs=dataset.n_outputs,
+            n_classes=len(dataset.classes) if dataset.classes is not None else None,
+            rows=dataset.rows,
+        )
+        check_token_ids(dataset, network)
+    except models.SpecError as exc:
+        raise Unprocessable(
+            f"{exc.message} ({_dataset_text(dataset)})", loc=(*loc, *exc.loc)
+        ) from None
+
+
+def new_job(
+    *,
+    owner: str | None,
+    name: str | None,
+    dataset_id: str,
+    network: models.NetworkSpec,
+    training: models.TrainingConfig,
+    settings: Settings,
+) -> Job:
+    """The row of a queued job (not yet added to the session)."""
+    return Job(
+        owner_id=owner,
+        name=name,
+        dataset_id=dataset_id,
+        network=network.model_dump(mode="json", exclude_none=True),
+        training=training.model_dump(mode="json", exclude_none=True),
+        status="queued",
+        epochs=training.epochs,
+        epoch=0,
+        attempts=0,
+        max_attempts=settings.max_attempts,
+        precision=training.precision,
+    )
 
 
 def submit_job(
     session: Session, *, owner: str | None, body: JobCreate, settings: Settings
 ) -> JobRead:
     dataset = resolve_dataset(session, owner=owner, ref=body.dataset)
-    check_params(body.network, settings)
-    try:
-        models.check_compatible(
-            body.network,
-            body.training,
-            task=dataset.task,  # type: ignore[arg-type]
-            n_features=dataset.n_features if dataset.tokens is None else None,
-            n_outputs=dataset.n_outputs,
-            n_classes=len(dataset.classes) if dataset.classes is not None else None,
-            rows=dataset.rows,
-        )
-        check_token_ids(dataset, body.network)
-    except models.SpecError as exc:
-        loc = ("body", *exc.loc) if exc.loc else ("body",)
-        raise Unprocessable(f"{exc.message} ({_dataset_text(dataset)})", loc=loc) from None
+    check_trainable(body.network, body.training, dataset=dataset, settings=settings)
     queued = session.scalar(
         select(func.count())
         .select_from(Job)
@@ -90,18 +130,13 @@ def submit_job(
             "(FITSERVE_MAX_QUEUED_JOBS_PER_KEY): wait for some to start or cancel them",
             code="too_many_queued",
         )
-    job = Job(
-        owner_id=owner,
+    job = new_job(
+        owner=owner,
         name=body.name,
         dataset_id=dataset.id,
-        network=body.network.model_dump(mode="json", exclude_none=True),
-        training=body.training.model_dump(mode="json", exclude_none=True),
-        status="queued",
-        epochs=body.training.epochs,
-        epoch=0,
-        attempts=0,
-        max_attempts=settings.max_attempts,
-        precision=body.training.precision,
+        network=body.network,
+        training=body.training,
+        settings=settings,
     )
     store.enqueue_job(session, job=job)
     session.refresh(job)

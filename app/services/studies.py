@@ -1,0 +1,245 @@
+"""Study use cases: create (validate the space's corners, then ask for the first trials in the
+request's transaction), list, read, cancel."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import NotFound, Unprocessable
+from app.queue import store
+from app.queue.clock import db_now
+from app.services import is_id, owned_by
+from app.services.datasets import resolve_dataset
+from app.services.jobs import check_trainable
+from app.studies import conduct
+from app.studies.schemas import (
+    Objective,
+    StudyCounts,
+    StudyCreate,
+    StudyRead,
+    StudySummary,
+    TrialRead,
+)
+from app.studies.space import Dimension, SpaceError, grid_points, parse_space
+from app.tables import Dataset, Job, Study, StudyTrial
+
+# The metric each task's epochs report (models.EpochRecord), with and without validation data.
+_TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mae")}
+
+
+def create_study(
+    session: Session, *, owner: str | None, body: StudyCreate, settings: Settings
+) -> StudyRead:
+    dataset = resolve_dataset(session, owner=owner, ref=body.dataset)
+    check_trainable(body.network, body.training, dataset=dataset, settings=settings)
+    try:
+        dimensions = parse_space(body.search_space)
+    except SpaceError as exc:
+        loc = ("body", "search_space", exc.path) if exc.path else ("body", "search_space")
+        where = f"search_space[{exc.path!r}]: " if exc.path else "search_space: "
+        raise Unprocessable(where + exc.message, loc=loc) from None
+    base = {
+        "network": body.network.model_dump(mode="json", exclude_none=True),
+        "training": body.training.model_dump(mode="json", exclude_none=True),
+    }
+    corners = _corner_samples(dimensions, base, dataset=dataset, settings=settings)
+    _check_objective(body.objective, corners, task=dataset.task)
+    if body.sampler == "grid":
+        try:
+            size = len(grid_points(dimensions))
+        except SpaceError as exc:
+            raise Unprocessable(
+                f"search_space: {exc.message}", loc=("body", "search_space")
+            ) from None
+        if body.n_trials > size:
+            raise Unprocessable(
+                f"the grid has {size} points, so a grid search runs at most {size} trials: "
+                f"set n_trials to {size} or less",
+                loc=("body", "n_trials"),
+            )
+    metric = body.objective.metric
+    study = Study(
+        owner_id=owner,
+        name=body.name,
+        dataset_id=dataset.id,
+        network=base["network"],
+        training=base["training"],
+        search_space=body.search_space,
+        objective_metric=metric,
+        direction=body.objective.direction or _default_direction(metric),
+        n_trials=body.n_trials,
+        max_parallel=body.max_parallel,
+        sampler=body.sampler,
+        pruner=body.pruner,
+        seed=body.seed,
+        status="running",
+    )
+    session.add(study)
+    session.flush()
+    conduct.advance(session, study_id=study.id, settings=settings)
+    return get_study(session, owner=owner, study_id=study.id)
+
+
+def _default_direction(metric: str) -> str:
+    return "maximize" if metric.endswith("accuracy") else "minimize"
+
+
+def _corner_samples(
+    dimensions: list[Dimension], base: dict[str, Any], *, dataset: Dataset, settings: Settings
+) -> list[Any]:
+    """Validate the space's extremes against the spec and the dataset (422 naming the corner):
+    each value of each dimension with the others at their largest, and all at their largest
+    together (the parameter budget's worst case, for the numeric ones). Returns the training
+    configs seen, for the objective check."""
+    largest = {dim.path: dim.corners()[-1] for dim in dimensions}
+    samples = [largest]
+    for dim in dimensions:
+        samples += [{**largest, dim.path: value} for value in dim.corners()]
+    seen: set[str] = set()
+    trainings = []
+    for values in samples:
+        key = repr(sorted(values.items(), key=lambda kv: kv[0]))
+        if key in seen:
+            continue
+        seen.add(key)
+        _, training = conduct.sample_spec(
+            base, dimensions, values, dataset=dataset, settings=settings
+        )
+        trainings.append(training)
+    return trainings
+
+
+def _check_objective(objective: Objective, trainings: list[Any], *, task: str) -> None:
+    metric = objective.metric
+    plain = metric.removeprefix("val_")
+    if plain not in _TASK_METRICS[task]:
+        produced = ", ".join(m for p in _TASK_METRICS[task] for m in (p, f"val_{p}"))
+        raise Unprocessable(
+            f"a {task} job reports no {metric!r}: choose one of {produced}",
+            loc=("body", "objective", "metric"),
+        )
+    if metric.startswith("val_") and any(t.validation_split <= 0 for t in trainings):
+        raise Unprocessable(
+            f"{metric!r} needs validation data: set training.validation_split above 0 "
+            "(in every corner of the search space), or use a training metric",
+            loc=("body", "objective", "metric"),
+        )
+
+
+def _get(session: Session, *, owner: str | None, study_id: str) -> Study:
+    study = None
+    if is_id(study_id):
+        study = session.scalar(
+            select(Study).where(Study.id == study_id, owned_by(Study.owner_id, owner))
+        )
+    if study is None:
+        raise NotFound(f"study {study_id!r} not found; list yours with GET /v1/studies")
+    return study
+
+
+def _trial_views(session: Session, study: Study) -> list[TrialRead]:
+    rows = session.execute(
+        select(StudyTrial, Job.epoch, Job.model_id)
+        .join(Job, Job.id == StudyTrial.job_id)
+        .where(StudyTrial.study_id == study.id)
+        .order_by(StudyTrial.number)
+    )
+    return [
+        TrialRead(
+            number=trial.number,
+            job_id=trial.job_id,
+            params=trial.params,
+            state=trial.state,  # type: ignore[arg-type]
+            value=trial.value,
+            epochs_run=epoch,
+            pruned_at_epoch=trial.pruned_at_epoch,
+            model_id=model_id if trial.state == "complete" else None,
+            created_at=trial.created_at,
+            finished_at=trial.finished_at,
+        )
+        for trial, epoch, model_id in rows
+    ]
+
+
+def best_trial(study: Study, trials: list[TrialRead]) -> TrialRead | None:
+    done = [t for t in trials if t.state == "complete" and t.value is not None]
+    if not done:
+        return None
+    sign = -1.0 if study.direction == "maximize" else 1.0
+    return min(done, key=lambda t: (sign * (t.value or 0.0), t.number))
+
+
+def _summary_fields(study: Study, trials: list[TrialRead]) -> dict[str, Any]:
+    counts = Counter(t.state for t in trials)
+    return {
+        "id": study.id,
+        "name": study.name,
+        "dataset_id": study.dataset_id,
+        "status": study.status,
+        "objective": Objective(metric=study.objective_metric, direction=study.direction),  # type: ignore[arg-type]
+        "n_trials": study.n_trials,
+        "max_parallel": study.max_parallel,
+        "sampler": study.sampler,
+        "pruner": study.pruner,
+        "seed": study.seed,
+        "counts": StudyCounts.model_validate(dict(counts)),
+        "best_trial": best_trial(study, trials),
+        "created_at": study.created_at,
+        "finished_at": study.finished_at,
+    }
+
+
+def get_study(session: Session, *, owner: str | None, study_id: str) -> StudyRead:
+    study = _get(session, owner=owner, study_id=study_id)
+    trials = _trial_views(session, study)
+    return StudyRead(
+        **_summary_fields(study, trials),
+        search_space=study.search_space,
+        network=study.network,
+        training=study.training,
+        trials=trials,
+    )
+
+
+def list_studies(
+    session: Session, *, owner: str | None, limit: int = 100, offset: int = 0
+) -> list[StudySummary]:
+    studies = session.scalars(
+        select(Study)
+        .where(owned_by(Study.owner_id, owner))
+        .order_by(Study.created_at.desc(), Study.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [StudySummary(**_summary_fields(s, _trial_views(session, s))) for s in studies]
+
+
+def cancel_study(session: Session, *, owner: str | None, study_id: str) -> StudyRead:
+    """running -> cancelled: no trial is sampled any more; queued trials are cancelled at once and
+    running ones stop at their next batch (their trials end `cancelled`). Cancelling a study that
+    has ended returns it unchanged."""
+    study = _get(session, owner=owner, study_id=study_id)
+    study = conduct.lock_study(session, study.id) or study
+    if study.status == "running":
+        study.status = "cancelled"
+        study.finished_at = db_now()  # type: ignore[assignment]
+        for trial in session.scalars(
+            select(StudyTrial).where(StudyTrial.study_id == study.id, StudyTrial.state == "running")
+        ):
+            try:
+                store.cancel_job(session, job_id=trial.job_id)
+            except store.JobConflict:
+                continue  # it ended just now: the trial keeps the job's outcome, told below
+        session.flush()
+        trials, _ = conduct.trial_records(session, study)
+        conduct.tell(session, study, trials)
+        for trial in trials:
+            if trial.state == "running":
+                trial.state = "cancelled"
+        session.flush()
+    return get_study(session, owner=owner, study_id=study.id)

@@ -1,0 +1,282 @@
+"""Running a study: ask for trials, enqueue them as jobs, tell the ended ones, prune per epoch.
+
+Everything here is a statement (or a few) in the caller's transaction, with the study row locked
+(`FOR UPDATE` on Postgres; SQLite transactions are `BEGIN IMMEDIATE`, one writer at a time), so
+whichever process calls it — the API when a study is created or cancelled, a worker after a
+trial's epoch or attempt, any worker's periodic sweep — the decisions are the same and no trial
+is sampled twice. State lives only in the database: an API restart or a SIGKILLed worker loses
+nothing, since the next call rebuilds the sampler's and pruner's view from the rows.
+
+Trial states follow their jobs: `running` while the job is queued or running, then `complete`
+(succeeded; its value is the objective after the last epoch), `failed`, `cancelled` (a user
+stopped the job or the study), or `pruned` (set here, at the epoch the pruner stopped it; the
+job then ends `cancelled` with `error_code` "pruned" and its metrics kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import models
+from app.config import Settings
+from app.errors import Unprocessable
+from app.queue import store
+from app.queue.clock import db_now
+from app.services.jobs import check_trainable, new_job
+from app.studies import tuner
+from app.studies.space import Dimension, apply, parse_space
+from app.tables import TERMINAL_STATUSES, Dataset, Job, JobMetric, Study, StudyTrial
+
+log = logging.getLogger("fitserve.studies")
+
+
+def plan_of(study: Study) -> tuner.StudyPlan:
+    return tuner.StudyPlan(
+        study_id=study.id,
+        dimensions=parse_space(study.search_space),
+        direction=study.direction,  # type: ignore[arg-type]
+        sampler=study.sampler,  # type: ignore[arg-type]
+        pruner=study.pruner,  # type: ignore[arg-type]
+        seed=study.seed,
+        epochs=int(study.training.get("epochs", 1)),
+    )
+
+
+def sample_spec(
+    base: dict[str, Any],
+    dimensions: list[Dimension],
+    values: dict[str, Any],
+    *,
+    dataset: Dataset,
+    settings: Settings,
+) -> tuple[models.NetworkSpec, models.TrainingConfig]:
+    """The spec with `values` written in, validated as a submitted job's would be (422 if not)."""
+    doc = apply(base, dimensions, values)
+    shown = ", ".join(f"{path}={value!r}" for path, value in values.items())
+    try:
+        network = models.NetworkSpec.model_validate_json(orjson.dumps(doc["network"]))
+        training = models.TrainingConfig.model_validate_json(orjson.dumps(doc["training"]))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise Unprocessable(
+            f"with {shown} the spec is invalid at {where or 'the top level'}: {error['msg']}; "
+            "narrow the search space",
+            loc=("body", "search_space"),
+        ) from None
+    try:
+        check_trainable(network, training, dataset=dataset, settings=settings)
+    except Unprocessable as exc:
+        raise Unprocessable(
+            f"with {shown}: {exc.message}; narrow the search space", loc=("body", "search_space")
+        ) from None
+    return network, training
+
+
+def lock_study(session: Session, study_id: str) -> Study | None:
+    return session.scalar(select(Study).where(Study.id == study_id).with_for_update())
+
+
+def trial_records(
+    session: Session, study: Study
+) -> tuple[list[StudyTrial], list[tuner.TrialRecord]]:
+    """The study's trials and, for the tuner, each one's objective per epoch."""
+    trials = list(
+        session.scalars(
+            select(StudyTrial).where(StudyTrial.study_id == study.id).order_by(StudyTrial.number)
+        )
+    )
+    per_job: dict[str, dict[int, float]] = defaultdict(dict)
+    if trials:
+        rows = session.execute(
+            select(JobMetric.job_id, JobMetric.epoch, JobMetric.values).where(
+                JobMetric.job_id.in_([t.job_id for t in trials])
+            )
+        )
+        for job_id, epoch, values in rows:
+            value = _objective(values, study.objective_metric)
+            if value is not None:
+                per_job[job_id][epoch] = value
+    records = [
+        tuner.TrialRecord(
+            number=t.number,
+            params=dict(t.params),
+            state=t.state,  # type: ignore[arg-type]
+            value=t.value,
+            intermediate=per_job[t.job_id],
+            grid_id=t.grid_id,
+        )
+        for t in trials
+    ]
+    return trials, records
+
+
+def _objective(values: dict[str, Any] | None, metric: str) -> float | None:
+    value = (values or {}).get(metric)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def tell(session: Session, study: Study, trials: list[StudyTrial]) -> None:
+    """Trials whose jobs have ended take their final state (and value)."""
+    for trial in trials:
+        if trial.state != "running":
+            continue
+        job = session.get(Job, trial.job_id)
+        if job is None or job.status not in TERMINAL_STATUSES:
+            continue
+        if job.status == "succeeded":
+            last = session.get(JobMetric, (job.id, job.epoch)) if job.epoch > 0 else None
+            trial.value = _objective(last.values if last else None, study.objective_metric)
+            trial.state = "complete"
+        else:
+            trial.state = "failed" if job.status == "failed" else "cancelled"
+        trial.finished_at = job.finished_at
+
+
+def advance(session: Session, *, study_id: str, settings: Settings) -> None:
+    """Tell the ended trials, then ask for new ones until `max_parallel` are in flight or
+    `n_trials` have been sampled; a study whose trials have all ended is `completed`."""
+    study = lock_study(session, study_id)
+    if study is None:
+        return
+    trials, records = trial_records(session, study)
+    tell(session, study, trials)
+    for trial, record in zip(trials, records, strict=True):
+        record.state, record.value = trial.state, trial.value  # type: ignore[assignment]
+    if study.status != "running":
+        return
+    plan = plan_of(study)
+    in_flight = sum(t.state == "running" for t in trials)
+    dataset = session.get(Dataset, study.dataset_id)
+    while in_flight < study.max_parallel and len(records) < study.n_trials:
+        params, grid_id = tuner.ask(plan, records)
+        number = len(records)
+        job = _trial_job(
+            session, study, plan, params, number=number, dataset=dataset, settings=settings
+        )
+        trial = StudyTrial(
+            study_id=study.id,
+            number=number,
+            job_id=job.id,
+            params=params,
+            grid_id=grid_id,
+            state="running" if job.status == "queued" else "failed",
+        )
+        session.add(trial)
+        records.append(tuner.TrialRecord(number, params, trial.state, grid_id=grid_id))  # type: ignore[arg-type]
+        trials.append(trial)
+        in_flight += trial.state == "running"
+    session.flush()
+    if len(trials) >= study.n_trials and all(t.state != "running" for t in trials):
+        study.status = "completed"
+        study.finished_at = db_now()  # type: ignore[assignment]
+        session.flush()
+        log.info("study %s completed with %d trials", study.id, len(trials))
+
+
+def _trial_job(
+    session: Session,
+    study: Study,
+    plan: tuner.StudyPlan,
+    params: dict[str, Any],
+    *,
+    number: int,
+    dataset: Dataset | None,
+    settings: Settings,
+) -> Job:
+    """The queued job of a new trial; one that can't train (the dataset is gone, or an inner
+    point of the space the corners didn't rule out) is stored `failed` with the reason."""
+    base = {"network": study.network, "training": study.training}
+    name = f"{study.name[:190]} #{number}"
+    try:
+        if dataset is None or dataset.deleted_at is not None:
+            raise Unprocessable(f"dataset {study.dataset_id} no longer exists")
+        network, training = sample_spec(
+            base, plan.dimensions, params, dataset=dataset, settings=settings
+        )
+    except Unprocessable as exc:
+        job = Job(
+            owner_id=study.owner_id,
+            name=name,
+            dataset_id=study.dataset_id,
+            network=study.network,
+            training=study.training,
+            status="failed",
+            epochs=int(study.training.get("epochs", 1)),
+            error=exc.message,
+            error_code="invalid_trial",
+            finished_at=db_now(),
+        )
+        session.add(job)
+        session.flush()
+        return job
+    job = new_job(
+        owner=study.owner_id,
+        name=name,
+        dataset_id=study.dataset_id,
+        network=network,
+        training=training,
+        settings=settings,
+    )
+    store.enqueue_job(session, job=job)
+    return job
+
+
+def is_trial(session: Session, *, job_id: str) -> bool:
+    return session.scalar(select(StudyTrial.number).where(StudyTrial.job_id == job_id)) is not None
+
+
+def report_epoch(session: Session, *, job_id: str, epoch: int) -> bool:
+    """A trial's epoch has been recorded: ask the pruner. True when the trial is pruned here (its
+    job is then `cancelling`: the worker stops it and records no later epoch)."""
+    study_id = session.scalar(
+        select(StudyTrial.study_id).where(
+            StudyTrial.job_id == job_id, StudyTrial.state == "running"
+        )
+    )
+    if study_id is None:
+        return False
+    study = lock_study(session, study_id)
+    if study is None or study.pruner == "none" or study.status != "running":
+        return False
+    trials, records = trial_records(session, study)
+    trial = next(t for t in trials if t.job_id == job_id)
+    if not tuner.should_prune(plan_of(study), records, trial.number):
+        return False
+    record = records[trials.index(trial)]
+    trial.state = "pruned"
+    trial.pruned_at_epoch = epoch
+    trial.value = record.intermediate.get(epoch)
+    trial.finished_at = db_now()  # type: ignore[assignment]
+    store.cancel_job(session, job_id=job_id)
+    job = session.get(Job, job_id)
+    assert job is not None
+    job.error = f"pruned by the study's {study.pruner} pruner after epoch {epoch}"
+    job.error_code = "pruned"
+    session.flush()
+    log.info("study %s: trial %d pruned after epoch %d", study.id, trial.number, epoch)
+    return True
+
+
+def advance_for_job(session: Session, *, job_id: str, settings: Settings) -> None:
+    """After a trial's attempt: tell its study, and ask for the next trial at once."""
+    study_id = session.scalar(select(StudyTrial.study_id).where(StudyTrial.job_id == job_id))
+    if study_id is not None:
+        advance(session, study_id=study_id, settings=settings)
+
+
+def advance_running(session: Session, *, settings: Settings) -> None:
+    """The sweep: advance every running study (trials whose jobs ended where no worker saw it,
+    such as a queued trial a user cancelled)."""
+    for study_id in list(session.scalars(select(Study.id).where(Study.status == "running"))):
+        advance(session, study_id=study_id, settings=settings)

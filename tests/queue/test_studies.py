@@ -1,0 +1,201 @@
+"""Studies run on real worker processes: trials are ordinary jobs on the shared queue, at most
+max_parallel in flight, the next asked for when one ends, pruned at an epoch's end; a SIGKILLed
+worker loses nothing and the study still ends with exactly n_trials trials (SQLite and Postgres).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+from queue_kit import IRIS_NETWORK, StartWorker, iris_training, wait_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.services import studies
+from app.studies.schemas import StudyCreate
+from app.tables import Job, JobMetric, Study, StudyTrial
+
+
+def _create(
+    sessions: sessionmaker[Session], database_url: str, dataset: str, **fields: Any
+) -> str:
+    body = {
+        "name": "iris-search",
+        "dataset": dataset,
+        "network": IRIS_NETWORK,
+        "training": iris_training(epochs=6, validation_split=0.2, batch_size=30),
+        "search_space": {
+            "network.layers[0].units": {"int": [2, 16], "log": True},
+            "training.optimizer.learning_rate": {"float": [1e-4, 0.1], "log": True},
+        },
+        "objective": {"metric": "val_loss"},
+        "n_trials": 6,
+        "max_parallel": 2,
+        "seed": 3,
+        **fields,
+    }
+    with sessions.begin() as session:
+        read = studies.create_study(
+            session,
+            owner=None,
+            body=StudyCreate.model_validate_json(json.dumps(body)),
+            settings=Settings(database_url=database_url),
+        )
+        return read.id
+
+
+def _study(sessions: sessionmaker[Session], study_id: str) -> Study:
+    with sessions() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        return study
+
+
+def _trials(sessions: sessionmaker[Session], study_id: str) -> list[StudyTrial]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(StudyTrial)
+                .where(StudyTrial.study_id == study_id)
+                .order_by(StudyTrial.number)
+            )
+        )
+
+
+def _epochs(sessions: sessionmaker[Session], job_id: str) -> int:
+    with sessions() as session:
+        return session.scalar(
+            select(func.count()).select_from(JobMetric).where(JobMetric.job_id == job_id)
+        ) or 0
+
+
+def _completed(sessions: sessionmaker[Session], study_id: str) -> bool:
+    return _study(sessions, study_id).status == "completed"
+
+
+def test_a_study_fans_its_trials_over_two_workers_and_completes(
+    sessions: sessionmaker[Session], iris_id: str, database_url: str, start_worker: StartWorker
+) -> None:
+    study_id = _create(sessions, database_url, iris_id, pruner="none")
+    first = _trials(sessions, study_id)
+    assert [t.number for t in first] == [0, 1]  # max_parallel trials asked for up front
+    workers = [start_worker(), start_worker()]
+    wait_for(lambda: _completed(sessions, study_id), timeout=120, what="the study to complete")
+    trials = _trials(sessions, study_id)
+    assert [t.number for t in trials] == list(range(6))
+    assert {t.state for t in trials} == {"complete"}
+    assert len({t.job_id for t in trials}) == 6
+    with sessions() as session:
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([t.job_id for t in trials])))}
+    for trial in trials:
+        job = jobs[trial.job_id]
+        assert job.status == "succeeded"
+        # the sampled params are what the job trained
+        assert job.network["layers"][0]["units"] == trial.params["network.layers[0].units"]
+        assert job.training["optimizer"]["learning_rate"] == trial.params[
+            "training.optimizer.learning_rate"
+        ]
+        with sessions() as session:
+            last = session.get(JobMetric, (job.id, job.epochs))
+        assert last is not None and trial.value == last.values["val_loss"]
+    # different workers ran trials
+    with sessions() as session:
+        claimed_by = set(session.scalars(select(Job.claimed_by).where(Job.id.in_(jobs))))
+    assert len(claimed_by) == 2
+    for worker in workers:
+        assert worker.stop() == 0
+
+
+def test_never_more_than_max_parallel_trials_in_flight(
+    sessions: sessionmaker[Session], iris_id: str, database_url: str, start_worker: StartWorker
+) -> None:
+    study_id = _create(sessions, database_url, iris_id, pruner="none", max_parallel=1, n_trials=3)
+    start_worker()
+    start_worker()
+    seen: list[int] = []
+
+    def in_flight() -> bool:
+        trials = _trials(sessions, study_id)
+        seen.append(sum(t.state == "running" for t in trials))
+        return _completed(sessions, study_id)
+
+    wait_for(in_flight, timeout=120, what="the study to complete")
+    assert max(seen) == 1
+    assert len(_trials(sessions, study_id)) == 3
+
+
+def test_the_median_pruner_stops_trials_at_an_epoch_end(
+    sessions: sessionmaker[Session], iris_id: str, database_url: str, start_worker: StartWorker
+) -> None:
+    # Half the trials get a learning rate too small to learn anything in 8 epochs: once 5 trials
+    # have finished, such a trial is worse than the median at every epoch and is pruned.
+    study_id = _create(
+        sessions,
+        database_url,
+        iris_id,
+        training=iris_training(epochs=8, validation_split=0.2, batch_size=30),
+        search_space={"training.optimizer.learning_rate": {"choice": [1e-6, 0.05]}},
+        sampler="grid",
+        n_trials=2,
+        pruner="median",
+    )
+    # a grid of 2: both values once; rerun as a random search for enough trials to prune
+    assert len(_trials(sessions, study_id)) == 2
+    study_id = _create(
+        sessions,
+        database_url,
+        iris_id,
+        training=iris_training(epochs=8, validation_split=0.2, batch_size=30),
+        search_space={"training.optimizer.learning_rate": {"choice": [1e-6, 0.05]}},
+        sampler="random",
+        n_trials=12,
+        max_parallel=1,
+        pruner="median",
+    )
+    start_worker()
+    wait_for(lambda: _completed(sessions, study_id), timeout=180, what="the study to complete")
+    trials = _trials(sessions, study_id)
+    assert len(trials) == 12
+    pruned = [t for t in trials if t.state == "pruned"]
+    assert pruned, [(t.params, t.state, t.value) for t in trials]
+    for trial in pruned:
+        assert trial.params["training.optimizer.learning_rate"] == 1e-6
+        # stopped at the epoch the pruner judged: no later epoch recorded
+        assert trial.pruned_at_epoch is not None and trial.pruned_at_epoch < 8
+        assert _epochs(sessions, trial.job_id) == trial.pruned_at_epoch
+        with sessions() as session:
+            job = session.get(Job, trial.job_id)
+        assert job is not None and job.status == "cancelled" and job.error_code == "pruned"
+    assert all(t.state == "complete" for t in trials if t not in pruned)
+
+
+def test_a_sigkilled_worker_loses_no_trial(
+    sessions: sessionmaker[Session], iris_id: str, database_url: str, start_worker: StartWorker
+) -> None:
+    study_id = _create(
+        sessions,
+        database_url,
+        iris_id,
+        pruner="none",
+        n_trials=4,
+        training=iris_training(epochs=40, validation_split=0.2, batch_size=5),
+    )
+    doomed = start_worker()
+    wait_for(
+        lambda: any(_epochs(sessions, t.job_id) >= 2 for t in _trials(sessions, study_id)),
+        timeout=60,
+        what="a trial to be under way",
+    )
+    doomed.signal(signal.SIGKILL)
+    doomed.process.join(10)
+    start_worker(lease_seconds=2.0, heartbeat_seconds=0.5)
+    wait_for(lambda: _completed(sessions, study_id), timeout=240, what="the study to complete")
+    trials = _trials(sessions, study_id)
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert {t.state for t in trials} == {"complete"}
+    with sessions() as session:
+        attempts = [session.get(Job, t.job_id).attempts for t in trials]  # type: ignore[union-attr]
+    assert max(attempts) >= 2  # the killed trial was resumed, not sampled again
