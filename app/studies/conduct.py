@@ -32,7 +32,7 @@ from app.queue import store
 from app.queue.clock import db_now
 from app.services.jobs import check_trainable, new_job
 from app.studies import tuner
-from app.studies.space import Dimension, apply, parse_space
+from app.studies.space import Dimension, SpaceError, apply, parse_space
 from app.tables import TERMINAL_STATUSES, Dataset, Job, JobMetric, Study, StudyTrial
 
 log = logging.getLogger("fitserve.studies")
@@ -59,7 +59,13 @@ def sample_spec(
     settings: Settings,
 ) -> tuple[models.NetworkSpec, models.TrainingConfig]:
     """The spec with `values` written in, validated as a submitted job's would be (422 if not)."""
-    doc = apply(base, dimensions, values)
+    try:
+        doc = apply(base, dimensions, values)
+    except SpaceError as exc:
+        raise Unprocessable(
+            f"search_space[{exc.path!r}]: {exc.message}",
+            loc=("body", "search_space", exc.path or ""),
+        ) from None
     shown = ", ".join(f"{path}={value!r}" for path, value in values.items())
     try:
         network = models.NetworkSpec.model_validate_json(orjson.dumps(doc["network"]))
