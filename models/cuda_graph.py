@@ -18,7 +18,8 @@ How it stays the same training as the eager loop (models/eager.py):
   replay advances its Philox offset by the graph's total, so masks differ from step to step.
 - Loss, metric and gradient-norm sums accumulate into fixed device tensors the graph writes in
   place, and are read once per epoch as before: the figures are the eager loop's, not estimates.
-- The optimizer runs with `capturable=True` (its step counters live on the device).
+- The optimizer keeps its step counter on the device and reads nothing back to the host
+  (models/optim.py).
 - The first WARMUP_STEPS full-batch steps run eagerly on a side stream (lazily created optimizer
   state, cuBLAS workspaces, autograd's streams) and count as training steps like any other.
 
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 
+from models.optim import KerasOptimizer
 from models.precision import autocast
 from models.step import EpochInputs, EpochTotals
 from models.tokens import TokenLists, token_width
@@ -52,14 +54,10 @@ MIN_GRAPH_STEPS = 32
 # "emulate" takes this path on any device with the graph replaced by an eager call of the same
 # body, so its bookkeeping is tested on machines without a GPU.
 ENV_SWITCH = "FITSERVE_CUDA_GRAPHS"
-# Optimizers whose torch implementation can step under capture (capturable=True or fused with
-# device-side step counters); anything else trains eagerly.
-_CAPTURABLE = (
-    torch.optim.Adam,  # AdamW subclasses it
-    torch.optim.SGD,  # no step counter; its fused kernel has no host reads after the first step
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,  # fused: the step counter is a device tensor
-)
+# Optimizers that can step under capture: fitserve's own (models/optim.py: foreach updates, the
+# step counter and bias corrections on the device, state allocated up front); anything else (a
+# torch.optim optimizer swapped in) trains eagerly.
+_CAPTURABLE = (KerasOptimizer,)
 _UNCAPTURED_WARNING = r"This instance was constructed with capturable=True"
 
 
@@ -81,8 +79,6 @@ def eligibility(inputs: EpochInputs, *, epochs_left: int, require_cuda: bool = T
     opt = inputs.step.optimizer
     if not isinstance(opt, _CAPTURABLE):
         return f"{type(opt).__name__} can't step under CUDA graph capture"
-    if isinstance(opt, torch.optim.Adagrad) and not all(g.get("fused") for g in opt.param_groups):
-        return "Adagrad steps under capture only with its fused kernel"
     x = inputs.rows.x
     if isinstance(x, TokenLists) and token_width(x) > inputs.input_dim:
         return (

@@ -64,7 +64,7 @@ def probe_cpu_step(
     this batch size, on a throwaway copy with random inputs."""
     module = build(network, seed=0)
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = make_optimizer(training.optimizer_config, params, torch.device("cpu"))
+    opt = make_optimizer(training.optimizer_config, params)
     g = torch.Generator().manual_seed(0)
     encoding = network.encoding
     xb = (

@@ -205,7 +205,7 @@ class Trainer:
         if dev.type != "cpu":
             self.module.to(dev)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.config.optimizer_config, self.params, dev)
+        self.optimizer = make_optimizer(self.config.optimizer_config, self.params)
         self.early_stopping = (
             EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
         )

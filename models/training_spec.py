@@ -38,6 +38,14 @@ _LR = "Step size (Keras name; the old alias lr is accepted)."
 
 
 class _OptimizerBase(StrictModel):
+    weight_decay: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Keras' decoupled weight decay: before each update every weight is scaled by "
+        "1 - weight_decay * learning_rate (null: none).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _lr_alias(cls, data: Any) -> Any:
@@ -92,8 +100,12 @@ class Adam(_OptimizerBase):
 
 class AdamW(Adam):
     name: Literal["adamw"] = Field(description="Optimizer name.")  # type: ignore[assignment]
-    weight_decay: float = Field(
-        0.004, ge=0.0, le=1.0, description="Decoupled weight decay (Keras 0.004)."
+    weight_decay: float = Field(  # type: ignore[assignment]
+        0.004,
+        ge=0.0,
+        le=1.0,
+        description="Decoupled weight decay: w *= 1 - weight_decay * learning_rate before each "
+        "update (Keras 0.004).",
     )
 
 

@@ -59,13 +59,25 @@ def _no_seconds(history: list) -> list[dict[str, object]]:  # type: ignore[type-
     return [{k: v for k, v in h.as_dict().items() if k != "seconds"} for h in history]
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop", "adagrad"])
-def test_resume_equals_uninterrupted(optimizer: str, blobs: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "adam",
+        {"name": "adam", "amsgrad": True, "weight_decay": 0.01},
+        "adamw",
+        {"name": "sgd", "momentum": 0.9},
+        {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+        "rmsprop",
+        {"name": "rmsprop", "centered": True, "momentum": 0.5},
+        "adagrad",
+    ],
+    ids=str,
+)
+def test_resume_equals_uninterrupted(
+    optimizer: str | dict[str, object], blobs: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, y = blobs
-    cfg = {
-        **CFG,
-        "optimizer": {"name": optimizer, "momentum": 0.9} if optimizer == "sgd" else optimizer,
-    }
+    cfg = {**CFG, "optimizer": optimizer}
     full = fit(NET, cfg, x, y, device="cpu")
     crash = CrashAfter(3)
     partial = fit(NET, cfg, x, y, device="cpu", callbacks=[crash])
