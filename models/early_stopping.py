@@ -13,10 +13,11 @@ from models.spec import EarlyStoppingConfig
 class EarlyStopping:
     """Keras 3's EarlyStopping rules, with its state exposed for checkpoints.
 
-    Improvement: current < best - min_delta (min mode) or current > best + min_delta (max mode).
+    Improvement: current + min_delta < best (min mode) or current - min_delta > best (max mode).
     `wait` counts epochs since the last improvement; training stops when wait >= patience (never
-    after the first epoch, as Keras). With restore_best_weights the best epoch's weights are put
-    back when training ends, however it ends (Keras 3 behaviour).
+    after the first epoch, as Keras). An improvement that doesn't also beat `baseline` leaves the
+    wait running; the first `start_from_epoch` epochs are not watched. With restore_best_weights
+    the best epoch's weights are put back when training ends, however it ends (Keras 3 behaviour).
     """
 
     def __init__(self, config: EarlyStoppingConfig) -> None:
@@ -28,25 +29,27 @@ class EarlyStopping:
         self.stopped_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
 
-    def _is_improvement(self, current: float) -> bool:
-        if self.best is None:
+    def _is_improvement(self, current: float, reference: float | None) -> bool:
+        if reference is None:
             return True
         d = self.config.min_delta
-        return current < self.best - d if self.mode == "min" else current > self.best + d
+        return current + d < reference if self.mode == "min" else current - d > reference
 
     def update(self, epoch: int, logs: dict[str, Any], module: torch.nn.Module) -> bool:
         """Record an epoch (1-based); True when training should stop."""
         current = logs.get(self.config.monitor)
-        if current is None or not math.isfinite(current):
+        if current is None or not math.isfinite(current) or epoch <= self.config.start_from_epoch:
             return False
         keep = self.config.restore_best_weights
         if keep and self.best_weights is None:
             self.best_weights, self.best_epoch = _copy_state(module), epoch
         self.wait += 1
-        if self._is_improvement(current):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
+        if self._is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
             if keep:
                 self.best_weights = _copy_state(module)
+            if self._is_improvement(current, self.config.baseline):
+                self.wait = 0
             return False
         if self.wait >= self.config.patience and epoch > 1:
             self.stopped_epoch = epoch

@@ -130,6 +130,16 @@ class EarlyStoppingConfig(StrictModel):
     mode: Literal["auto", "min", "max"] = Field(
         "auto", description="auto: max for accuracy, min otherwise."
     )
+    baseline: float | None = Field(
+        None,
+        ge=-1e12,
+        le=1e12,
+        description="Patience runs out unless the monitored quantity beats this value (Keras: an "
+        "epoch that improves on the best but not on the baseline doesn't reset the wait).",
+    )
+    start_from_epoch: int = Field(
+        0, ge=0, le=100_000, description="Epochs to train before improvement is watched."
+    )
     restore_best_weights: bool = Field(
         False, description="Return the weights of the best epoch instead of the last."
     )
