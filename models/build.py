@@ -80,8 +80,8 @@ def build(network: NetworkSpec | dict[str, Any], *, seed: int | None = None) -> 
                 if dense.bias is not None:
                     if layer.bias is not None:
                         dense.bias.copy_(torch.tensor(layer.bias, dtype=torch.float32))
-                    else:
-                        _init(dense.bias, layer.bias_initializer, width, layer.units, g)
+                    else:  # Keras' fans of a 1-D weight are its length, both ways
+                        _init(dense.bias, layer.bias_initializer, layer.units, layer.units, g)
             module = dense
             width = layer.units
         elif isinstance(layer, Dropout):
