@@ -42,6 +42,8 @@ def _parse(text: str) -> Any:
         return text == "true"
     if text == "(required)":
         return "(required)"
+    if text == "null":
+        return None
     try:
         return float(text)
     except ValueError:
