@@ -60,13 +60,28 @@ def _base(name: str) -> dict[str, Any]:
     return {"name": name, "trainable": True, "dtype": _FLOAT32}
 
 
-def _activation_entries(name: str, activation: str, alpha: float | None) -> dict[str, Any]:
-    """An Activation layer, or the LeakyReLU/ELU layer when a non-default slope must survive."""
-    if activation == "leaky_relu" and alpha is not None and alpha != DEFAULT_ALPHA["leaky_relu"]:
-        return _layer("LeakyReLU", {**_base(name), "negative_slope": alpha}, None)
-    if activation == "elu" and alpha is not None and alpha != DEFAULT_ALPHA["elu"]:
-        return _layer("ELU", {**_base(name), "alpha": alpha}, None)
-    return _layer("Activation", {**_base(name), "activation": activation}, None)
+def _activation_entries(
+    name: str, activation: str, alpha: float | None, keras_class: str = "Activation"
+) -> dict[str, Any]:
+    """The activation as the Keras layer class it came from (ReLU, LeakyReLU, ELU, Softmax), or
+    as an Activation layer unless a non-default slope needs the LeakyReLU/ELU layer to survive."""
+    base = _base(name)
+    if keras_class == "ReLU":
+        slope = alpha if activation == "leaky_relu" else 0.0
+        max_value = 6.0 if activation == "relu6" else None
+        config = {**base, "max_value": max_value, "negative_slope": slope, "threshold": 0.0}
+        return _layer("ReLU", config, None)
+    if keras_class == "Softmax":
+        return _layer("Softmax", {**base, "axis": -1}, None)
+    leaky = alpha if alpha is not None else DEFAULT_ALPHA["leaky_relu"]
+    if activation == "leaky_relu" and (
+        keras_class == "LeakyReLU" or leaky != DEFAULT_ALPHA[activation]
+    ):
+        return _layer("LeakyReLU", {**base, "negative_slope": leaky}, None)
+    elu = alpha if alpha is not None else DEFAULT_ALPHA["elu"]
+    if activation == "elu" and (keras_class == "ELU" or elu != DEFAULT_ALPHA["elu"]):
+        return _layer("ELU", {**base, "alpha": elu}, None)
+    return _layer("Activation", {**base, "activation": activation}, None)
 
 
 def to_keras_config(
@@ -135,7 +150,9 @@ def to_keras_config(
             config = {**_base(layer_name), "rate": layer.rate, "seed": None, "noise_shape": None}
             layers.append(_layer("Dropout", config, None))
         elif isinstance(layer, Activation):
-            layers.append(_activation_entries(layer_name, layer.activation, layer.alpha))
+            layers.append(
+                _activation_entries(layer_name, layer.activation, layer.alpha, layer.keras_class)
+            )
         elif isinstance(layer, BatchNormalization):
             config = {
                 **_base(layer_name), "axis": -1, "momentum": layer.momentum,

@@ -260,19 +260,21 @@ def _leaky_relu(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, An
     if "alpha" in options:  # Keras 2 spelling
         options["negative_slope"] = options.pop("alpha")
     alpha = _number(options, "negative_slope", 0.3, loc)  # keras.layers.LeakyReLU default
-    return {"type": "activation", "activation": "leaky_relu", "alpha": alpha}
+    return {"type": "activation", "activation": "leaky_relu", "alpha": alpha,
+            "keras_class": "LeakyReLU"}  # fmt: skip
 
 
 def _relu(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
     max_value = options.pop("max_value", None)
     slope = _number(options, "negative_slope", 0.0, loc)
     _require(options, "threshold", 0.0, "ReLU", loc, "fitserve's relu thresholds at 0")
+    relu = {"type": "activation", "keras_class": "ReLU"}
     if max_value is None and slope == 0:
-        return {"type": "activation", "activation": "relu"}
+        return {**relu, "activation": "relu"}
     if max_value is None:
-        return {"type": "activation", "activation": "leaky_relu", "alpha": slope}
+        return {**relu, "activation": "leaky_relu", "alpha": slope}
     if max_value == 6 and slope == 0:
-        return {"type": "activation", "activation": "relu6"}
+        return {**relu, "activation": "relu6"}
     raise SpecError(
         f"ReLU(max_value={max_value}, negative_slope={slope}) is not supported; fitserve has "
         "ReLU(), ReLU(max_value=6) and ReLU(negative_slope=a)",
@@ -281,12 +283,13 @@ def _relu(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
 
 
 def _elu(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
-    return {"type": "activation", "activation": "elu", "alpha": _number(options, "alpha", 1.0, loc)}
+    alpha = _number(options, "alpha", 1.0, loc)
+    return {"type": "activation", "activation": "elu", "alpha": alpha, "keras_class": "ELU"}
 
 
 def _softmax(options: dict[str, Any], loc: Loc, keras2: bool) -> dict[str, Any]:
     _require(options, "axis", -1, "Softmax", loc, "fitserve's softmax is over the features (-1)")
-    return {"type": "activation", "activation": "softmax"}
+    return {"type": "activation", "activation": "softmax", "keras_class": "Softmax"}
 
 
 def _feature_axis(options: dict[str, Any], layer: str, loc: Loc) -> None:

@@ -180,8 +180,18 @@ class Dropout(_LayerBase):
     rate: float = Field(ge=0.0, lt=1.0, description="Fraction of inputs to drop, in [0, 1).")
 
 
+# The Keras layer classes an activation layer can be, and the activations each computes.
+KERAS_ACTIVATION_LAYERS: dict[str, tuple[str, ...]] = {
+    "Activation": (),  # any
+    "ReLU": ("relu", "relu6", "leaky_relu"),
+    "LeakyReLU": ("leaky_relu",),
+    "ELU": ("elu",),
+    "Softmax": ("softmax",),
+}
+
+
 class Activation(_LayerBase):
-    """A standalone activation, as keras.layers.Activation."""
+    """A standalone activation, as keras.layers.Activation (or ReLU, LeakyReLU, ELU, Softmax)."""
 
     type: Literal["activation"] = Field(description="Layer type.")
     activation: ActivationName = Field(description="Activation function name.")
@@ -191,6 +201,21 @@ class Activation(_LayerBase):
         le=100.0,
         description="Slope for leaky_relu (default 0.2) or alpha for elu (default 1.0).",
     )
+    keras_class: Literal["Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"] = Field(
+        "Activation",
+        description="The Keras layer class it is written back as in Keras JSON (an imported "
+        "ReLU stays a ReLU); the computation is the activation's either way.",
+    )
+
+    @model_validator(mode="after")
+    def _class_fits(self) -> Activation:
+        allowed = KERAS_ACTIVATION_LAYERS[self.keras_class]
+        if allowed and self.activation not in allowed:
+            raise ValueError(
+                f"keras_class {self.keras_class} computes {' or '.join(allowed)}, not "
+                f"{self.activation}; use keras_class Activation"
+            )
+        return self
 
 
 class BatchNormalization(_LayerBase):
