@@ -184,6 +184,7 @@ class Job(_Result):
     model_id: str | None = None
     error: str | None = None
     error_code: str | None = None
+    warning: str | None = None
     attempts: int = 0
     device: str | None = None
     created_at: datetime | None = None

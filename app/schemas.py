@@ -370,6 +370,16 @@ class JobRead(_Response):
         description="Why it failed, in words you can act on.", examples=[None]
     )
     error_code: str | None = Field(description="Machine-readable failure code.", examples=[None])
+    warning: str | None = Field(
+        None,
+        description=(
+            "Set at submit when the validation figures would mislead: a classification job whose "
+            "validation_split rows (the last rows of the dataset, as Keras takes them) hold a "
+            "single class or miss classes present in training. The job still runs; null when "
+            "nothing is wrong."
+        ),
+        examples=[None],
+    )
     attempts: int = Field(description="Times a worker has claimed it.", examples=[1])
     device: str | None = Field(description="Where it trains (cpu, cuda:0).", examples=["cpu"])
     created_at: Timestamp = Field(description="Submitted at.", examples=[EXAMPLE_TIME])

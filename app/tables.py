@@ -136,6 +136,8 @@ class Job(Base):
     available_at: Mapped[datetime] = mapped_column(server_default=func.now())
     error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(50))
+    # Why its validation figures may mislead (found at submit; migration 0006), or NULL.
+    warning: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(50))
     precision: Mapped[str | None] = mapped_column(String(10))
     model_id: Mapped[str | None] = mapped_column(String(32))

@@ -7,6 +7,7 @@ docs/keras-defaults.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -289,3 +290,39 @@ _OPTIMIZERS: dict[str, Any] = {  # name -> optimizer config class
 def split_rows(rows: int, validation_split: float) -> int:
     """Training rows for a Keras validation_split: the first floor(rows * (1 - split))."""
     return int(math.floor(rows * (1.0 - validation_split)))
+
+
+def validation_class_warning(
+    labels: Sequence[int], validation_split: float, classes: Sequence[Any]
+) -> str | None:
+    """Why a validation_split's rows (the last ones, as Keras takes them) can't judge a
+    classifier — a single class, or classes seen in training missing — or None.
+
+    `labels` are class indices in row order, `classes` their names."""
+    if validation_split <= 0:
+        return None
+    n_train = split_rows(len(labels), validation_split)
+    train, held_out = set(labels[:n_train]), set(labels[n_train:])
+    if not train or not held_out:
+        return None
+    where = (
+        f"the validation rows (the last {len(labels) - n_train} of {len(labels)}: "
+        "validation_split takes them from the end, as Keras does)"
+    )
+    fix = "shuffle the dataset's rows before uploading it, so every class reaches both parts"
+    if len(held_out) == 1:
+        (only,) = held_out
+        return (
+            f"{where} hold a single class ({classes[only]!r}): val_ metrics measure that class "
+            f"only; {fix}"
+        )
+    unseen = sorted(train - held_out)
+    if unseen:
+        names = ", ".join(repr(classes[i]) for i in unseen[:5]) + (
+            ", ..." if len(unseen) > 5 else ""
+        )
+        return (
+            f"{where} miss {len(unseen)} of the {len(train)} classes in training ({names}): "
+            f"val_ metrics don't measure them; {fix}"
+        )
+    return None

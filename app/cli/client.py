@@ -142,6 +142,8 @@ def _train(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             job = client.submit(network, args.dataset, training, name=args.name, epochs=args.epochs)
+            if job.warning:
+                print(f"fitserve: warning: {job.warning}", file=sys.stderr)
             if args.detach:
                 print(job.id)
                 return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from safetensors.numpy import load as st_load
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,7 @@ from app.services.datasets import resolve_dataset
 from app.tables import Dataset, Job, JobMetric
 from models.spec import format_count
 from models.tokens import TokenLists, inputs_from_bytes
+from models.training_spec import validation_class_warning
 
 
 def finite_or_none(value: Any) -> Any:
@@ -97,11 +99,13 @@ def new_job(
     network: models.NetworkSpec,
     training: models.TrainingConfig,
     settings: Settings,
+    warning: str | None = None,
 ) -> Job:
     """The row of a queued job (not yet added to the session)."""
     return Job(
         owner_id=owner,
         name=name,
+        warning=warning,
         dataset_id=dataset_id,
         network=network.model_dump(mode="json", exclude_none=True),
         training=training.model_dump(mode="json", exclude_none=True),
@@ -137,6 +141,7 @@ def submit_job(
         network=body.network,
         training=body.training,
         settings=settings,
+        warning=_validation_warning(dataset, body.training.validation_split),
     )
     store.enqueue_job(session, job=job)
     session.refresh(job)
@@ -170,6 +175,13 @@ def _dataset_text(dataset: Dataset) -> str:
         else f"{dataset.n_features} features"
     )
     return f"dataset {dataset.name!r}: {dataset.rows} rows, {inputs}, {_target_text(dataset)}"
+
+
+def _validation_warning(dataset: Dataset, validation_split: float) -> str | None:
+    if dataset.task != "classification" or validation_split <= 0 or dataset.classes is None:
+        return None
+    y = st_load(bytes(dataset.targets))["y"]  # the labels only: features may be large
+    return validation_class_warning(y.tolist(), validation_split, dataset.classes)
 
 
 def _target_text(dataset: Any) -> str:

@@ -226,3 +226,59 @@ async def test_other_keys_jobs_are_404(client: httpx.AsyncClient, db: Rows) -> N
     assert_error(await client.post(f"/v1/jobs/{job_id}/cancel", headers=b), 404)
     assert (await client.get("/v1/jobs", headers=b)).json()["items"] == []
     assert db.get(Job, job_id).status == "queued"
+
+
+def _sorted_by_class(data: bytes) -> bytes:
+    """The iris CSV ordered by species, as scikit-learn ships it: the last 30 rows one class."""
+    header, *rows = data.decode().strip().split("\n")
+    rows.sort(key=lambda row: row.rsplit(",", 1)[1])
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+async def _upload(client: httpx.AsyncClient, data: bytes) -> str:
+    files = {"file": ("d.csv", data, "text/csv")}
+    response = await client.post("/v1/datasets", files=files, data={"target": "species"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def test_a_validation_split_of_one_class_carries_a_warning(
+    client: httpx.AsyncClient, db: Rows
+) -> None:
+    dataset = await _upload(client, _sorted_by_class(iris_csv()))
+    training = {**IRIS_TRAINING, "validation_split": 0.2}
+    job = await submit(client, dataset=dataset, training=training)
+    assert job["warning"] is not None
+    assert "last 30 of 150" in job["warning"] and "single class ('virginica')" in job["warning"]
+    assert "shuffle" in job["warning"]
+    assert (await client.get(f"/v1/jobs/{job['id']}")).json()["warning"] == job["warning"]
+    listed = (await client.get("/v1/jobs")).json()["items"]
+    assert [j["warning"] for j in listed if j["id"] == job["id"]] == [job["warning"]]
+    assert db.get(Job, job["id"]).warning == job["warning"]
+
+
+async def test_a_validation_split_missing_classes_carries_a_warning(
+    client: httpx.AsyncClient,
+) -> None:
+    # Setosa first, then the other two arranged so the validation tail (the last 30 rows) holds
+    # 15 versicolor and 15 virginica: two classes, but not setosa.
+    header, *rows = _sorted_by_class(iris_csv()).decode().strip().split("\n")
+    setosa = [r for r in rows if r.endswith("setosa")]
+    others = [r for r in rows if not r.endswith("setosa")]
+    data = "\n".join([header, *setosa, *others[15:85], *others[:15], *others[85:]]) + "\n"
+    dataset = await _upload(client, data.encode())
+    job = await submit(client, dataset=dataset, training={**IRIS_TRAINING, "validation_split": 0.2})
+    assert job["warning"] is not None
+    assert "miss 1 of the 3 classes in training ('setosa')" in job["warning"], job["warning"]
+
+
+@pytest.mark.parametrize("validation_split", [0.0, 0.2])
+async def test_a_shuffled_dataset_or_no_validation_split_carries_no_warning(
+    client: httpx.AsyncClient, validation_split: float
+) -> None:
+    job = await submit(client, training={**IRIS_TRAINING, "validation_split": validation_split})
+    assert job["warning"] is None
+    dataset = await _upload(client, _sorted_by_class(iris_csv()))
+    if validation_split == 0.0:  # sorted, but nothing is held out
+        job = await submit(client, dataset=dataset, training=IRIS_TRAINING)
+        assert job["warning"] is None

@@ -215,3 +215,15 @@ def test_read_only_arrays_are_accepted() -> None:
     x = np.frombuffer(np.arange(8, dtype=np.float32).tobytes(), dtype=np.float32).reshape(4, 2)
     assert not x.flags.writeable
     assert data.features(x).tolist() == x.tolist()
+
+
+def test_validation_class_warning_names_the_problem() -> None:
+    from models.training_spec import validation_class_warning
+
+    classes = ["a", "b", "c"]
+    assert validation_class_warning([0, 1, 2, 0, 1, 2, 0, 2, 1, 0], 0.3, classes) is None
+    assert validation_class_warning([0, 0, 1, 1, 2, 2, 2, 2, 2, 2], 0.0, classes) is None
+    single = validation_class_warning([0, 0, 1, 1, 2, 2, 2, 2, 2, 2], 0.2, classes)
+    assert single is not None and "last 2 of 10" in single and "single class ('c')" in single
+    unseen = validation_class_warning([0, 1, 2, 0, 1, 2, 0, 1, 1, 2], 0.2, classes)
+    assert unseen is not None and "miss 1 of the 3 classes in training ('a')" in unseen

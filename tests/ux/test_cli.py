@@ -160,3 +160,27 @@ def test_train_exits_non_zero_when_the_job_is_cancelled(
     assert process.returncode == 1
     assert stdout == ""
     assert f"job {job['id']} cancelled" in stderr
+
+
+def test_train_warns_when_the_validation_rows_hold_one_class(
+    live_api: LiveServer, tmp_path: Path
+) -> None:
+    """The wine file as scikit-learn ships it (sorted by class): validation_split 0.2 takes 36
+    rows of class_2 only, which the submit answer says and the CLI prints."""
+    header, *rows = (ROOT / "app" / "data" / "wine.csv").read_text().strip().split("\n")
+    rows.sort(key=lambda row: row.rsplit(",", 1)[1])
+    sorted_csv = tmp_path / "wine-sorted.csv"
+    sorted_csv.write_text("\n".join([header, *rows]) + "\n")
+    uploaded = fitserve(live_api, "datasets", "upload", str(sorted_csv), "--target", "class")
+    assert uploaded.returncode == 0, uploaded.stderr
+    network = {"layers": [{"type": "dense", "units": 3, "activation": "softmax", "input_dim": 13}]}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"network": network, "training": IRIS_TRAINING}))
+    result = fitserve(
+        live_api, "train", str(spec), "--dataset", uploaded.stdout.strip(), "--detach"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fitserve: warning: the validation rows (the last 36 of 178" in result.stderr
+    assert "single class ('class_2')" in result.stderr
+    builtin = fitserve(live_api, "train", str(spec), "--dataset", "wine", "--detach")
+    assert builtin.returncode == 0 and "warning" not in builtin.stderr, builtin.stderr
