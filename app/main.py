@@ -95,6 +95,7 @@ def _install_extras(app: FastAPI) -> None:
     """What users reach for beside the REST API: live events, batch prediction, the dashboard,
     /metrics and the offline docs."""
     from app.api import batch, events, interop, v2
+    from app.dashboard import SignInRequired, sign_in_response
     from app.dashboard import router as dashboard_router
     from app.docs import install_offline_docs
     from app.metrics import install_metrics
@@ -104,5 +105,6 @@ def _install_extras(app: FastAPI) -> None:
     app.include_router(interop.router)  # Keras JSON and ONNX
     app.include_router(v2.router)  # Open Inference Protocol V2
     app.include_router(dashboard_router)
+    app.add_exception_handler(SignInRequired, sign_in_response)
     install_metrics(app)
     install_offline_docs(app)

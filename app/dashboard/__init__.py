@@ -4,23 +4,30 @@
 /dashboard/jobs/{id}       loss, accuracy and validation curves and per-layer gradient norms,
                            drawn as inline SVG and updated live from the job's event stream
 /dashboard/models/{id}     the Keras-style summary table and a predict form
+/dashboard/compare?job=..  the loss and accuracy/MAE curves of the picked jobs overlaid
 
 Pages show only the caller's rows, through the same services and owner filter as the API.
+Where keys are required, a page requested without one (a browser's navigation can't carry an
+Authorization header) answers 401 with a sign-in form and no data; its script keeps the key in
+the tab's sessionStorage and fetches the page again with 'Authorization: Bearer <key>'
+(app/dashboard/auth.js). A key that is sent is checked like the API's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import models
 from app.api.deps import SessionDep
-from app.auth import OwnerDep
+from app.auth import owner_for
+from app.config import Settings
 from app.dashboard import pages
-from app.errors import NotFound
+from app.errors import NotFound, Unprocessable
 from app.schemas import EpochMetrics
 from app.services import jobs as job_service
 from app.services.jobs import finite_or_none
@@ -30,24 +37,74 @@ from app.tables import Dataset, JobMetric, Model
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 
+class SignInRequired(Exception):
+    """A page was asked for without a key where keys are required."""
+
+
+async def dashboard_owner(request: Request) -> str | None:
+    """`current_owner` for pages: no key where one is required is a sign-in, not a JSON 401."""
+    settings: Settings = request.app.state.settings
+    header = request.headers.get("authorization")
+    if header is None and settings.api_keys_required:
+        raise SignInRequired
+    return await owner_for(header, settings, request.app.state.engine)
+
+
+DashboardOwnerDep = Annotated[str | None, Depends(dashboard_owner)]
+
+
+def sign_in_response(request: Request, exc: Exception) -> HTMLResponse:
+    """The sign-in form, for app.add_exception_handler(SignInRequired, ...)."""
+    return HTMLResponse(
+        pages.sign_in_page(root=_root(request)),
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
+    )
+
+
 def _root(request: Request) -> str:
     return str(request.scope.get("root_path", ""))
 
 
 @router.get("", response_class=HTMLResponse)
-def jobs_page(request: Request, session: SessionDep, owner: OwnerDep) -> HTMLResponse:
+def jobs_page(request: Request, session: SessionDep, owner: DashboardOwnerDep) -> HTMLResponse:
     jobs = job_service.list_jobs(session, owner=owner, limit=200)
     return HTMLResponse(pages.jobs_page(jobs, root=_root(request)))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str, session: SessionDep, owner: OwnerDep) -> HTMLResponse:
+def job_page(
+    request: Request, job_id: str, session: SessionDep, owner: DashboardOwnerDep
+) -> HTMLResponse:
     job = job_service.get_job(session, owner=owner, job_id=job_id)
+    return HTMLResponse(pages.job_page(job, _history(session, job.id), root=_root(request)))
+
+
+def _history(session: Session, job_id: str) -> list[dict[str, Any]]:
     rows = session.scalars(
-        select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.epoch)
+        select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
     )
-    history = [finite_or_none({**(row.values or {}), "epoch": row.epoch}) for row in rows]
-    return HTMLResponse(pages.job_page(job, history, root=_root(request)))
+    return [finite_or_none({**(row.values or {}), "epoch": row.epoch}) for row in rows]
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    owner: DashboardOwnerDep,
+    job: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies query defaults)
+) -> HTMLResponse:
+    picked = list(dict.fromkeys(job))  # each job once, in the order picked
+    if not 1 <= len(picked) <= pages.MAX_COMPARE:
+        raise Unprocessable(
+            f"pick between 1 and {pages.MAX_COMPARE} jobs to compare (got {len(picked)}): "
+            "tick them on /dashboard",
+            loc=("query", "job"),
+        )
+    jobs = [job_service.get_job(session, owner=owner, job_id=job_id) for job_id in picked]
+    return HTMLResponse(
+        pages.compare_page([(j, _history(session, j.id)) for j in jobs], root=_root(request))
+    )
 
 
 class _ModelView:
@@ -63,7 +120,7 @@ class _ModelView:
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(
-    request: Request, model_id: str, session: SessionDep, owner: OwnerDep
+    request: Request, model_id: str, session: SessionDep, owner: DashboardOwnerDep
 ) -> HTMLResponse:
     row = find_model(session, owner=owner, model_id=model_id)
     if row is None:

@@ -1,10 +1,8 @@
-// fitserve dashboard, job page: draws the learning curves and per-layer gradient norms as inline
+// fitserve dashboard. Job page: draws the learning curves and per-layer gradient norms as inline
 // SVG from the rows embedded in the page, then follows the job's event stream and redraws.
+// Compare page: overlays the curves of the picked jobs, one colour a job, validation dashed.
 (function () {
   "use strict";
-  var page = document.getElementById("job");
-  if (!page) return;
-  var rows = JSON.parse(document.getElementById("history").textContent);
   var TERMINAL = ["succeeded", "failed", "cancelled"];
   var SVGNS = "http://www.w3.org/2000/svg";
   // Colours of the matplotlib/Tableau palette: loss blue, val_loss orange, metric green/red.
@@ -40,7 +38,7 @@
     var ty = function (v) { return logY ? Math.log10(v) : v; };
     var ok = function (p) { return typeof p[1] === "number" && isFinite(p[1]) && (!logY || p[1] > 0); };
     series = series.map(function (s) {
-      return {name: s.name, colour: s.colour, points: s.points.filter(ok)};
+      return {name: s.name, colour: s.colour, dash: s.dash, points: s.points.filter(ok)};
     }).filter(function (s) { return s.points.length > 0; });
     if (series.length === 0) {
       svg.appendChild(node("text", {x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#888"},
@@ -76,35 +74,109 @@
         svg.appendChild(node("circle", {cx: xy[0], cy: xy[1], r: 4, fill: s.colour, "class": "curve",
                                         "data-series": s.name}));
       } else {
-        svg.appendChild(node("polyline", {points: pts.join(" "), fill: "none", stroke: s.colour,
-                                          "stroke-width": 3, "stroke-linejoin": "round",
-                                          "class": "curve", "data-series": s.name}));
+        var line = node("polyline", {points: pts.join(" "), fill: "none", stroke: s.colour,
+                                     "stroke-width": 3, "stroke-linejoin": "round",
+                                     "class": "curve", "data-series": s.name});
+        if (s.dash) line.setAttribute("stroke-dasharray", "7 4");
+        svg.appendChild(line);
       }
     });
     // The legend on a translucent card, so it never hides a curve's shape.
     svg.appendChild(node("rect", {x: W - R - 158, y: T + 2, width: 152, height: series.length * 16 + 8,
                                   fill: "#fff", "fill-opacity": 0.85, stroke: "#ddd"}));
     series.forEach(function (s, i) {
-      svg.appendChild(node("rect", {x: W - R - 150, y: T + 10 + i * 16, width: 12, height: 4,
-                                    fill: s.colour}));
+      svg.appendChild(node("line", {x1: W - R - 150, x2: W - R - 136, y1: T + 12 + i * 16,
+                                    y2: T + 12 + i * 16, stroke: s.colour, "stroke-width": 4,
+                                    "stroke-dasharray": s.dash ? "4 2" : "none"}));
       svg.appendChild(node("text", {x: W - R - 132, y: T + 16 + i * 16, "font-size": 11,
                                     fill: "#333"}, s.name));
     });
   }
 
-  function column(key) {
+  function column(rows, key) {
     return rows.map(function (r) { return [r.epoch, r[key]]; });
   }
 
+  function metricOf(rows) {
+    return rows.some(function (r) { return typeof r.mae === "number"; }) ? "mae" : "accuracy";
+  }
+
+  // The Server-Sent Events of `url` through fetch, so the request can carry the Authorization
+  // header (EventSource can't); reconnects after `last_event_id` like EventSource would.
+  function follow(url, after, handlers) {
+    var lastId = String(after), stopped = false;
+    function dispatch(block) {
+      var event = "message", data = [];
+      block.split(/\r?\n/).forEach(function (line) {
+        if (!line || line.charAt(0) === ":") return;
+        var colon = line.indexOf(":");
+        var field = colon < 0 ? line : line.slice(0, colon);
+        var value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event = value;
+        else if (field === "data") data.push(value);
+        else if (field === "id") lastId = value;
+      });
+      if (data.length && handlers[event]) {
+        if (handlers[event](JSON.parse(data.join("\n"))) === false) stopped = true;
+      }
+    }
+    function connect() {
+      var headers = window.fitserveAuth.headers({Accept: "text/event-stream"});
+      var target = url + "?last_event_id=" + encodeURIComponent(lastId);
+      fetch(target, {headers: headers, credentials: "omit", cache: "no-store"})
+        .then(function (response) {
+          if (!response.ok || !response.body) throw new Error("event stream " + response.status);
+          var reader = response.body.getReader(), decoder = new TextDecoder(), buffer = "";
+          function pump() {
+            return reader.read().then(function (chunk) {
+              if (chunk.done) return;
+              buffer += decoder.decode(chunk.value, {stream: true});
+              var blocks = buffer.split(/\r?\n\r?\n/);
+              buffer = blocks.pop();
+              blocks.forEach(dispatch);
+              if (stopped) { reader.cancel(); return; }
+              return pump();
+            });
+          }
+          return pump();
+        })
+        .then(function () { if (!stopped) window.setTimeout(connect, 1000); },
+              function () { if (!stopped) window.setTimeout(connect, 3000); });
+    }
+    connect();
+  }
+
+  var compared = document.getElementById("compared-jobs");
+  if (compared) {
+    var jobs = JSON.parse(compared.textContent);
+    var metric = jobs.some(function (j) { return metricOf(j.rows) === "mae"; }) ? "mae" : "accuracy";
+    var overlay = function (key) {
+      var series = [];
+      jobs.forEach(function (j) {
+        series.push({name: j.label + " " + key, colour: j.colour, points: column(j.rows, key)});
+        series.push({name: j.label + " val_" + key, colour: j.colour, dash: true,
+                     points: column(j.rows, "val_" + key)});
+      });
+      return series;
+    };
+    draw(document.getElementById("chart-loss"), overlay("loss"), false);
+    draw(document.getElementById("chart-metric"), overlay(metric), false);
+    return;
+  }
+
+  var page = document.getElementById("job");
+  if (!page) return;
+  var rows = JSON.parse(document.getElementById("history").textContent);
+
   function render() {
     draw(document.getElementById("chart-loss"), [
-      {name: "loss", colour: "#1f77b4", points: column("loss")},
-      {name: "val_loss", colour: "#ff7f0e", points: column("val_loss")}
+      {name: "loss", colour: "#1f77b4", points: column(rows, "loss")},
+      {name: "val_loss", colour: "#ff7f0e", points: column(rows, "val_loss")}
     ], false);
-    var metric = rows.some(function (r) { return typeof r.mae === "number"; }) ? "mae" : "accuracy";
+    var metric = metricOf(rows);
     draw(document.getElementById("chart-metric"), [
-      {name: metric, colour: "#2ca02c", points: column(metric)},
-      {name: "val_" + metric, colour: "#d62728", points: column("val_" + metric)}
+      {name: metric, colour: "#2ca02c", points: column(rows, metric)},
+      {name: "val_" + metric, colour: "#d62728", points: column(rows, "val_" + metric)}
     ], false);
     var layers = [];
     rows.forEach(function (r) {
@@ -141,18 +213,16 @@
   }
 
   render();
-  if (TERMINAL.indexOf(page.dataset.status) < 0 && window.EventSource) {
-    // EventSource resends Last-Event-ID on reconnect, so the stream resumes where it stopped.
-    var source = new EventSource(page.dataset.events);
-    source.addEventListener("epoch", function (e) {
-      var row = JSON.parse(e.data);
-      var last = rows[rows.length - 1];
-      if (!last || row.epoch > last.epoch) { rows.push(row); schedule(); }
-    });
-    source.addEventListener("status", function (e) {
-      var data = JSON.parse(e.data);
-      showStatus(data);
-      if (TERMINAL.indexOf(data.status) >= 0) source.close();
+  if (TERMINAL.indexOf(page.dataset.status) < 0) {
+    follow(page.dataset.events, page.dataset.after, {
+      epoch: function (row) {
+        var last = rows[rows.length - 1];
+        if (!last || row.epoch > last.epoch) { rows.push(row); schedule(); }
+      },
+      status: function (data) {
+        showStatus(data);
+        return TERMINAL.indexOf(data.status) < 0;  // false: the job is over, stop following
+      }
     });
   }
 })();

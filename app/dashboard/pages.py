@@ -15,6 +15,12 @@ from typing import Any
 from app.tables import TERMINAL_STATUSES
 
 LIVE_JS = resources.files("app.dashboard").joinpath("live.js").read_text(encoding="utf-8")
+AUTH_JS = resources.files("app.dashboard").joinpath("auth.js").read_text(encoding="utf-8")
+# Jobs a compare view overlays at most: two legend lines a job fill the chart at six.
+MAX_COMPARE = 6
+# Tableau's palette, one colour a job in the compare view.
+JOB_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #222; background: #f6f7f9; }
@@ -30,11 +36,14 @@ code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
 .badge.queued { background: #e8e8e8; } .badge.running { background: #cfe3ff; }
 .badge.succeeded { background: #c9f0d0; } .badge.failed { background: #ffd0d0; }
 .badge.cancelling, .badge.cancelled { background: #fbe7c6; }
+.badge.warning { background: #fff0c0; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; background: #fff; border: 1px solid #e3e5e8; padding: 8px; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 svg.chart { width: 640px; height: 260px; display: block; }
 .error { color: #a40000; white-space: pre-wrap; }
+.warning { color: #7a4d00; background: #fff4d6; padding: 6px 10px; white-space: pre-wrap; }
+header a#sign-out { float: right; font-weight: 400; margin-right: 0; }
 textarea { width: 640px; height: 120px; font-family: ui-monospace, monospace; }
 """
 
@@ -67,11 +76,29 @@ def layout(title: str, body: str, *, root: str = "", refresh: int | None = None)
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(title)} · fitserve</title>{meta}<style>{STYLE}</style></head><body>"
+        f"<title>{esc(title)} · fitserve</title>{meta}<style>{STYLE}</style>"
+        f"<script>{AUTH_JS}</script></head><body>"
         f'<header><a href="{esc(root)}/dashboard">fitserve</a>'
         f'<a href="{esc(root)}/dashboard">jobs</a><a href="{esc(root)}/docs">API docs</a>'
+        '<a href="#" id="sign-out" hidden>sign out</a>'
         f"</header><main>{body}</main></body></html>"
     )
+
+
+def sign_in_page(*, root: str = "") -> str:
+    """What a page answers without a key where keys are required: a form for one, and the
+    script that fetches the page again with it (app/dashboard/auth.js). No data of anyone's."""
+    body = """
+<h1>Sign in</h1>
+<form id="sign-in">
+<p>This server requires an API key (create one with <code>fitserve keys create NAME</code>).
+It is kept in this browser tab's session storage until you sign out or close the tab, and sent
+as <code>Authorization: Bearer</code> with the dashboard's requests.</p>
+<label>API key <input type="password" name="key" autocomplete="off" required autofocus></label>
+<button type="submit">Sign in</button>
+</form>
+<p class="error" id="sign-in-error"></p>"""
+    return layout("sign in", body, root=root)
 
 
 def badge(status: str) -> str:
@@ -89,19 +116,29 @@ def jobs_page(jobs: list[Any], *, root: str = "") -> str:
             if job.model_id
             else ""
         )
+        flag = (
+            f' <span class="badge warning" title="{esc(job.warning)}">warning</span>'
+            if job.warning
+            else ""
+        )
         rows.append(
             "<tr>"
+            f'<td><input type="checkbox" name="job" value="{esc(job.id)}" form="compare" '
+            f'aria-label="compare {esc(job.id[:8])}"></td>'
             f'<td><a class="id" href="{esc(root)}/dashboard/jobs/{esc(job.id)}">'
             f"{esc(job.id[:8])}</a></td>"
             f"<td>{esc(job.name or '')}</td>"
-            f'<td><span class="badge {esc(job.status)}">{esc(job.status)}</span></td>'
+            f'<td><span class="badge {esc(job.status)}">{esc(job.status)}</span>'
+            f"{flag}</td>"
             f'<td class="num">{job.epoch} / {job.epochs}</td>'
             f'<td class="num">{number(loss)}</td><td class="num">{number(accuracy)}</td>'
             f"<td>{model}</td><td>{when(job.created_at)}</td>"
             "</tr>"
         )
     table = (
-        "<table><tr><th>job</th><th>name</th><th>status</th><th class=num>epoch</th>"
+        f'<form id="compare" method="get" action="{esc(root)}/dashboard/compare">'
+        f"<button type=submit>Compare the selected jobs</button> (up to {MAX_COMPARE})</form>"
+        "<table><tr><th></th><th>job</th><th>name</th><th>status</th><th class=num>epoch</th>"
         "<th class=num>loss</th><th class=num>accuracy</th><th>model</th><th>submitted</th></tr>"
         + "".join(rows)
         + "</table>"
@@ -120,7 +157,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
     model_href = f"{root}/dashboard/models/{job.model_id}" if job.model_id else "#"
     # The stream resumes after the rows embedded in the page, so nothing is drawn twice.
     after = history[-1]["epoch"] if history else 0
-    events_url = f"{root}/v1/jobs/{job.id}/events?last_event_id={after}"
+    events_url = f"{root}/v1/jobs/{job.id}/events"
     name = f"{esc(job.name)} · " if job.name else ""
     columns = [c for c in METRIC_COLUMNS if any(row.get(c) is not None for row in history)]
     recent = history[-10:]
@@ -140,12 +177,13 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
     body = f"""
 <h1>Job <span class="id">{esc(job.id)}</span> {badge(job.status)}</h1>
 <section id="job" data-status="{esc(job.status)}" data-epochs="{esc(job.epochs)}"
-  data-events="{esc(events_url)}"
+  data-events="{esc(events_url)}" data-after="{after}"
   data-models="{esc(root)}/dashboard/models/">
 <p>{name}epoch <span id="progress">{job.epoch} / {job.epochs}</span>
  · device {esc(job.device or "-")} · attempts {job.attempts}
  · model <a class="id" id="model" href="{esc(model_href)}">{esc(job.model_id or "-")}</a></p>
 <p class="error" id="error">{esc(job.error or "")}</p>
+{warning_note(job.warning)}
 <div class="charts">
 <figure><figcaption>Loss</figcaption><svg class="chart" id="chart-loss"></svg></figure>
 <figure><figcaption>Accuracy / MAE</figcaption><svg class="chart" id="chart-metric"></svg></figure>
@@ -157,6 +195,45 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
 {json_island("history", history)}
 <script>{LIVE_JS}</script>"""
     return layout(f"job {job.id[:8]}", body, root=root)
+
+
+def warning_note(warning: str | None) -> str:
+    return f'<p class="warning" id="warning">Warning: {esc(warning)}</p>' if warning else ""
+
+
+def compare_page(jobs: list[tuple[Any, list[dict[str, Any]]]], *, root: str = "") -> str:
+    """The curves of the picked jobs overlaid: one colour a job, validation dashed."""
+    rows, data = [], []
+    for i, (job, history) in enumerate(jobs):
+        colour = JOB_COLOURS[i % len(JOB_COLOURS)]
+        label = job.name or job.id[:8]
+        last = history[-1] if history else {}
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:{colour}">&nbsp;&nbsp;&nbsp;</span>'
+            f'</td><td><a class="id" href="{esc(root)}/dashboard/jobs/{esc(job.id)}">'
+            f"{esc(job.id[:8])}</a></td><td>{esc(job.name or '')}</td>"
+            f'<td><span class="badge {esc(job.status)}">{esc(job.status)}</span></td>'
+            f'<td class="num">{job.epoch} / {job.epochs}</td>'
+            + "".join(f'<td class="num">{number(last.get(c))}</td>' for c in METRIC_COLUMNS[:6])
+            + f"<td>{esc(job.warning or '')}</td></tr>"
+        )
+        data.append({"id": job.id, "label": label, "colour": colour, "rows": history})
+    header = "".join(f'<th class="num">{c}</th>' for c in METRIC_COLUMNS[:6])
+    body = f"""
+<h1>Compare {len(jobs)} jobs</h1>
+<table id="compared"><tr><th></th><th>job</th><th>name</th><th>status</th>
+<th class="num">epoch</th>{header}<th>warning</th></tr>{"".join(rows)}</table>
+<section id="compare">
+<div class="charts">
+<figure><figcaption>Loss (validation dashed)</figcaption><svg class="chart" id="chart-loss">
+</svg></figure>
+<figure><figcaption>Accuracy / MAE (validation dashed)</figcaption>
+<svg class="chart" id="chart-metric"></svg></figure>
+</div>
+</section>
+{json_island("compared-jobs", data)}
+<script>{LIVE_JS}</script>"""
+    return layout("compare", body, root=root)
 
 
 def model_page(model: Any, *, feature_names: list[str], root: str = "") -> str:
@@ -202,7 +279,8 @@ document.getElementById("predict").addEventListener("submit", function (event) {
     return line.split(",").map(Number);
   }});
   error.textContent = ""; out.textContent = "";
-  fetch(form.dataset.url, {{method: "POST", headers: {{"Content-Type": "application/json"}},
+  var headers = window.fitserveAuth.headers({{"Content-Type": "application/json"}});
+  fetch(form.dataset.url, {{method: "POST", headers: headers, credentials: "omit",
                            body: JSON.stringify({{inputs: inputs}})}})
     .then(function (r) {{ return r.json().then(function (body) {{ return [r.ok, body]; }}); }})
     .then(function (result) {{

@@ -255,6 +255,8 @@ async def test_a_validation_split_of_one_class_carries_a_warning(
     listed = (await client.get("/v1/jobs")).json()["items"]
     assert [j["warning"] for j in listed if j["id"] == job["id"]] == [job["warning"]]
     assert db.get(Job, job["id"]).warning == job["warning"]
+    page = (await client.get(f"/dashboard/jobs/{job['id']}")).text
+    assert 'id="warning"' in page and "single class (&#x27;virginica&#x27;)" in page
 
 
 async def test_a_validation_split_missing_classes_carries_a_warning(

@@ -185,3 +185,52 @@ def trained_job(live_server: LiveServer) -> dict[str, object]:
         except Exception as exc:  # show the server's side of the story
             pytest.fail(f"training the shared iris job failed: {exc}\n{live_server.logs()}")
     return job.model_dump()
+
+
+@dataclass
+class KeyedServer(LiveServer):
+    """A live API with keys required, one key's secret, and the env to start a worker with."""
+
+    secret: str
+    env: dict[str, str]
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        cmd = [*CLI, "worker", "--database-url", self.database_url]
+        return _start(cmd, self.log_dir / "worker.log", self.env)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
+    """uvicorn serving create_app() with FITSERVE_REQUIRE_API_KEYS=true, as a deployment off
+    loopback runs; no worker until the test starts one."""
+    from app.auth import create_key
+    from app.db import make_engine, make_sessionmaker
+
+    tmp = tmp_path_factory.mktemp("keyed")
+    database_url = f"sqlite:///{tmp}/fitserve.db"
+    upgrade_head(database_url)
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine).begin() as session:
+        _, secret = create_key(session, name="dashboard")
+    engine.dispose()
+    env = {
+        **os.environ,
+        "FITSERVE_DATABASE_URL": database_url,
+        "FITSERVE_DEVICE": "cpu",
+        "FITSERVE_POLL_SECONDS": "0.1",
+        "FITSERVE_CPU_THREADS": "1",
+        "FITSERVE_REQUIRE_API_KEYS": "true",
+    }
+    port = free_port()
+    server = KeyedServer(f"http://127.0.0.1:{port}", database_url, tmp, secret, env)
+    api = _start(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+         "--host", "127.0.0.1", "--port", str(port)],
+        tmp / "api.log",
+        env,
+    )  # fmt: skip
+    try:
+        _wait_healthy(server.url, [api], server)
+        yield server
+    finally:
+        _stop(api)
