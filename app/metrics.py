@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from app.auth import OwnerDep
 from app.queue.clock import db_now
 from app.schemas import UNAUTHORIZED
-from app.tables import JOB_STATUSES, Job, JobMetric
+from app.tables import FALLBACK_STEP_MODE, JOB_STATUSES, Job, JobMetric
 
 # The window behind fitserve_epochs_per_second: long enough to smooth one slow epoch, short
 # enough to show a stall within a scrape or two.
@@ -119,6 +119,17 @@ class DatabaseCollector(Collector):
             "fitserve_training_seconds",
             "Time spent training, the sum of every finished epoch's measured seconds.",
             value=float(training_seconds or 0.0),
+        )
+        fallbacks = session.scalar(
+            select(func.count(func.distinct(JobMetric.job_id))).where(
+                JobMetric.step_mode == FALLBACK_STEP_MODE
+            )
+        )
+        yield CounterMetricFamily(
+            "fitserve_cuda_graph_fallbacks",
+            "Jobs whose CUDA-graph training steps fell back to eager ones (the reason is the "
+            "job's step_mode_reason).",
+            value=fallbacks or 0,
         )
         recent = session.scalar(
             select(func.count()).where(JobMetric.created_at >= db_now(-EPOCH_RATE_WINDOW_SECONDS))

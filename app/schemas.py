@@ -382,6 +382,23 @@ class JobRead(_Response):
     )
     attempts: int = Field(description="Times a worker has claimed it.", examples=[1])
     device: str | None = Field(description="Where it trains (cpu, cuda:0).", examples=["cpu"])
+    precision: str | None = Field(
+        None,
+        description="What its latest epoch's steps computed in (fp32, tf32, bf16), as observed, "
+        "not as asked: the CPU trains in fp32. Null until an epoch ends.",
+        examples=["fp32"],
+    )
+    step_mode: str | None = Field(
+        None,
+        description="How its latest epoch's steps ran: eager, cuda_graph (replayed from a CUDA "
+        "graph), or eager (fallback) when the graph path was given up. Null until an epoch ends.",
+        examples=["eager"],
+    )
+    step_mode_reason: str | None = Field(
+        None,
+        description="Why the steps ran eagerly, when they did (e.g. a capture failure).",
+        examples=["not on CUDA"],
+    )
     created_at: Timestamp = Field(description="Submitted at.", examples=[EXAMPLE_TIME])
     started_at: Timestamp | None = Field(description="First claimed at.", examples=[EXAMPLE_TIME])
     finished_at: Timestamp | None = Field(

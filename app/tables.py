@@ -102,6 +102,12 @@ class Dataset(Base):
         return "sequences" if self.tokens is not None else "features"
 
 
+# The step mode of steps that were to be replayed from a CUDA graph and fell back to eager ones
+# (models/cuda_graph.py gives up on a capture failure or a changed learning rate); the reason is
+# recorded beside it.
+FALLBACK_STEP_MODE = "eager (fallback)"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -139,7 +145,11 @@ class Job(Base):
     # Why its validation figures may mislead (found at submit; migration 0006), or NULL.
     warning: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(50))
+    # What the latest epoch's steps ran as (app/queue/child.py: ran): the precision observed from
+    # them, the step mode, and why eager when eager. NULL until an epoch of this attempt ends.
     precision: Mapped[str | None] = mapped_column(String(10))
+    step_mode: Mapped[str | None] = mapped_column(String(30))  # FALLBACK_STEP_MODE among them
+    step_mode_reason: Mapped[str | None] = mapped_column(Text)
     model_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
@@ -158,6 +168,10 @@ class JobMetric(Base):
     lease_token: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     loss: Mapped[float | None] = mapped_column(Float)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What this epoch's steps ran as (NULL on rows written before it was recorded).
+    step_mode: Mapped[str | None] = mapped_column(String(30))
+    step_mode_reason: Mapped[str | None] = mapped_column(Text)
+    precision: Mapped[str | None] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

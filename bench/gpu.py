@@ -278,9 +278,10 @@ def end_to_end(graph_iris_rate: float | None, device: str = "cuda") -> list[str]
                     raise RuntimeError(f"job {job_id} {body['status']}: {body.get('error')}")
                 metrics = http.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
                 with sqlite3.connect(db) as con:
-                    ran_on, recorded = con.execute(
-                        "SELECT device, precision FROM jobs WHERE id = ?", (job_id,)
-                    ).fetchone()
+                    ran_on, recorded, mode, why = con.execute(
+                        "SELECT device, precision, step_mode, step_mode_reason FROM jobs "
+                        "WHERE id = ?", (job_id,)
+                    ).fetchone()  # fmt: skip
                 if device == "cuda" and (not ran_on.startswith("cuda") or recorded != precision):
                     raise RuntimeError(f"job {job_id} ({label}, {precision}) recorded device "
                                        f"{ran_on}, precision {recorded}")  # fmt: skip
@@ -290,19 +291,21 @@ def end_to_end(graph_iris_rate: float | None, device: str = "cuda") -> list[str]
                 predict = http.post(f"/v1/models/{body['model_id']}/predict",
                                     json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})  # fmt: skip
                 rows.append((f"{label}, {precision}", ran_on, recorded,
+                             mode if why is None else f"{mode}: {why}",
                              _ts(body["started_at"]) - submitted,
                              steps_per_epoch / epoch_s,
                              IRIS_TRAINING["epochs"] * steps_per_epoch / whole,
                              metrics[-1].get("accuracy"), predict.status_code))  # fmt: skip
-        lines += ["| job | device (recorded) | precision (recorded) | submit to running s "
+        lines += ["| job | device (recorded) | precision (recorded) | step mode (recorded) "
+                  "| submit to running s "
                   "| steps/s, epoch loop | steps/s, whole job | final accuracy | predict |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for p, ran_on, recorded, latency, loop_rate, whole_rate, acc, status in rows:
-            lines.append(f"| {p}, batch 10, 100 epochs | {ran_on} | {recorded} | "
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for p, ran_on, recorded, mode, latency, loop_rate, whole_rate, acc, status in rows:
+            lines.append(f"| {p}, batch 10, 100 epochs | {ran_on} | {recorded} | {mode} | "
                          f"{latency:.2f} | {loop_rate:,.0f} | {whole_rate:,.0f} | {acc:.3f} | "
                          f"{status} |")  # fmt: skip
         if graph_iris_rate:
-            ratio = rows[0][4] / graph_iris_rate
+            ratio = rows[0][5] / graph_iris_rate
             lines.append("")
             lines.append(f"- through the worker (fp32, epoch loop) / hand-written graph replay: "
                          f"{ratio:.2f}x (needs >= 0.8); the whole-job rate adds the per-epoch "

@@ -26,7 +26,8 @@ How it stays the same training as the eager loop (models/eager.py):
 Anything that prevents capture — not CUDA, an optimizer torch can't capture, too few steps to
 pay for the capture, a capture error, a learning rate changed after capture — falls back to the
 eager loop, and the reason is logged and returned (`plan`, `GraphEpochs.fallback`) for the
-Trainer to report as its step mode.
+Trainer to report as its step mode: "eager: <why>" when the graph path was never taken,
+"eager (fallback): <why>" when it was and then given up.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from models.errors import SpecError
 from models.layers import Dense
 
 TEST_CPU_BF16_ENV = "FITSERVE_TEST_CPU_BF16"
@@ -44,14 +45,32 @@ def autocast(
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
+def _has_tensor_cores_for(device: torch.device) -> bool:
+    """bfloat16 matmuls and TF32 both need compute capability 8.0 (Ampere) or later."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def check_supported(device: torch.device, precision: str) -> None:
+    """Refuse bf16 on a GPU without bfloat16 matmuls, before training: it fails on every attempt
+    (torch's autocast raises, or cuBLAS reports CUBLAS_STATUS_NOT_SUPPORTED)."""
+    if precision == "bf16" and device.type == "cuda" and not _has_tensor_cores_for(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise SpecError(
+            f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) cannot "
+            "train in bf16, which needs 8.0 or later; use precision fp32 or tf32",
+            loc=("training", "precision"),
+        )
+
+
 def observed(module: nn.Module, device: torch.device) -> str | None:
     """The precision the last forward pass of `module`'s Dense layers computed in: their output
-    dtype, and on CUDA float32 with TF32 matmuls allowed (read now: call it while training) is
-    "tf32". None before any forward pass."""
+    dtype; on CUDA, float32 with TF32 matmuls allowed (read now: call it while training) on a GPU
+    that has them is "tf32". None before any forward pass."""
     for layer in module.modules():
         if isinstance(layer, Dense) and layer.computed_dtype is not None:
             dtype = layer.computed_dtype
             if dtype == torch.float32 and device.type == "cuda":
-                return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+                tf32 = torch.backends.cuda.matmul.allow_tf32 and _has_tensor_cores_for(device)
+                return "tf32" if tf32 else "fp32"
             return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
     return None

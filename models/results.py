@@ -64,4 +64,5 @@ class FitResult:
     best_epoch: int | None = None  # with early stopping
     precision: str = "fp32"  # observed from the steps (models/precision.py), not the config
     device_reason: str = ""  # why this device (device="auto" decides in models/placement.py)
-    step_mode: str = "eager"  # "cuda_graph", or "eager: <why not>" (models/cuda_graph.py)
+    # "cuda_graph", "eager: <why not>" or "eager (fallback): <why given up>" (models/cuda_graph.py)
+    step_mode: str = "eager"

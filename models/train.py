@@ -169,6 +169,7 @@ class Trainer:
             )
             self.device, self.device_reason = where.device, where.reason
 
+        precision.check_supported(self.device, self.config.precision)
         if resume is not None:
             check_resume(
                 resume, network=self.network, config=self.config, data_shape=self.data_shape
@@ -300,7 +301,8 @@ class Trainer:
                     else:
                         totals = graph.run_epoch(perm)
                         if graph.fallback is not None:  # the next epochs run eagerly
-                            self.step_mode, graph = f"eager: {graph.fallback}", None
+                            self.step_mode = f"eager (fallback): {graph.fallback}"
+                            graph = None
                     self._finish_epoch(started, totals)
             except StopTraining:
                 self.stop_training = True

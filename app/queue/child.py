@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -40,6 +41,7 @@ from app.queue.protocol import (
     CANCEL,
     CRASH_ENV,
     CRASH_EXIT_CODE,
+    FAULT_PREFIX_ENV,
     OOM_ENV,
     STOP_AT_EPOCH_END,
     STOP_NOW,
@@ -64,11 +66,10 @@ class _Relay(models.Callback):
 
     def on_train_begin(self, trainer: models.Trainer) -> None:
         # The device is known only now: with device="auto" models/placement.py has just chosen it.
-        precision = trainer.config.precision if trainer.device.type == "cuda" else "fp32"
+        # The precision is not: it is read from the first epoch's steps (see `ran`).
         started = {
             "kind": "started",
             "device": str(trainer.device),
-            "precision": precision,
             "device_reason": trainer.device_reason,
         }
         self.conn.send_bytes(encode(started))
@@ -80,7 +81,7 @@ class _Relay(models.Callback):
     def on_epoch_end(self, trainer: models.Trainer, record: models.EpochRecord) -> None:
         if self.control.value in (CANCEL, STOP_NOW):
             return  # a partial epoch: not worth a metrics row or a checkpoint
-        values = {"epoch": record.epoch, "values": record.as_dict()}
+        values = {"epoch": record.epoch, "values": record.as_dict(), "ran": ran(trainer)}
         # Early stopping has already decided by now whether this epoch is the last.
         if trainer.stop_training or record.epoch >= trainer.config.epochs:
             self.last_epoch = values
@@ -92,13 +93,42 @@ class _Relay(models.Callback):
             raise models.StopTraining
 
 
-class _OutOfMemoryAtFirstBatch(models.Callback):
-    """The OOM fault hook (tests only): the error a GPU raises, from inside the training loop."""
+def ran(trainer: models.Trainer) -> dict[str, str | None]:
+    """What the steps so far ran as: the step mode ("eager", "cuda_graph", "cuda_graph
+    (emulated)", or "eager (fallback)" after the graph path was given up), why eager when eager,
+    and the precision observed from the steps (models/precision.py)."""
+    mode, _, reason = trainer.step_mode.partition(": ")
+    return {"step_mode": mode, "step_mode_reason": reason or None, "precision": trainer.precision}
+
+
+# The errors a GPU raises, as torch words them: what the fault hook (tests only) raises at the first
+# batch of a job named FAULT_PREFIX + one of these keys, so each travels out of models.fit as a
+# GPU's would.
+FAULTS: dict[str, Callable[[], BaseException]] = {
+    "oom": lambda: torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (raised by the fault hook)"
+    ),
+    "allocator": lambda: RuntimeError(
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    ),
+    "bf16_unsupported": lambda: RuntimeError(
+        "Current CUDA Device does not support bfloat16. Please switch dtype to float16."
+    ),
+    "dtype": lambda: RuntimeError(
+        "expected m1 and m2 to have the same dtype, but got: c10::BFloat16 != float"
+    ),
+    "illegal_address": lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
+}
+
+
+class _FaultAtFirstBatch(models.Callback):
+    """The fault hook (tests only): raises a GPU's error from inside the training loop."""
+
+    def __init__(self, fault: Callable[[], BaseException]) -> None:
+        self.fault = fault
 
     def on_batch_end(self, trainer: models.Trainer) -> None:
-        raise torch.cuda.OutOfMemoryError(
-            "CUDA out of memory. Tried to allocate 2.00 GiB (raised by FITSERVE_TEST_OOM_JOB_NAME)"
-        )
+        raise self.fault()
 
 
 def _oom_message(job: AttemptInput) -> str:
@@ -115,6 +145,50 @@ def _oom_message(job: AttemptInput) -> str:
     )
 
 
+# RuntimeError texts of failures that repeat on every attempt (torch words them so; there is no
+# narrower exception class): the allocator's, bf16 on a GPU without it, and mixed dtypes.
+_OUT_OF_MEMORY = ("out of memory", "STATUS_ALLOC_FAILED", "CUDA_ERROR_OUT_OF_MEMORY")
+_BF16_UNSUPPORTED = ("does not support bfloat16", "CUBLAS_STATUS_NOT_SUPPORTED")
+_DTYPE = ("expected scalar type", "same dtype", "expected dtype", "dtype mismatch")
+
+
+def classify(exc: BaseException, job: AttemptInput) -> dict[str, Any]:
+    """The error frame for what ended an attempt: deterministic failures (the spec or data can't
+    train, out of GPU memory or an allocator failure, bf16 on a GPU without it, a dtype error)
+    end the job at once with a message that says how to fix it; anything else may be the
+    machine's fault and is retried (as are crashes and lost leases, which the parent sees)."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in _OUT_OF_MEMORY)
+    ):
+        return _failed("out_of_memory", _oom_message(job))
+    if isinstance(exc, models.SpecError) and exc.loc[-1:] == ("precision",):
+        return _failed("precision_unsupported", text)
+    if isinstance(exc, models.ModelsError | ValueError):
+        return _failed("training_error", text)  # the spec or data can't train
+    if isinstance(exc, RuntimeError) and any(s in text for s in _BF16_UNSUPPORTED):
+        return _failed(
+            "precision_unsupported",
+            f"this GPU cannot train in bf16 ({text}); use precision fp32 or tf32",
+        )
+    if isinstance(exc, RuntimeError | TypeError) and any(s in text for s in _DTYPE):
+        return _failed(
+            "dtype_error",
+            f"a dtype error in the training step, the same on every attempt ({text}); "
+            "train with precision fp32",
+        )
+    return {
+        "kind": "error",
+        "code": "training_crashed",
+        "retry": True,
+        "message": f"{type(exc).__name__}: {exc}",
+    }
+
+
+def _failed(code: str, message: str) -> dict[str, Any]:
+    return {"kind": "error", "code": code, "retry": False, "message": message}
+
+
 def run_attempt(conn: Connection, control: Any, job: AttemptInput, parent_pid: int) -> None:
     """The training process's entry point: train, report, exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which steers us
@@ -126,34 +200,8 @@ def run_attempt(conn: Connection, control: Any, job: AttemptInput, parent_pid: i
         torch.set_num_threads(job.cpu_threads)
     try:
         header, payload = _train(conn, control, job)
-    except torch.cuda.OutOfMemoryError:
-        header, payload = (
-            {
-                "kind": "error",
-                "code": "out_of_memory",
-                "retry": False,
-                "message": _oom_message(job),
-            },
-            b"",
-        )
-    except (
-        models.ModelsError,
-        ValueError,
-    ) as exc:  # the spec or data can't train: no retry fixes it
-        header, payload = (
-            {"kind": "error", "code": "training_error", "retry": False, "message": str(exc)},
-            b"",
-        )
-    except Exception as exc:  # noqa: BLE001 - anything else may be the machine's fault: retry
-        header, payload = (
-            {
-                "kind": "error",
-                "code": "training_crashed",
-                "retry": True,
-                "message": f"{type(exc).__name__}: {exc}",
-            },
-            b"",
-        )
+    except Exception as exc:  # noqa: BLE001 - every failure is reported; classify says how
+        header, payload = classify(exc, job), b""
     conn.send_bytes(encode(header, payload))
     conn.close()
 
@@ -167,7 +215,10 @@ def _train(conn: Connection, control: Any, job: AttemptInput) -> tuple[dict[str,
     relay = _Relay(conn, control)
     callbacks: list[models.Callback] = [relay]
     if job.name is not None and os.environ.get(OOM_ENV) == job.name:
-        callbacks.append(_OutOfMemoryAtFirstBatch())
+        callbacks.append(_FaultAtFirstBatch(FAULTS["oom"]))
+    prefix = os.environ.get(FAULT_PREFIX_ENV)
+    if prefix and job.name is not None and job.name.startswith(prefix):
+        callbacks.append(_FaultAtFirstBatch(FAULTS[job.name.removeprefix(prefix)]))
     result = models.fit(
         job.network,
         job.training,

@@ -57,7 +57,7 @@ class Claimed:
     claim: store.Claim
     dataset: Dataset | None
     checkpoint: bytes | None  # models.Checkpoint bytes to resume from
-    runtime: tuple[str | None, str]  # (device, precision) the claim recorded on the job row
+    device: str | None  # the device the claim recorded on the job row (None: "auto", unplaced)
 
 
 class LostJob(Exception):
@@ -210,21 +210,16 @@ class Attempt:
         claim, kind = self.claim, header["kind"]
         fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
         if kind == "started":
-            runtime = (header["device"], header["precision"])
+            device = header["device"]
             log.info(
                 "%s: job %s trains on %s (%s)",
                 self.worker_name,
                 claim.job_id,
-                runtime[0],
+                device,
                 header["device_reason"],
             )
-            if runtime != self.claimed.runtime:  # device "auto": placed by models.fit just now
-                self._write(
-                    "set runtime",
-                    lambda s: store.set_runtime(
-                        s, **fence, device=runtime[0], precision=runtime[1]
-                    ),
-                )
+            if device != self.claimed.device:  # device "auto": placed by models.fit just now
+                self._write("set runtime", lambda s: store.set_runtime(s, **fence, device=device))
             return False
         if kind == "epoch":
             if self.pruned:
@@ -238,6 +233,7 @@ class Attempt:
                     values=header["values"],
                     checkpoint=payload,
                     lease_seconds=self.settings.lease_seconds,
+                    ran=header.get("ran"),
                 ),
             )
             if self.is_trial and self._write(
@@ -285,10 +281,13 @@ class Attempt:
             )
             last = header["last_epoch"]
             last_epoch = None if last is None else (int(last["epoch"]), last["values"])
+            ran = None if last is None else last.get("ran")
             try:
                 self._write(
                     "finish",
-                    lambda s: store.finish_job(s, **fence, model=model, last_epoch=last_epoch),
+                    lambda s: store.finish_job(
+                        s, **fence, model=model, last_epoch=last_epoch, ran=ran
+                    ),
                 )
                 log.info("%s: job %s succeeded", self.worker_name, claim.job_id)
                 return

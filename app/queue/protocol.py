@@ -5,14 +5,17 @@ and the exit codes. Both sides import this module, and it imports neither side n
 Messages from the child are frames of `4-byte header length | JSON header | optional binary
 payload` (checkpoints and weights are safetensors bytes; nothing here is pickled):
 
-    {"kind": "started", "device", "precision", "device_reason"}   (training begins: where it
-                                            runs, as models.fit decided — "auto" included)
-    {"kind": "epoch", "epoch", "values"}  + models.Checkpoint bytes   (every epoch but the last)
-    {"kind": "done", "stopped": null, "last_epoch": {"epoch", "values"} | null}
+    {"kind": "started", "device", "device_reason"}   (training begins: where it runs, as
+                                            models.fit decided — "auto" included)
+    {"kind": "epoch", "epoch", "values", "ran"}  + models.Checkpoint bytes   (every epoch but the
+                                            last; "ran": {"step_mode", "step_mode_reason",
+                                            "precision"}, what the steps so far ran as)
+    {"kind": "done", "stopped": null, "last_epoch": {"epoch", "values", "ran"} | null}
                                           + models.save_model bytes   (the last epoch rides here,
                                             so its metrics commit with the weights and `succeeded`)
     {"kind": "done", "stopped": "cancelled" | "shutdown"}
-    {"kind": "error", "code", "message", "retry"}
+    {"kind": "error", "code", "message", "retry"}   (retry: false for failures every attempt
+                                            would repeat; child.classify decides)
 
 The device probe (`child.probe_device`) answers with one frame: {"ok": true, "device", "name"}
 or {"ok": false, "error"}.
@@ -40,6 +43,9 @@ CRASH_EXIT_CODE = 86
 # Likewise, for tests only: the training process of a job so named raises
 # torch.cuda.OutOfMemoryError at its first batch, as a GPU that ran out of memory would.
 OOM_ENV = "FITSERVE_TEST_OOM_JOB_NAME"
+# And for tests only: a job named this prefix + a key of child.FAULTS raises that GPU error at its
+# first batch (bf16 unsupported, an allocator failure, a dtype error, an illegal address).
+FAULT_PREFIX_ENV = "FITSERVE_TEST_FAULT_PREFIX"
 
 _HEADER = struct.Struct(">I")
 

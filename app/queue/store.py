@@ -296,19 +296,25 @@ def job_status(session: Session, *, job_id: str, lease_token: int) -> str:
     return str(status)
 
 
-def set_runtime(
-    session: Session, *, job_id: str, lease_token: int, device: str | None, precision: str
-) -> None:
-    """Record where the attempt runs: the device and the effective precision (None and the
-    precision asked for while a job on device "auto" waits for models.fit to place it)."""
+def set_runtime(session: Session, *, job_id: str, lease_token: int, device: str | None) -> None:
+    """Record where the attempt runs (None while a job on device "auto" waits for models.fit to
+    place it). What its steps run as — precision, step mode — is unknown until its first epoch
+    reports it (`record_epoch`), so an earlier attempt's values are cleared."""
     _update_fenced(
         session,
         job_id=job_id,
         lease_token=lease_token,
         device=device,
-        precision=precision,
         updated_at=db_now(),
+        **_ran_columns(None),
     )
+
+
+def _ran_columns(ran: dict[str, Any] | None) -> dict[str, Any]:
+    """What an attempt's steps ran as, as the child reports it: {"step_mode", "step_mode_reason",
+    "precision"} (app/queue/child.py: ran)."""
+    ran = ran or {}
+    return {key: ran.get(key) for key in ("step_mode", "step_mode_reason", "precision")}
 
 
 def record_epoch(
@@ -320,10 +326,12 @@ def record_epoch(
     values: dict[str, Any],
     checkpoint: bytes,
     lease_seconds: float,
+    ran: dict[str, Any] | None = None,
 ) -> None:
     """One finished epoch: its metrics row, the checkpoint to resume from and the job's progress,
-    together. The fenced UPDATE goes first, so a worker that lost the job writes nothing; it also
-    extends the lease, an epoch end being proof of life."""
+    together; `ran` (what the steps ran as) goes on the epoch's row and the job's. The fenced
+    UPDATE goes first, so a worker that lost the job writes nothing; it also extends the lease,
+    an epoch end being proof of life."""
     _update_fenced(
         session,
         job_id=job_id,
@@ -332,8 +340,11 @@ def record_epoch(
         lease_expires_at=db_now(lease_seconds),
         heartbeat_at=db_now(),
         updated_at=db_now(),
+        **({} if ran is None else _ran_columns(ran)),
     )
-    _insert_metrics(session, job_id=job_id, lease_token=lease_token, epoch=epoch, values=values)
+    _insert_metrics(
+        session, job_id=job_id, lease_token=lease_token, epoch=epoch, values=values, ran=ran
+    )
     session.execute(delete(checkpoints).where(JobCheckpoint.job_id == job_id))
     session.execute(
         insert(checkpoints).values(
@@ -347,7 +358,13 @@ def record_epoch(
 
 
 def _insert_metrics(
-    session: Session, *, job_id: str, lease_token: int, epoch: int, values: dict[str, Any]
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    epoch: int,
+    values: dict[str, Any],
+    ran: dict[str, Any] | None,
 ) -> None:
     session.execute(
         insert(metrics).values(
@@ -357,6 +374,7 @@ def _insert_metrics(
             loss=values.get("loss"),
             values=values,
             created_at=db_now(),
+            **_ran_columns(ran),
         )
     )
 
@@ -376,6 +394,7 @@ def finish_job(
     lease_token: int,
     model: Model,
     last_epoch: tuple[int, dict[str, Any]] | None = None,
+    ran: dict[str, Any] | None = None,
 ) -> None:
     """Success, atomically: the final epoch's metrics row (`last_epoch`: (epoch, values), when
     not already recorded), the Model row with the final weights and metrics, and `succeeded`
@@ -384,6 +403,8 @@ def finish_job(
     model.id = model.id or new_id()
     model.job_id = job_id
     progress = {} if last_epoch is None else {"epoch": last_epoch[0]}
+    if ran is not None:  # what the last epoch's steps ran as
+        progress.update(_ran_columns(ran))
     _update_fenced(
         session,
         job_id=job_id,
@@ -413,6 +434,7 @@ def finish_job(
             lease_token=lease_token,
             epoch=last_epoch[0],
             values=last_epoch[1],
+            ran=ran,
         )
     session.add(model)
     session.flush()

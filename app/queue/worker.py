@@ -5,7 +5,8 @@ app/queue/parent.py; the training process is app/queue/child.py).
     claim (one transaction: reap expired jobs, claim_next_job, set_runtime, read the inputs)
       -> fork child.run_attempt; start the heartbeat thread
       -> per message: started -> set_runtime (the device models.fit chose, when it differs from
-         the claim's: device "auto"), epoch -> record_epoch, done -> finish_job (with the last
+         the claim's: device "auto"), epoch -> record_epoch (with the step mode and the
+         precision the steps ran in), done -> finish_job (with the last
          epoch) / finish_cancelled / release_job, error -> fail_job or retry_job;
          child died -> retry_job
       -> stop the heartbeat thread, reap the child, claim again
@@ -178,20 +179,11 @@ class Worker:
                 )
                 if claim is None:
                     return None
-                asked = str(claim.training.get("precision", "fp32"))
-                if device == "auto":
-                    # Unknown until the training process has placed the job: the row reads as
-                    # a queued one's (no device, the precision asked for) until it reports.
-                    runtime: tuple[str | None, str] = (None, asked)
-                else:
-                    # models/ trains in fp32 on the CPU whatever the config says
-                    runtime = (device, asked if device.startswith("cuda") else "fp32")
+                # "auto" is placed by the training process, which reports it; the precision and
+                # step mode are recorded from what the first epoch's steps ran as
+                placed = None if device == "auto" else device
                 store.set_runtime(
-                    session,
-                    job_id=claim.job_id,
-                    lease_token=claim.lease_token,
-                    device=runtime[0],
-                    precision=runtime[1],
+                    session, job_id=claim.job_id, lease_token=claim.lease_token, device=placed
                 )
                 dataset = session.get(Dataset, claim.dataset_id)
                 checkpoint = store.load_checkpoint(session, job_id=claim.job_id)
@@ -202,7 +194,7 @@ class Worker:
             self.stopping.wait(min(self.settings.poll_seconds * 4, DB_RETRY_MAX))
             return None
         log.info("%s: claimed job %s (attempt %d)", self.name, claim.job_id, claim.attempts)
-        return Claimed(claim, dataset, checkpoint[1] if checkpoint else None, runtime)
+        return Claimed(claim, dataset, checkpoint[1] if checkpoint else None, placed)
 
     # ------------------------------------------------------------------ idle wake-up
 

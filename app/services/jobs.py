@@ -114,7 +114,6 @@ def new_job(
         epoch=0,
         attempts=0,
         max_attempts=settings.max_attempts,
-        precision=training.precision,
     )
 
 

@@ -118,3 +118,18 @@ def test_every_layer_type_trains_under_cpu_bf16_autocast(
     fp32 = models.fit(EVERY_LAYER, {**TRAINING, "batch_size": 10}, x, y, device="cpu")
     assert fp32.precision == "fp32"
     assert math.isclose(result.history[0].loss, fp32.history[0].loss, rel_tol=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("graphs", ["0", "1"])
+def test_every_layer_type_trains_in_bf16_on_cuda(
+    iris: Any, graphs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FITSERVE_CUDA_GRAPHS", graphs)
+    x, y = iris
+    result = models.fit(EVERY_LAYER, TRAINING, x, y, device="cuda")
+    assert result.precision == "bf16"
+    assert result.step_mode == ("cuda_graph" if graphs == "1" else "eager: FITSERVE_CUDA_GRAPHS=0")
+    losses = [r.loss for r in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert result.module.layers.batch_normalization.moving_mean.dtype == torch.float32

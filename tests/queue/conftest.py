@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from queue_kit import (
+    FAULT_JOB_PREFIX,
     IRIS_NETWORK,
     OOM_JOB_NAME,
     POISON_JOB_NAME,
@@ -39,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.queue import store
-from app.queue.protocol import CRASH_ENV, OOM_ENV
+from app.queue.protocol import CRASH_ENV, FAULT_PREFIX_ENV, OOM_ENV
 from app.tables import Job
 
 
@@ -110,7 +111,7 @@ def worker_forkserver() -> BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["app.queue.worker"])
     # The forkserver takes its environment when it starts: the fault hooks are enabled there only.
-    hooks = {CRASH_ENV: POISON_JOB_NAME, OOM_ENV: OOM_JOB_NAME}
+    hooks = {CRASH_ENV: POISON_JOB_NAME, OOM_ENV: OOM_JOB_NAME, FAULT_PREFIX_ENV: FAULT_JOB_PREFIX}
     saved = {name: os.environ.get(name) for name in hooks}
     os.environ.update(hooks)
     try:

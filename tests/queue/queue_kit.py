@@ -34,6 +34,8 @@ from app.tables import TERMINAL_STATUSES, Dataset, Job, JobClaim, JobMetric
 POISON_JOB_NAME = "fitserve-test-poison"
 # A job with this name raises torch.cuda.OutOfMemoryError in its training process (same hook).
 OOM_JOB_NAME = "fitserve-test-oom"
+# A job named this + a key of app.queue.child.FAULTS raises that GPU error at its first batch.
+FAULT_JOB_PREFIX = "fitserve-test-fault:"
 # Short intervals so tests run in seconds; lease >= 3x heartbeat as in production.
 WORKER_SETTINGS: dict[str, Any] = {
     "poll_seconds": 0.05,

@@ -130,7 +130,7 @@ def test_a_learning_rate_changed_after_capture_falls_back(iris: Any, graphs: Any
     eager = _fit(iris, network, training, callbacks=[_HalveLearningRate()])
     graphs("emulate")
     graphed = _fit(iris, network, training, callbacks=[_HalveLearningRate()])
-    assert graphed.step_mode == "eager: the learning rate changed after capture"
+    assert graphed.step_mode == "eager (fallback): the learning rate changed after capture"
     assert graphed.history[-1].learning_rate == pytest.approx(0.0005)
     _same_training(eager, graphed)
 
@@ -244,7 +244,9 @@ def test_a_capture_failure_falls_back_to_eager_training(iris: Any, graphs: Any) 
         weight_decay=None,
     )  # fmt: skip
     result = trainer.run()
-    assert result.step_mode.startswith("eager: CUDA graph capture failed"), result.step_mode
+    assert result.step_mode.startswith("eager (fallback): CUDA graph capture failed"), (
+        result.step_mode
+    )
     assert len(result.history) == 4 and np.isfinite(result.history[-1].loss)
 
 
