@@ -280,3 +280,19 @@ class StudyTrial(Base):
     pruned_at_epoch: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
+
+
+class StudyEvent(Base):
+    """A study's event log, appended under the study row's lock: `seq` numbers the events of one
+    study 1, 2, 3 ... so its event stream resumes exactly from a Last-Event-ID."""
+
+    __tablename__ = "study_events"
+
+    study_id: Mapped[str] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # "status" (the study's), "trial" (a trial's state), "epoch" (a trial's objective per epoch)
+    kind: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -136,9 +136,9 @@ def run(url: str, *, pruner: str, trials: int, workers: int) -> dict[str, Any]:
         proc.join(30)
     with sessions() as session:
         rows = session.execute(
-            select(StudyTrial, Job).join(Job, Job.id == StudyTrial.job_id).where(
-                StudyTrial.study_id == study_id
-            )
+            select(StudyTrial, Job)
+            .join(Job, Job.id == StudyTrial.job_id)
+            .where(StudyTrial.study_id == study_id)
         ).all()
         waits, startups, epochs = [], [], 0
         for trial, job in rows:

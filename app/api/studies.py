@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep
 from app.auth import OwnerDep
+from app.errors import NotFound, Unprocessable
 from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services import studies as service
 from app.studies.schemas import StudyCreate, StudyList, StudyRead
@@ -79,3 +87,99 @@ def get_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyRead:
 )
 def cancel_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyRead:
     return service.cancel_study(session, owner=owner, study_id=study_id)
+
+
+POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+_EVENT_ID = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() takes "²" too
+
+
+def _events_after(
+    make_session: Callable[[], Session], *, owner: str | None, study_id: str, after: int
+) -> list[tuple[int, str, dict[str, Any]]] | None:
+    with make_session() as session:
+        return service.study_events_after(session, owner=owner, study_id=study_id, after=after)
+
+
+async def _stream(
+    make_session: Callable[[], Session], *, owner: str | None, study_id: str, after: int
+) -> AsyncIterator[str]:
+    yield "retry: 1000\n\n"
+    quiet_since = asyncio.get_running_loop().time()
+    while True:
+        events = await run_in_threadpool(
+            _events_after, make_session, owner=owner, study_id=study_id, after=after
+        )
+        if events is None:  # gone while we watched
+            return
+        chunks = []
+        ended = False
+        for seq, kind, data in events:
+            after = seq
+            chunks.append(f"event: {kind}\nid: {seq}\ndata: {json.dumps(data)}\n\n")
+            ended = kind == "status" and data.get("status") in ("completed", "cancelled")
+        now = asyncio.get_running_loop().time()
+        if chunks:
+            yield "".join(chunks)
+            quiet_since = now
+            if ended:
+                return
+            if len(events) == service.EVENT_BATCH:
+                continue
+        elif now - quiet_since >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            quiet_since = now
+        await asyncio.sleep(POLL_SECONDS)
+
+
+@router.get(
+    "/{study_id}/events",
+    response_class=StreamingResponse,
+    summary="Live progress as server-sent events: trials started, epochs, pruned, finished",
+    description=(
+        "`text/event-stream` from the study's event log: `status` (the study's: running, then "
+        "completed or cancelled, which is the last event), `trial` (a trial sampled, with its "
+        "params; then its end: complete with its value, pruned, failed or cancelled) and "
+        "`epoch` (a trial's objective after an epoch). Event ids count the study's events "
+        "1, 2, 3 ...; reconnect with `Last-Event-ID` to resume without loss or repeats."
+    ),
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **_ERRORS,
+        422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
+    },
+)
+async def study_events(
+    study_id: str,
+    request: Request,
+    owner: OwnerDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=20,
+            pattern=r"^\s*[0-9]{0,15}\s*$",
+            description="Resume after this event id (the number of events already received).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    after = 0
+    if last_event_id is not None and last_event_id.strip():
+        if not _EVENT_ID.fullmatch(last_event_id.strip()):
+            raise Unprocessable(
+                f"Last-Event-ID must be an event id this stream sent (a number), got "
+                f"{last_event_id[:20]!r}; omit it to start from the first event",
+                loc=("header", "Last-Event-ID"),
+            )
+        after = int(last_event_id.strip())
+    make_session = request.app.state.sessionmaker
+    first = await run_in_threadpool(
+        _events_after, make_session, owner=owner, study_id=study_id, after=after
+    )
+    if first is None:
+        raise NotFound(f"study {study_id!r} not found; list yours with GET /v1/studies")
+    return StreamingResponse(
+        _stream(make_session, owner=owner, study_id=study_id, after=after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

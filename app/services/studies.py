@@ -26,7 +26,7 @@ from app.studies.schemas import (
     TrialRead,
 )
 from app.studies.space import Dimension, SpaceError, grid_points, parse_space
-from app.tables import Dataset, Job, Study, StudyTrial
+from app.tables import Dataset, Job, Study, StudyEvent, StudyTrial
 
 # The metric each task's epochs report (models.EpochRecord), with and without validation data.
 _TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mae")}
@@ -81,6 +81,7 @@ def create_study(
     )
     session.add(study)
     session.flush()
+    conduct.emit(session, study, "status", conduct.status_event(study))
     conduct.advance(session, study_id=study.id, settings=settings)
     return get_study(session, owner=owner, study_id=study.id)
 
@@ -241,5 +242,30 @@ def cancel_study(session: Session, *, owner: str | None, study_id: str) -> Study
         for trial in trials:
             if trial.state == "running":
                 trial.state = "cancelled"
-        session.flush()
+                conduct.emit(session, study, "trial", conduct.trial_event(trial))
+        conduct.emit(session, study, "status", conduct.status_event(study))
     return get_study(session, owner=owner, study_id=study.id)
+
+
+EVENT_BATCH = 500
+
+
+def study_events_after(
+    session: Session, *, owner: str | None, study_id: str, after: int
+) -> list[tuple[int, str, dict[str, Any]]] | None:
+    """The study's events past `after` (seq, kind, data), at most EVENT_BATCH; None when the
+    study doesn't exist or isn't the caller's."""
+    study = None
+    if is_id(study_id):
+        study = session.scalar(
+            select(Study.id).where(Study.id == study_id, owned_by(Study.owner_id, owner))
+        )
+    if study is None:
+        return None
+    rows = session.execute(
+        select(StudyEvent.seq, StudyEvent.kind, StudyEvent.data)
+        .where(StudyEvent.study_id == study_id, StudyEvent.seq > after)
+        .order_by(StudyEvent.seq)
+        .limit(EVENT_BATCH)
+    )
+    return [(seq, kind, data) for seq, kind, data in rows]

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import models
@@ -33,7 +33,7 @@ from app.queue.clock import db_now
 from app.services.jobs import check_trainable, new_job
 from app.studies import tuner
 from app.studies.space import Dimension, SpaceError, apply, parse_space
-from app.tables import TERMINAL_STATUSES, Dataset, Job, JobMetric, Study, StudyTrial
+from app.tables import TERMINAL_STATUSES, Dataset, Job, JobMetric, Study, StudyEvent, StudyTrial
 
 log = logging.getLogger("fitserve.studies")
 
@@ -91,6 +91,28 @@ def lock_study(session: Session, study_id: str) -> Study | None:
     return session.scalar(select(Study).where(Study.id == study_id).with_for_update())
 
 
+def emit(session: Session, study: Study, kind: str, data: dict[str, Any]) -> None:
+    """Append to the study's event log (the caller holds the study row's lock)."""
+    last = session.scalar(select(func.max(StudyEvent.seq)).where(StudyEvent.study_id == study.id))
+    session.add(StudyEvent(study_id=study.id, seq=(last or 0) + 1, kind=kind, data=data))
+    session.flush()
+
+
+def trial_event(trial: StudyTrial, **extra: Any) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "job_id": trial.job_id,
+        "state": trial.state,
+        "params": trial.params,
+        "value": trial.value,
+        **extra,
+    }
+
+
+def status_event(study: Study) -> dict[str, Any]:
+    return {"status": study.status, "n_trials": study.n_trials}
+
+
 def trial_records(
     session: Session, study: Study
 ) -> tuple[list[StudyTrial], list[tuner.TrialRecord]]:
@@ -144,9 +166,25 @@ def tell(session: Session, study: Study, trials: list[StudyTrial]) -> None:
             last = session.get(JobMetric, (job.id, job.epoch)) if job.epoch > 0 else None
             trial.value = _objective(last.values if last else None, study.objective_metric)
             trial.state = "complete"
+            # The last epoch arrives with the finished job, not through report_epoch.
+            if last is not None and not _epoch_told(session, study, trial.number, job.epoch):
+                emit(
+                    session,
+                    study,
+                    "epoch",
+                    {"number": trial.number, "epoch": job.epoch, "value": trial.value},
+                )
         else:
             trial.state = "failed" if job.status == "failed" else "cancelled"
         trial.finished_at = job.finished_at
+        emit(session, study, "trial", trial_event(trial, epochs_run=job.epoch))
+
+
+def _epoch_told(session: Session, study: Study, number: int, epoch: int) -> bool:
+    told = session.scalars(
+        select(StudyEvent.data).where(StudyEvent.study_id == study.id, StudyEvent.kind == "epoch")
+    )
+    return any(d.get("number") == number and d.get("epoch") == epoch for d in told)
 
 
 def advance(session: Session, *, study_id: str, settings: Settings) -> None:
@@ -179,6 +217,8 @@ def advance(session: Session, *, study_id: str, settings: Settings) -> None:
             state="running" if job.status == "queued" else "failed",
         )
         session.add(trial)
+        session.flush()
+        emit(session, study, "trial", trial_event(trial))
         records.append(tuner.TrialRecord(number, params, trial.state, grid_id=grid_id))  # type: ignore[arg-type]
         trials.append(trial)
         in_flight += trial.state == "running"
@@ -186,7 +226,7 @@ def advance(session: Session, *, study_id: str, settings: Settings) -> None:
     if len(trials) >= study.n_trials and all(t.state != "running" for t in trials):
         study.status = "completed"
         study.finished_at = db_now()  # type: ignore[assignment]
-        session.flush()
+        emit(session, study, "status", status_event(study))
         log.info("study %s completed with %d trials", study.id, len(trials))
 
 
@@ -253,13 +293,19 @@ def report_epoch(session: Session, *, job_id: str, epoch: int) -> bool:
     if study_id is None:
         return False
     study = lock_study(session, study_id)
-    if study is None or study.pruner == "none" or study.status != "running":
+    if study is None or study.status != "running":
         return False
     trials, records = trial_records(session, study)
     trial = next(t for t in trials if t.job_id == job_id)
-    if not tuner.should_prune(plan_of(study), records, trial.number):
-        return False
     record = records[trials.index(trial)]
+    emit(
+        session,
+        study,
+        "epoch",
+        {"number": trial.number, "epoch": epoch, "value": record.intermediate.get(epoch)},
+    )
+    if study.pruner == "none" or not tuner.should_prune(plan_of(study), records, trial.number):
+        return False
     trial.state = "pruned"
     trial.pruned_at_epoch = epoch
     trial.value = record.intermediate.get(epoch)
@@ -269,7 +315,7 @@ def report_epoch(session: Session, *, job_id: str, epoch: int) -> bool:
     assert job is not None
     job.error = f"pruned by the study's {study.pruner} pruner after epoch {epoch}"
     job.error_code = "pruned"
-    session.flush()
+    emit(session, study, "trial", trial_event(trial, epochs_run=epoch))
     log.info("study %s: trial %d pruned after epoch %d", study.id, trial.number, epoch)
     return True
 

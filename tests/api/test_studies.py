@@ -3,6 +3,7 @@ tests/queue/test_studies.py runs studies on real workers)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -203,3 +204,45 @@ async def test_other_keys_studies_are_404(client: httpx.AsyncClient, db: Rows) -
     assert {j["id"] for j in (await client.get("/v1/jobs", headers=a)).json()["items"]} == {
         t["job_id"] for t in body["trials"]
     }
+
+
+def _events(text: str) -> list[tuple[int, str, dict[str, Any]]]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def test_the_event_stream_tells_trials_and_the_end_and_resumes(
+    client: httpx.AsyncClient,
+) -> None:
+    body = (await client.post("/v1/studies", json=study(max_parallel=2))).json()
+    await client.post(f"/v1/studies/{body['id']}/cancel")
+    response = await client.get(f"/v1/studies/{body['id']}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _events(response.text)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    kinds = [(kind, data.get("status") or data.get("state")) for _, kind, data in events]
+    assert kinds == [
+        ("status", "running"),
+        ("trial", "running"),
+        ("trial", "running"),
+        ("trial", "cancelled"),
+        ("trial", "cancelled"),
+        ("status", "cancelled"),
+    ]
+    assert events[1][2]["params"] == body["trials"][0]["params"]
+    resumed = await client.get(f"/v1/studies/{body['id']}/events", headers={"Last-Event-ID": "4"})
+    assert _events(resumed.text) == events[4:]
+
+
+@pytest.mark.parametrize("bad", ["²", "x", "-1", "1.5", "١٢"])
+async def test_a_last_event_id_that_isnt_ours_is_422(client: httpx.AsyncClient, bad: str) -> None:
+    body = (await client.post("/v1/studies", json=study())).json()
+    response = await client.get(
+        f"/v1/studies/{body['id']}/events", headers={"Last-Event-ID": bad.encode()}
+    )
+    assert response.status_code == 422, response.text

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.services import studies
 from app.studies.schemas import StudyCreate
-from app.tables import Job, JobMetric, Study, StudyTrial
+from app.tables import Job, JobMetric, Study, StudyEvent, StudyTrial
 
 
 def _create(sessions: sessionmaker[Session], database_url: str, dataset: str, **fields: Any) -> str:
@@ -106,6 +106,17 @@ def test_a_study_fans_its_trials_over_two_workers_and_completes(
         with sessions() as session:
             last = session.get(JobMetric, (job.id, job.epochs))
         assert last is not None and trial.value == last.values["val_loss"]
+    # the event log: every trial's start, each epoch, its end, then the study's end
+    with sessions() as session:
+        events = list(
+            session.scalars(
+                select(StudyEvent).where(StudyEvent.study_id == study_id).order_by(StudyEvent.seq)
+            )
+        )
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(e.kind == "epoch" for e in events) == 6 * 6
+    assert sum(e.kind == "trial" and e.data["state"] == "complete" for e in events) == 6
+    assert (events[-1].kind, events[-1].data["status"]) == ("status", "completed")
     # different workers ran trials
     with sessions() as session:
         claimed_by = set(session.scalars(select(Job.claimed_by).where(Job.id.in_(jobs))))
