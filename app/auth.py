@@ -5,21 +5,25 @@ mode (the embedded default) the owner is None and everything is shared by the on
 
 Keys are required whenever the server binds anything but loopback: `fitserve serve` calls
 `ensure_keys_for_host` before it binds, and refuses to start when no key exists to send.
+
+A key the database confirmed is trusted for `VERIFIED_KEY_SECONDS` without asking again
+(`VerifiedKeys`, one per app), so a keyed request costs no query and no thread hop most of the
+time, and a revoked key — revoked by `fitserve keys revoke` in another process, or by another
+API process — is refused by every process within that time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import SettingsDep
 from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import Unauthorized
 from app.tables import ApiKey
@@ -29,6 +33,40 @@ MAX_KEY_NAME = 100  # api_keys.name is String(100)
 # A secret is KEY_PREFIX + 43 url-safe characters; anything far longer is not one of ours, and
 # hashing megabytes of header per request would be a free way to burn CPU.
 MAX_SECRET_LENGTH = 256
+
+
+# How long a verified key is trusted without asking the database: the longest a revoked key can
+# still be accepted. Short enough to be "at once" for a person revoking a key; long enough that
+# a busy key is looked up a few times a second rather than on every request.
+VERIFIED_KEY_SECONDS = 0.5
+
+
+class VerifiedKeys:
+    """Key hashes the database confirmed as active in the last `seconds`, with their key ids.
+
+    Only confirmations are kept: an unknown key is looked up every time, so a new key works at
+    once and guessing fills nothing. Bounded: when full, the oldest half is dropped.
+    """
+
+    def __init__(self, seconds: float = VERIFIED_KEY_SECONDS, capacity: int = 10_000) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self._items: dict[str, tuple[str, float]] = {}  # hash -> (key id, verified at)
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> str | None:
+        found = self._items.get(key_hash)
+        if found is None or time.monotonic() - found[1] >= self.seconds:
+            return None
+        return found[0]
+
+    def add(self, key_hash: str, key_id: str) -> None:
+        with self._lock:
+            if len(self._items) >= self.capacity:
+                for stale in list(self._items)[: self.capacity // 2]:  # oldest first
+                    del self._items[stale]
+            self._items.pop(key_hash, None)  # re-inserted last: the dict stays oldest first
+            self._items[key_hash] = (key_id, time.monotonic())
 
 
 class ApiKeysMissing(RuntimeError):
@@ -96,25 +134,17 @@ def ensure_keys_for_host(settings: Settings, engine: Engine) -> None:
     )
 
 
-async def current_owner(request: Request, settings: SettingsDep) -> str | None:
-    """The caller's key id; None in keyless loopback mode when no key is sent.
-
-    A key that is sent is always checked, even where keys are optional, so a client never
-    believes it is isolated while it is not. `async`, so a request without a key costs no
-    thread-pool hop; only the database lookup runs in a thread.
-    """
-    header = request.headers.get("authorization")
-    return await owner_for(header, settings, request.app.state.engine)
-
-
-async def owner_for(header: str | None, settings: Settings, engine: Engine) -> str | None:
-    """`current_owner` from the Authorization header's value; raises Unauthorized.
+async def owner_for(
+    header: str | None, settings: Settings, engine: Engine, verified: VerifiedKeys
+) -> str | None:
+    """The caller's key id from the Authorization header's value (None: keyless loopback mode,
+    no key sent); raises Unauthorized. `app.api.deps.OwnerDep` is this, as a dependency.
 
     The lookup runs in its own short transaction, not the request's: on SQLite every transaction
     takes the write lock (BEGIN IMMEDIATE), and a request session held open by authentication
     alone would block any other session the handler opens (/metrics, the event stream) until the
-    busy timeout. It is one Core query on a pooled connection: an ORM session for it cost ~2.5x
-    as much (215 vs 80 µs), on every request that sends a key.
+    busy timeout. It is one Core query on a pooled connection (an ORM session for it cost ~2.5x
+    as much, 215 vs 80 µs), made only when `verified` has no fresh confirmation of the key.
     """
     if header is None:
         if settings.api_keys_required:
@@ -129,20 +159,20 @@ async def owner_for(header: str | None, settings: Settings, engine: Engine) -> s
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     if len(secret) > MAX_SECRET_LENGTH:
         raise Unauthorized("that API key is not known or was revoked")
-    key_id = await run_in_threadpool(_active_key_id, engine, secret)
+    key_hash = hash_key(secret)
+    key_id = verified.get(key_hash)
+    if key_id is not None:
+        return key_id
+    key_id = await run_in_threadpool(_active_key_id, engine, key_hash)
     if key_id is None:
         raise Unauthorized(
             "that API key is not known or was revoked; create one with `fitserve keys create NAME`"
         )
+    verified.add(key_hash, key_id)
     return key_id
 
 
-def _active_key_id(engine: Engine, secret: str) -> str | None:
-    query = select(ApiKey.id).where(
-        ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
-    )
+def _active_key_id(engine: Engine, key_hash: str) -> str | None:
+    query = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     with engine.connect() as connection:
         return connection.execute(query).scalar()  # type: ignore[no-any-return]
-
-
-OwnerDep = Annotated[str | None, Depends(current_owner)]

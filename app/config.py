@@ -39,9 +39,6 @@ class Settings(BaseSettings):
 
     # Predictions: eval-mode networks kept in memory, least recently used evicted first.
     model_cache_size: int = 32
-    # Predict requests for cached models answered ahead of FastAPI's routing (app/fast_predict.py);
-    # false sends every one through the route: the same answers, at about half the requests/s.
-    fast_predict: bool = True
 
     # Limits (issue: every input checked). Generous for teaching-size work, small enough to stay up.
     max_body_bytes: int = 64 * 1024 * 1024

@@ -1,4 +1,5 @@
-"""An LRU cache of eval-mode predictors by model id, shared by the request threads.
+"""The models held for prediction: `ServedModel` (a loaded Predictor with what its row says) and
+`ModelCache`, an LRU of them by model id shared by the event loop and the request threads.
 
 Loading is done outside the lock (it parses safetensors and builds a module), so one slow load
 never blocks predictions from other cached models; two threads that miss the same id at once may
@@ -11,69 +12,76 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
-import orjson
+
+import models
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ModelFacts:
-    """What a prediction needs from a model's row besides its weights; rows never change, so
-    once a predictor is cached these answer its later requests without a query."""
+class ServedModel:
+    """A model loaded for prediction, with what its row says about it."""
 
+    id: str
     owner_id: str | None
     task: str
-    classes: list[Any] | None
+    classes: list[Any] | None  # as stored with the weights; None for regression
+    feature_names: list[str]  # the training dataset's columns, in input order
+    target_names: list[str]
+    predictor: models.Predictor
+
+    @property
+    def labelled(self) -> bool:
+        return self.task == "classification" and bool(self.classes)
+
+    def labels(self, outputs: np.ndarray) -> list[Any] | None:
+        """The predicted class label per row of outputs (rows, units), or None (regression)."""
+        if not self.labelled:
+            return None
+        if outputs.shape[1] == 1:
+            # One sigmoid unit: the probability of class 1, as Keras' binary accuracy thresholds it.
+            index = (outputs[:, 0] >= 0.5).astype(np.int64)
+        else:
+            index = outputs.argmax(axis=1)
+        labels = np.empty(
+            len(self.classes or ()), dtype=object
+        )  # keeps str or int labels as they are
+        labels[:] = self.classes
+        return labels[index].tolist()  # type: ignore[no-any-return]
 
 
-class ModelCache:
+class ModelCache(Generic[T]):
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._facts: dict[str, ModelFacts] = {}
+        self._items: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, model_id: str, load: Callable[[], Any]) -> Any:
+    def get(self, model_id: str, load: Callable[[], T]) -> T:
+        """The cached value for `model_id`, or `load()`'s, kept (an exception keeps nothing)."""
         with self._lock:
             if model_id in self._items:
                 self._items.move_to_end(model_id)
                 self.hits += 1
                 return self._items[model_id]
             self.misses += 1
-        predictor = load()
+        value = load()
         with self._lock:
             if model_id in self._items:  # another thread loaded it meanwhile
                 self._items.move_to_end(model_id)
                 return self._items[model_id]
-            self._items[model_id] = predictor
+            self._items[model_id] = value
             while len(self._items) > self.capacity:
-                evicted, _ = self._items.popitem(last=False)
-                self._facts.pop(evicted, None)
-            return predictor
-
-    def lookup(self, model_id: str) -> tuple[Any, ModelFacts] | None:
-        """(predictor, facts) when both are cached; counts as a hit."""
-        with self._lock:
-            facts = self._facts.get(model_id)
-            if facts is None or model_id not in self._items:
-                return None
-            self._items.move_to_end(model_id)
-            self.hits += 1
-            return self._items[model_id], facts
-
-    def remember(self, model_id: str, facts: ModelFacts) -> None:
-        """Keep `facts` beside a cached predictor (dropped with it)."""
-        with self._lock:
-            if model_id in self._items:
-                self._facts[model_id] = facts
+                self._items.popitem(last=False)
+            return value
 
     def discard(self, model_id: str) -> None:
         with self._lock:
             self._items.pop(model_id, None)
-            self._facts.pop(model_id, None)
 
     def __contains__(self, model_id: object) -> bool:
         with self._lock:
@@ -84,9 +92,4 @@ class ModelCache:
             return len(self._items)
 
 
-def encode_predictions(outputs: np.ndarray, predictions: list[Any] | None) -> bytes:
-    """PredictResponse's JSON, {"outputs": [[...]], "predictions": [...] | null}, in one orjson
-    call over the array. The float32 outputs are widened to float64 first so each number prints
-    as `float(value)` does — the digits pydantic wrote before — not float32's shorter form."""
-    body = {"outputs": np.ascontiguousarray(outputs, dtype=np.float64), "predictions": predictions}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+ModelCacheT = ModelCache[ServedModel]

@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exc as sa_exc
 
+from app.auth import VerifiedKeys
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
-from app.fast_predict import FastPredictMiddleware
-from app.inference import ModelCache
+from app.inference import ModelCache, ServedModel
 from app.limits import RequestLimitsMiddleware
 
 log = logging.getLogger("fitserve")
@@ -56,7 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url)
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache[ServedModel](settings.model_cache_size)
     await run_in_threadpool(_register_builtins, app)
     try:
         yield
@@ -78,31 +78,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings if settings is not None else Settings()
+    app.state.verified_keys = VerifiedKeys()
     install_error_handlers(app)
-    # Each add_middleware wraps what is there: the limits layer is the outermost of ours, so
-    # oversized or non-finite bodies are refused before any parsing, the fast predict path too.
-    if app.state.settings.fast_predict:
-        app.add_middleware(FastPredictMiddleware)
+    # Oversized or non-finite bodies are refused before any parsing.
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
     for module in (health, datasets, networks, jobs, models, studies):
         app.include_router(module.router)
+    models.document_predict_body(app)
     _install_extras(app)
     return app
 
 
 def _install_extras(app: FastAPI) -> None:
-    """What users reach for beside the REST API: live events, batch prediction, the dashboard,
+    """What users reach for beside the REST API: Open Inference Protocol V2, the dashboard,
     /metrics and the offline docs."""
-    from app.api import batch, events, interop, v2
+    from app.api import v2
     from app.dashboard import SignInRequired, sign_in_response
     from app.dashboard import router as dashboard_router
     from app.docs import install_offline_docs
     from app.metrics import install_metrics
 
-    app.include_router(events.router)
-    app.include_router(batch.router)
-    app.include_router(interop.router)  # Keras JSON and ONNX
     app.include_router(v2.router)  # Open Inference Protocol V2
     app.include_router(dashboard_router)
     app.add_exception_handler(SignInRequired, sign_in_response)

@@ -3,8 +3,7 @@
 The gauges are read from the database when Prometheus scrapes, through a custom collector, so
 they are right however many API processes and workers share the database, and survive restarts.
 Two figures live in this process: the prediction latency histogram, observed around
-`Predictor.predict` (see `observe_prediction`), and the count of predict requests the fast path
-answered (app/fast_predict.py).
+`Predictor.predict` (see `observe_prediction`), and the number of open event streams.
 
 Like every route, /metrics needs a key unless the server runs keyless on loopback; the figures it
 shows are totals across all keys (counts and timings, never a row's content).
@@ -23,7 +22,6 @@ from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -33,7 +31,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.auth import OwnerDep
+from app.api.deps import OwnerDep
 from app.queue.clock import db_now
 from app.schemas import UNAUTHORIZED
 from app.tables import FALLBACK_STEP_MODE, JOB_STATUSES, Job, JobMetric
@@ -47,12 +45,6 @@ PREDICTION_SECONDS = Histogram(
     "fitserve_prediction_seconds",
     "Time spent computing predictions (one Predictor.predict call), in seconds.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=None,
-)
-
-FAST_PREDICTIONS = Counter(
-    "fitserve_fast_predictions",
-    "Predict requests answered by the fast path (a cached model, valid rows) ahead of the route.",
     registry=None,
 )
 
@@ -202,7 +194,6 @@ def install_metrics(app: FastAPI) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(lambda: app.state.sessionmaker()))
     registry.register(PREDICTION_SECONDS)
-    registry.register(FAST_PREDICTIONS)
     registry.register(EVENT_STREAMS)
     app.state.metrics_registry = registry
     app.include_router(router)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from models import NetworkSpec, TrainingConfig
+from models import summary as _summary
 from models.spec import IRIS_NETWORK as _IRIS_NETWORK
 from models.spec import IRIS_TRAINING as _IRIS_TRAINING
 from models.spec import MAX_NUM_TOKENS
@@ -459,6 +460,17 @@ class ModelRead(_Response):
 
 class ModelList(BaseModel):
     items: list[ModelRead] = Field(description="Your models, newest first.")
+
+
+class KerasImport(BaseModel):
+    network: dict[str, Any] = Field(
+        description="The fitserve spec: post it as `network` to /v1/jobs.",
+        examples=[IRIS_NETWORK],
+    )
+    summary: NetworkSummary = Field(
+        description="Its layers and Keras' parameter counts.",
+        examples=[_summary(_IRIS_NETWORK).model_dump()],
+    )
 
 
 class PredictRequest(_Request):

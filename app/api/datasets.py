@@ -10,8 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import SessionDep, SettingsDep
-from app.auth import OwnerDep
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import Unprocessable, Unsupported
 from app.schemas import (
     MAX_NAME,

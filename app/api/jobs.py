@@ -1,13 +1,13 @@
-"""/v1/jobs: submit (202 + Location), list, read, metrics, cancel."""
+"""/v1/jobs: submit (202 + Location), list, read, metrics, live events, cancel."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep
-from app.auth import OwnerDep
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.schemas import (
     UNAUTHORIZED,
     ErrorResponse,
@@ -17,6 +17,7 @@ from app.schemas import (
     JobStatus,
     MetricsRead,
 )
+from app.services import events
 from app.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -101,3 +102,55 @@ def get_metrics(
 )
 def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
     return service.cancel_job(session, owner=owner, job_id=job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    summary="Live progress as server-sent events (epochs and status changes)",
+    description=(
+        "`text/event-stream`: an `epoch` event per finished epoch (data: the metrics row) and a "
+        "`status` event per status change; the last event carries the terminal status. Each "
+        "event's id is the number of epochs delivered; reconnect with `Last-Event-ID` to resume "
+        "without loss or repeats. Keep-alive comments every 15 s."
+    ),
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **UNAUTHORIZED,
+        404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
+        422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    owner: OwnerDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=20,
+            description="Resume after this event id (the number of epochs already received).",
+        ),
+    ] = None,
+    after_query: Annotated[
+        int | None,
+        Query(
+            alias="last_event_id",
+            ge=0,
+            le=10_000_000,
+            description="The same for EventSource's first connection, which can't send headers "
+            "(the header wins when both are sent).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    after = events.resume_after(last_event_id, after_query)
+    stream = await events.open_stream(
+        request.app.state.sessionmaker, owner=owner, job_id=job_id, after=after
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        # No caching, and no buffering in front of us (nginx honours X-Accel-Buffering).
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

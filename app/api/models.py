@@ -1,13 +1,26 @@
-"""/v1/models: read, list, weights download, predict."""
+"""/v1/models: list, read, weights, predict (JSON and CSV), Keras JSON and ONNX downloads.
+
+`POST /v1/models/{id}/predict` is the fast path itself: async, its body read once (orjson into
+a numpy array) and, for a cached model and a small request, answered on the event loop without
+a query or a thread hop. Larger requests and cache misses go to the thread pool.
+"""
 
 from __future__ import annotations
 
+import email.message
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+import numpy as np
+import orjson
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep
-from app.auth import OwnerDep
+from app.api.deps import ModelCacheDep, OwnerDep, SessionDep
+from app.errors import Unprocessable, Unsupported
 from app.schemas import (
     UNAUTHORIZED,
     ErrorResponse,
@@ -16,18 +29,29 @@ from app.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from app.services import batch
 from app.services import models as service
+from app.services import predict as prediction
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models")
+MODELS: list[str | Any] = ["models"]
+INTEROP: list[str | Any] = ["interop"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     **UNAUTHORIZED,
     404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
 }
+# Multiply-adds (parameters x rows) below which a prediction runs on the event loop: under ~1 M
+# a forward pass takes less than the hop to a worker thread would.
+_INLINE_WORK = 1 << 20
 
 
 @router.get(
-    "", response_model=ModelList, summary="Your models, newest first", responses={401: _ERRORS[401]}
+    "",
+    tags=MODELS,
+    response_model=ModelList,
+    summary="Your models, newest first",
+    responses={401: _ERRORS[401]},
 )
 def list_models(
     session: SessionDep,
@@ -40,17 +64,20 @@ def list_models(
 
 @router.get(
     "/{model_id}",
+    tags=MODELS,
     response_model=ModelRead,
     summary="A model's spec, summary, final metrics, classes and standardization",
     responses=_ERRORS,
 )
-def get_model(model_id: str, request: Request, session: SessionDep, owner: OwnerDep) -> ModelRead:
-    cache = request.app.state.model_cache
+def get_model(
+    model_id: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+) -> ModelRead:
     return service.get_model(session, owner=owner, model_id=model_id, cache=cache)
 
 
 @router.get(
     "/{model_id}/weights",
+    tags=MODELS,
     summary="The trained weights as a safetensors file (spec and standardization in its metadata)",
     response_class=Response,
     responses={
@@ -75,29 +102,227 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
 
 @router.post(
     "/{model_id}/predict",
+    tags=MODELS,
     response_model=PredictResponse,
     summary="Outputs (and class labels) for rows of features; dropout is off",
+    # The body is read by the route itself (read_inputs), not by FastAPI: declared here, and
+    # its schema added to the components by document_predict_body.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+    },
     responses={
         **_ERRORS,
         413: {"model": ErrorResponse, "description": "Too many rows."},
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
-def predict(model_id: str, body: PredictRequest, request: Request, owner: OwnerDep) -> Response:
-    # Requests for a model already cached are mostly answered before they get here, by
-    # app/fast_predict.py; this route loads models and gives every error.
+async def predict(
+    model_id: str, request: Request, owner: OwnerDep, cache: ModelCacheDep
+) -> Response:
     state = request.app.state
-    # Read-only, and a cached model needs no query: a plain session, opened lazily, instead of
-    # SessionDep and SettingsDep, whose sync dependencies each cost a thread-pool hop a request.
-    with state.sessionmaker() as session:
-        content = service.predict_json(
-            session,
-            owner=owner,
-            model_id=model_id,
-            body=body,
-            settings=state.settings,
-            cache=state.model_cache,
-        )
+    rows = read_inputs(await request.body(), request.headers.get("content-type"))
+    prediction.check_rows(len(rows), state.settings)
+    model = await prediction.get_model_async(
+        state.sessionmaker, cache=cache, owner=owner, model_id=model_id
+    )
+    if model.predictor.n_parameters * len(rows) < _INLINE_WORK:
+        outputs, labels = prediction.predict(model, rows)
+    else:
+        outputs, labels = await run_in_threadpool(prediction.predict, model, rows)
     # JSON bytes straight from the output arrays: PredictResponse's schema, without building a
     # model of Python floats and validating it again on the way out
-    return Response(content=content, media_type="application/json")
+    return Response(
+        content=prediction.encode_predictions(outputs, labels), media_type="application/json"
+    )
+
+
+def document_predict_body(app: FastAPI) -> None:
+    """Put PredictRequest, which the predict route's openapi_extra refers to, in the OpenAPI
+    document's components (FastAPI adds only the models of parameters it parses itself)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "PredictRequest",
+            PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+        )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def read_inputs(body: bytes, content_type: str | None) -> np.ndarray | list[list[float]]:
+    """PredictRequest's rows from the raw body, parsed once.
+
+    The common body — JSON `{"inputs": [[numbers]]}`, rows of one width — goes from orjson
+    straight into a float64 array. Anything else is parsed and validated exactly as FastAPI
+    parses a `PredictRequest` body parameter, so every error is the one FastAPI would give.
+    """
+    if body and _declares_json(content_type) and b"true" not in body and b"false" not in body:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
+        inputs = value.get("inputs") if type(value) is dict and len(value) == 1 else None
+        if type(inputs) is list and inputs:
+            try:
+                x = np.array(inputs)
+            except ValueError:  # ragged rows
+                x = None
+            # bools were ruled out above; strings, nulls and objects make other dtypes
+            if x is not None and x.ndim == 2 and x.dtype.kind in "fi":
+                return x.astype(np.float64, copy=False)
+    return _validated(body, content_type).inputs
+
+
+def _declares_json(content_type: str | None) -> bool:
+    # FastAPI's rule: a body is JSON only when its Content-Type says application/json or +json
+    if not content_type:
+        return False
+    if content_type == "application/json":  # what nearly every client sends: no parse
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def _validated(body: bytes, content_type: str | None) -> PredictRequest:
+    """The body as FastAPI validates a PredictRequest parameter (same errors, same order)."""
+    value: Any = None
+    if body:
+        value = body
+        if _declares_json(content_type):
+            try:
+                value = json.loads(body)
+            except json.JSONDecodeError as e:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ("body", e.pos),
+                            "msg": "JSON decode error",
+                            "input": {},
+                            "ctx": {"error": e.msg},
+                        }
+                    ],
+                    body=e.doc,
+                ) from e
+            except Exception as e:
+                raise HTTPException(400, "There was an error parsing the body") from e
+    if value is None:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    try:
+        return PredictRequest.model_validate(value, from_attributes=True)  # as FastAPI does
+    except ValidationError as e:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in e.errors()]
+        raise RequestValidationError(errors, body=value) from None
+
+
+@router.post(
+    "/{model_id}/predict.csv",
+    tags=MODELS,
+    response_class=StreamingResponse,
+    summary="Batch prediction: CSV in, CSV (or JSON lines) streamed back",
+    description=(
+        "Send a CSV whose header names the dataset's feature columns (any order; other columns "
+        "such as the target are ignored). The answer streams back in chunks, one output row per "
+        "input row in the same order: for classification `prediction` (the label) and one "
+        "`p_<class>` probability per class; for regression one column per target. Send "
+        '`Accept: application/x-ndjson` for JSON lines `{"outputs": [...], "prediction"}`.'
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n"
+                    "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n",
+                }
+            },
+        }
+    },
+    responses={
+        200: {
+            "content": {
+                "text/csv": {"example": "prediction,p_setosa,p_versicolor,p_virginica\n"},
+                batch.NDJSON: {},
+            }
+        },
+        **UNAUTHORIZED,
+        404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
+        413: {"model": ErrorResponse, "description": "Body over FITSERVE_MAX_BODY_BYTES."},
+        415: {"model": ErrorResponse, "description": "A multipart form instead of CSV text."},
+        422: {"model": ErrorResponse, "description": "A missing column or a bad cell."},
+    },
+)
+async def predict_csv(
+    model_id: str,
+    request: Request,
+    owner: OwnerDep,
+    cache: ModelCacheDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> StreamingResponse:
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        raise Unsupported(
+            "send the CSV itself as the body (curl --data-binary @in.csv -H 'Content-Type: "
+            "text/csv'), not a multipart form"
+        )
+    model = await prediction.get_model_async(
+        request.app.state.sessionmaker, cache=cache, owner=owner, model_id=model_id
+    )
+    try:
+        text = (await request.body()).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Unprocessable("the CSV must be UTF-8 text", loc=("body",)) from None
+    x = await run_in_threadpool(batch.parse_csv, text, model.feature_names)
+    batch.check_width(model, x)
+    ndjson = accept is not None and batch.NDJSON in accept
+    return StreamingResponse(
+        batch.stream_predictions(model, x, ndjson=ndjson),
+        media_type=batch.NDJSON if ndjson else "text/csv; charset=utf-8",
+    )
+
+
+@router.get(
+    "/{model_id}/keras",
+    tags=INTEROP,
+    summary="The model's network as Keras Sequential JSON (architecture only, as to_json())",
+    responses=_ERRORS,
+)
+def model_keras(model_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+    return service.get_keras_config(session, owner=owner, model_id=model_id)
+
+
+@router.get(
+    "/{model_id}/onnx",
+    tags=INTEROP,
+    summary="The trained model as ONNX: standardization, network and final activation in one "
+    "graph; input 'input' [batch, n_features] float32, output 'output'",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"application/onnx": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "ONNX model bytes (opset 17); onnxruntime returns /predict's outputs.",
+        },
+    },
+)
+def model_onnx(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    return Response(
+        content=service.get_onnx(session, owner=owner, model_id=model_id),
+        media_type="application/onnx",
+        # model ids are hex, so the file name carries no user text
+        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.onnx"'},
+    )

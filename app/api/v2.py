@@ -17,12 +17,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import ModelCacheDep, OwnerDep, SessionDep, SettingsDep
 from app.api.health import server_version
-from app.auth import OwnerDep
 from app.config import Settings
 from app.errors import BadRequest
-from app.inference import ModelCache
+from app.inference import ModelCacheT
 from app.limits import ASGIApp, Message, Receive, Scope, Send
 from app.oip_tensors import HEADER_LENGTH
 from app.services import oip as service
@@ -123,11 +122,6 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _model_cache(request: Request) -> ModelCache:
-    return request.app.state.model_cache  # type: ignore[no-any-return]
-
-
-Cache = Annotated[ModelCache, Depends(_model_cache)]
 Body = Annotated[bytes, Depends(_raw_body)]
 _META: dict[str, Any] = {
     "response_model": service.ModelMetadata,
@@ -146,7 +140,7 @@ _INFER: dict[str, Any] = {
 
 @router.get("/models/{name}", summary="OIP model metadata: input and output tensors", **_META)
 def model_metadata(
-    name: str, session: SessionDep, owner: OwnerDep, cache: Cache
+    name: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> service.ModelMetadata:
     return service.metadata(session, owner=owner, name=name, version=None, cache=cache)
 
@@ -155,7 +149,7 @@ def model_metadata(
     "/models/{name}/versions/{version}", summary="OIP model metadata of one version", **_META
 )
 def version_metadata(
-    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: Cache
+    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> service.ModelMetadata:
     return service.metadata(session, owner=owner, name=name, version=version, cache=cache)
 
@@ -163,7 +157,7 @@ def version_metadata(
 @router.get(
     "/models/{name}/ready", summary="OIP model ready: 200 once loaded (empty body)", **_READY
 )
-def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: Cache) -> Response:
+def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep) -> Response:
     service.ready(session, owner=owner, name=name, version=None, cache=cache)
     return Response(status_code=200)
 
@@ -174,7 +168,7 @@ def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: Cache) -
     **_READY,
 )
 def version_ready(
-    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: Cache
+    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> Response:
     service.ready(session, owner=owner, name=name, version=version, cache=cache)
     return Response(status_code=200)
@@ -189,7 +183,7 @@ class _InferCall:
     session: Session
     owner: str | None
     settings: Settings
-    cache: ModelCache
+    cache: ModelCacheT
 
     def run(self, name: str, version: str | None) -> Response:
         reply = service.infer(
@@ -216,7 +210,7 @@ def _infer_call(
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
-    cache: Cache,
+    cache: ModelCacheDep,
     header_length: HeaderLength = None,
 ) -> _InferCall:
     return _InferCall(body, header_length, session, owner, settings, cache)

@@ -23,16 +23,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import models
-from app.api.deps import SessionDep
+from app.api.deps import ModelCacheDep, SessionDep
 from app.auth import owner_for
 from app.config import Settings
 from app.dashboard import pages
 from app.errors import NotFound, Unprocessable
 from app.schemas import EpochMetrics
 from app.services import jobs as job_service
+from app.services import predict
 from app.services.jobs import finite_or_none
 from app.services.models import find_model
-from app.tables import Dataset, JobMetric, Model
+from app.tables import JobMetric, Model
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -42,12 +43,13 @@ class SignInRequired(Exception):
 
 
 async def dashboard_owner(request: Request) -> str | None:
-    """`current_owner` for pages: no key where one is required is a sign-in, not a JSON 401."""
+    """`OwnerDep` for pages: no key where one is required is a sign-in, not a JSON 401."""
     settings: Settings = request.app.state.settings
     header = request.headers.get("authorization")
     if header is None and settings.api_keys_required:
         raise SignInRequired
-    return await owner_for(header, settings, request.app.state.engine)
+    state = request.app.state
+    return await owner_for(header, settings, state.engine, state.verified_keys)
 
 
 DashboardOwnerDep = Annotated[str | None, Depends(dashboard_owner)]
@@ -120,13 +122,17 @@ class _ModelView:
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(
-    request: Request, model_id: str, session: SessionDep, owner: DashboardOwnerDep
+    request: Request,
+    model_id: str,
+    session: SessionDep,
+    owner: DashboardOwnerDep,
+    cache: ModelCacheDep,
 ) -> HTMLResponse:
     row = find_model(session, owner=owner, model_id=model_id)
     if row is None:
         raise NotFound(f"model {model_id!r} not found; see your jobs at /dashboard")
-    dataset = session.get(Dataset, row.dataset_id)
-    feature_names = list(dataset.feature_names) if dataset is not None else []
+    # the model the page's predict form will call, loaded (so its first prediction is a hit)
+    served = predict.get_model(session, cache=cache, owner=owner, model_id=model_id)
     return HTMLResponse(
-        pages.model_page(_ModelView(row), feature_names=feature_names, root=_root(request))
+        pages.model_page(_ModelView(row), feature_names=served.feature_names, root=_root(request))
     )

@@ -3,8 +3,8 @@
 One input tensor "input" [-1, n_features] of any numeric datatype; outputs "output" FP32
 [-1, units] (the final activation's values, as /v1 predict returns them) and, for
 classification, "label" BYTES [-1]. The tensors are decoded by app/oip_tensors.py (JSON or the
-binary tensor data extension) and the rows run by `app.services.models.predict_arrays`: the same
-owner check, limits, checks and predictor cache as /v1 predict.
+binary tensor data extension) and the rows run by `app.services.predict`: the same owner check,
+limits, checks and model cache as /v1 predict.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import BadRequest, NotFound, Unprocessable, validation_message
-from app.inference import ModelCache
+from app.inference import ModelCacheT, ServedModel
 from app.oip_tensors import (
     Output,
     TensorError,
@@ -28,8 +28,7 @@ from app.oip_tensors import (
     output_json,
     split_body,
 )
-from app.schemas import ModelRead, PredictRequest
-from app.services import models as model_service
+from app.services import predict
 
 INPUT = "input"
 OUTPUT = "output"
@@ -199,42 +198,43 @@ def server_metadata(version: str) -> ServerMetadata:
 
 
 def _resolve(
-    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
-) -> tuple[ModelRead, str]:
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCacheT
+) -> tuple[ServedModel, str]:
     """(the model, its version) for a model id and an optional version. A model id has the
     one version "1"."""
-    model = model_service.get_model(session, owner=owner, model_id=name, cache=cache)
+    model = predict.get_model(session, cache=cache, owner=owner, model_id=name)
     if version is not None and version != "1":
         raise NotFound(f"model {name!r} has no version {version!r}; its only version is '1'")
     return model, "1"
 
 
-def _output_tensors(model: ModelRead) -> list[MetadataTensor]:
-    units = model.summary.layers[-1].output_shape[-1]
-    assert units is not None
+def _output_tensors(model: ServedModel) -> list[MetadataTensor]:
+    units = model.predictor.n_outputs
     tensors = [MetadataTensor(name=OUTPUT, datatype="FP32", shape=[-1, units])]
-    if model.task == "classification" and model.classes:
+    if model.labelled:
         tensors.append(MetadataTensor(name=LABEL, datatype="BYTES", shape=[-1]))
     return tensors
 
 
 def metadata(
-    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCacheT
 ) -> ModelMetadata:
     model, _ = _resolve(session, owner=owner, name=name, version=version, cache=cache)
     return ModelMetadata(
         name=name,
         versions=["1"],
         platform=PLATFORM,
-        inputs=[MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.input_dim])],
+        inputs=[
+            MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.predictor.n_features])
+        ],
         outputs=_output_tensors(model),
     )
 
 
 def ready(
-    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCache
+    session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCacheT
 ) -> None:
-    """Returns when the model is loaded (in the predictor cache): the next /infer needs no load."""
+    """Returns when the model is loaded (in the model cache): the next /infer needs no load."""
     _resolve(session, owner=owner, name=name, version=version, cache=cache)
 
 
@@ -315,7 +315,7 @@ def infer(
     body: bytes,
     header_length: str | None,
     settings: Settings,
-    cache: ModelCache,
+    cache: ModelCacheT,
 ) -> Reply:
     """The model's outputs for a request body (JSON, or a JSON header of `header_length` bytes
     and binary tensors). The model is found first: an unknown one is a 404 whatever the body."""
@@ -323,16 +323,10 @@ def infer(
     request, binary = parse_request(body, header_length)
     tensors = _output_tensors(model)
     wanted = _wanted(request, [t.name for t in tensors])
-    x = _features(request, binary, model.input_dim)
+    x = _features(request, binary, model.predictor.n_features)
+    predict.check_rows(len(x), settings)
     try:
-        values, labels = model_service.predict_arrays(
-            session,
-            owner=owner,
-            model_id=model.id,
-            body=PredictRequest.model_construct(inputs=x.tolist()),
-            settings=settings,
-            cache=cache,
-        )
+        values, labels = predict.predict(model, x)
     except Unprocessable as exc:
         raise BadRequest(exc.message) from None
     rows = len(values)

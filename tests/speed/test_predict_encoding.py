@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 
 import models
-from app.inference import encode_predictions
+from app.inference import ServedModel
 from app.schemas import PredictResponse
-from app.services.models import _labels
+from app.services.predict import encode_predictions
 from tests.api.test_models import store_model, trained
+
+
+def _labels(outputs: np.ndarray, classes: list[Any]) -> list[Any] | None:
+    model = ServedModel(id="m", owner_id=None, task="classification", classes=classes,
+                        feature_names=[], target_names=[], predictor=None)  # type: ignore[arg-type]  # fmt: skip
+    return model.labels(outputs)
+
 
 NETWORK = {
     "layers": [
@@ -100,24 +107,33 @@ async def test_a_cached_model_answers_only_its_owner(
         ok = await client.post(url, json=body, headers={"Authorization": f"Bearer {secret_a}"})
         assert ok.status_code == 200, ok.text
     cache = app.state.model_cache
-    assert cache.misses == 1 and cache.hits == 1 and cache.lookup(model_id) is not None
+    assert cache.misses == 1 and cache.hits == 1 and model_id in cache
     other = await client.post(url, json=body, headers={"Authorization": f"Bearer {secret_b}"})
     assert_error(other, 404, "not found")
     assert_error(await client.post(url, json=body), 404)  # keyless is nobody's key
 
 
-def test_facts_leave_the_cache_with_their_predictor() -> None:
-    from app.inference import ModelCache, ModelFacts
+def test_the_cache_loads_once_and_evicts_the_least_recently_used() -> None:
+    from app.inference import ModelCache
 
-    cache = ModelCache(2)
-    facts = ModelFacts(owner_id=None, task="classification", classes=["a", "b"])
-    cache.remember("m1", facts)  # not cached yet: nothing to remember it beside
-    assert cache.lookup("m1") is None
-    cache.get("m1", lambda: "predictor 1")
-    cache.remember("m1", facts)
-    assert cache.lookup("m1") == ("predictor 1", facts)
-    cache.get("m2", lambda: "predictor 2")
-    cache.get("m3", lambda: "predictor 3")  # evicts m1, the least recently used
-    assert cache.lookup("m1") is None and "m1" not in cache
-    cache.get("m1", lambda: "predictor 1 again")
-    assert cache.lookup("m1") is None  # facts are re-read from the row after a reload
+    cache = ModelCache[str](2)
+    loads: list[str] = []
+
+    def load(value: str) -> Any:
+        return lambda: loads.append(value) or value
+
+    assert cache.get("m1", load("one")) == "one"
+    assert cache.get("m1", load("not loaded")) == "one"  # a hit never calls load
+    cache.get("m2", load("two"))
+    cache.get("m1", load("not loaded"))  # m1 is now the most recently used
+    cache.get("m3", load("three"))  # evicts m2
+    assert "m2" not in cache and "m1" in cache and len(cache) == 2
+    assert loads == ["one", "two", "three"]
+    assert (cache.hits, cache.misses) == (2, 3)
+
+    def fails() -> str:
+        raise RuntimeError("no such model")
+
+    with pytest.raises(RuntimeError):
+        cache.get("m4", fails)
+    assert "m4" not in cache  # a failed load keeps nothing

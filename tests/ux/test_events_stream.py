@@ -9,10 +9,10 @@ import anyio
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.events import stream_events
 from app.auth import create_key
 from app.db import make_engine, make_sessionmaker
 from app.queue.clock import db_now
+from app.services.events import stream_events
 from app.tables import Dataset, Job, JobMetric
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import models
-from app.api.batch import CHUNK_ROWS, BatchInput, parse_csv, stream_predictions
 from app.cli.client import Progress, _read_spec
 from app.client import EpochMetrics, InvalidInput, NotFound, ServerError
 from app.client_types import EventParser, error_from_response
 from app.errors import Unprocessable
+from app.inference import ServedModel
+from app.services.batch import CHUNK_ROWS, parse_csv, stream_predictions
 
 
 def test_event_parser_follows_the_sse_rules() -> None:
@@ -114,12 +115,12 @@ def test_batch_output_streams_in_chunks_matching_one_big_predict() -> None:
     result = models.fit(network, training, x, y, device="cpu")
     predictor = models.Predictor(models.save_model(result, network, result.standardization))
 
-    batch = BatchInput(
-        model_id="m", weights=b"", task="classification", classes=["neg", "pos"],
-        feature_names=["a", "b", "c"], target_names=["label"],
+    model = ServedModel(
+        id="m", owner_id=None, task="classification", classes=["neg", "pos"],
+        feature_names=["a", "b", "c"], target_names=["label"], predictor=predictor,
     )  # fmt: skip
     big = np.tile(x, (13, 1))  # 2600 rows: three chunks
-    chunks = list(stream_predictions(predictor, batch, big, ndjson=False))
+    chunks = list(stream_predictions(model, big, ndjson=False))
     assert len(chunks) == -(-len(big) // CHUNK_ROWS)
     rows = list(csv.reader(io.StringIO("".join(chunks))))
     assert rows[0] == ["prediction", "p_neg", "p_pos"]

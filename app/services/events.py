@@ -1,4 +1,4 @@
-"""GET /v1/jobs/{id}/events: a job's progress as server-sent events, built from database rows.
+"""A job's progress as server-sent events (GET /v1/jobs/{id}/events), built from database rows.
 
     retry: 1000
 
@@ -30,19 +30,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import OwnerDep
 from app.errors import NotFound, Unprocessable
 from app.metrics import EVENT_STREAMS
-from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services import is_id, owned_by
 from app.services.jobs import finite_or_none
 from app.tables import TERMINAL_STATUSES, Job, JobMetric
@@ -57,7 +53,6 @@ MAX_POLL_FAILURES = 6
 BATCH_ROWS = 500
 
 log = logging.getLogger("fitserve.events")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 SessionFactory = Callable[[], Session]
 
@@ -171,46 +166,8 @@ async def stream_events(
         EVENT_STREAMS.dec()
 
 
-@router.get(
-    "/{job_id}/events",
-    response_class=StreamingResponse,
-    summary="Live progress as server-sent events (epochs and status changes)",
-    description=(
-        "`text/event-stream`: an `epoch` event per finished epoch (data: the metrics row) and a "
-        "`status` event per status change; the last event carries the terminal status. Each "
-        "event's id is the number of epochs delivered; reconnect with `Last-Event-ID` to resume "
-        "without loss or repeats. Keep-alive comments every 15 s."
-    ),
-    responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        **UNAUTHORIZED,
-        404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
-        422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
-    },
-)
-async def job_events(
-    job_id: str,
-    request: Request,
-    owner: OwnerDep,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            max_length=20,
-            description="Resume after this event id (the number of epochs already received).",
-        ),
-    ] = None,
-    after_query: Annotated[
-        int | None,
-        Query(
-            alias="last_event_id",
-            ge=0,
-            le=10_000_000,
-            description="The same for EventSource's first connection, which can't send headers "
-            "(the header wins when both are sent).",
-        ),
-    ] = None,
-) -> StreamingResponse:
+def resume_after(last_event_id: str | None, after_query: int | None) -> int:
+    """The epoch to resume after: the Last-Event-ID header's, else the query's, else 0."""
     after = after_query or 0
     if last_event_id is not None and last_event_id.strip():
         if not last_event_id.strip().isdigit():
@@ -220,12 +177,13 @@ async def job_events(
                 loc=("header", "Last-Event-ID"),
             )
         after = int(last_event_id)
-    make_session = request.app.state.sessionmaker
+    return after
+
+
+async def open_stream(
+    make_session: SessionFactory, *, owner: str | None, job_id: str, after: int
+) -> AsyncIterator[str]:
+    """The caller's job's event stream; a 404 (before anything is sent) when there is none."""
     if await run_in_threadpool(_status, make_session, owner=owner, job_id=job_id) is None:
         raise NotFound(f"job {job_id!r} not found; list yours with GET /v1/jobs")
-    return StreamingResponse(
-        stream_events(make_session, owner=owner, job_id=job_id, after=after),
-        media_type="text/event-stream",
-        # No caching, and no buffering in front of us (nginx honours X-Accel-Buffering).
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return stream_events(make_session, owner=owner, job_id=job_id, after=after)
