@@ -2,16 +2,9 @@
 endpoint holding the same model, and against `mlflow models serve` where it is installed.
 
 - fitserve: `POST /v1/models/{id}/predict` of the real app (SQLite file, keyless loopback mode,
-  the model row stored as the worker stores it), every layer on: limits middleware, owner
-  check, LRU of Predictors, /metrics histogram; a cached model is answered by the fast path
-  (app/fast_predict.py).
-- fitserve route only: the same app with FITSERVE_FAST_PREDICT=false, every request through
-  FastAPI's routing and the documented route.
-- fitserve with an API key: the fast path again, for a model owned by a key, each request sending
-  that key (`Authorization: Bearer`), as every request does where keys are required; the key is
-  looked up in the database on each request.
-- bare:     bench/bare_predict_app.py — the fastest plain FastAPI endpoint around the same weights
-  (async def, orjson in and out, a plain Response: no thread hop, no response_model pass).
+                "BENCH_CLASSES": ",".join(CLASSES), "BENCH_FEATURES": str(x.shape[1])},
+               f"http://127.0.0.1:{p3}/predict", body)
+    )  # fmt: skip
 - mlflow:   the same network exported to ONNX (models.onnx_export: standardization + network +
   softmax in one graph), saved with mlflow.onnx and served by `mlflow models serve
   --env-manager local` (onnxruntime inside; no pickle anywhere). Only with --mlflow PATH; give
@@ -33,7 +26,7 @@ server's own CPU time per request (its process tree's user + system time from /p
 busy machine disturbs far less than the wall-clock figures.
 
     python bench/predict.py [--rounds 3] [--seconds 3] [--requests 500] [--clients wrk,httpx]
-                            [--mlflow /tmp/mlflow-venv/bin/mlflow ...]
+                            [--mlflow /tmp/mlflow-venv/bin/mlflow ...] [--baseline /tmp/base ...]
 """
 
 from __future__ import annotations
@@ -154,9 +147,11 @@ def uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) 
 
 class Server:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str,
-                 body: Any, headers: dict[str, str] | None = None) -> None:  # fmt: skip
+                 body: Any, headers: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:  # fmt: skip
         self.name, self.url, self.body, self.headers = name, url, body, headers or {}
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT)
+        # `python -m uvicorn` imports `app` from its working directory first
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd)
 
     def wait_ready(self, client: httpx.Client, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -265,6 +260,18 @@ def measure_wrk(server: Server, n_rows: int, seconds: float, tmp: Path) -> Round
     return Round(rps, percentile(50), percentile(99), cpu / total * 1e3)
 
 
+def commit(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def _dirty() -> bool:
+    done = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "app", "bench"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return bool(done.stdout.strip())
+
+
 def mlflow_server(mlflow: Path, weights: bytes, tmp: Path, x: np.ndarray) -> Server:
     from models.onnx_export import to_onnx
 
@@ -299,6 +306,8 @@ def main() -> None:
                         help="comma-separated: wrk (skipped if not installed), httpx")  # fmt: skip
     parser.add_argument("--mlflow", type=Path, action="append", default=[],
                         help="an mlflow executable (repeatable)")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, action="append", default=[],
+                        help="another commit's checkout, run side by side")  # fmt: skip
     args = parser.parse_args()
 
     x, y = iris()
@@ -314,23 +323,25 @@ def main() -> None:
 
     key_id, secret = create_key(database_url)
     keyed_model = store_model(database_url, weights, result.history[-1].as_dict(), owner=key_id)
-    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
-    servers = [
-        Server("fitserve", uvicorn("app.main:create_app", p1, {}, factory=True),
-               {"FITSERVE_DATABASE_URL": database_url},
-               f"http://127.0.0.1:{p1}/v1/models/{model_id}/predict", body),
-        Server("fitserve route only", uvicorn("app.main:create_app", p3, {}, factory=True),
-               {"FITSERVE_DATABASE_URL": database_url, "FITSERVE_FAST_PREDICT": "false"},
-               f"http://127.0.0.1:{p3}/v1/models/{model_id}/predict", body),
-        Server("fitserve with an API key", uvicorn("app.main:create_app", p4, {}, factory=True),
-               {"FITSERVE_DATABASE_URL": database_url},
-               f"http://127.0.0.1:{p4}/v1/models/{keyed_model}/predict", body,
-               {"Authorization": f"Bearer {secret}"}),
-        Server("bare FastAPI", uvicorn("bench.bare_predict_app:app", p2, {}),
+    servers = []
+    for name, cwd in [("fitserve", ROOT), *((f"fitserve {commit(b)}", b) for b in args.baseline)]:
+        p1, p2 = free_port(), free_port()
+        servers += [
+            Server(name, uvicorn("app.main:create_app", p1, {}, factory=True),
+                   {"FITSERVE_DATABASE_URL": database_url},
+                   f"http://127.0.0.1:{p1}/v1/models/{model_id}/predict", body, cwd=cwd),
+            Server(f"{name} with an API key", uvicorn("app.main:create_app", p2, {}, factory=True),
+                   {"FITSERVE_DATABASE_URL": database_url},
+                   f"http://127.0.0.1:{p2}/v1/models/{keyed_model}/predict", body,
+                   {"Authorization": f"Bearer {secret}"}, cwd=cwd),
+        ]  # fmt: skip
+    p3 = free_port()
+    servers.append(
+        Server("bare FastAPI", uvicorn("bench.bare_predict_app:app", p3, {}),
                {"BENCH_WEIGHTS": str(tmp / "weights.safetensors"),
                 "BENCH_CLASSES": ",".join(CLASSES), "BENCH_FEATURES": str(x.shape[1])},
-               f"http://127.0.0.1:{p2}/predict", body),
-    ]  # fmt: skip
+               f"http://127.0.0.1:{p3}/predict", body)
+    )  # fmt: skip
     mlflow_note = "" if args.mlflow else "not measured: no --mlflow given"
     for mlflow in args.mlflow:
         try:
@@ -376,6 +387,9 @@ def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
         return rounds[len(rounds) // 2]
 
     lines = [
+        f"Commit {commit(ROOT)}"
+        + (" (uncommitted changes)" if _dirty() else "")
+        + f" against {', '.join(commit(b) for b in args.baseline) or 'no baseline'}. "
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
         f"{args.rounds} rounds per client, server and size (wrk: {args.seconds:g} s each, httpx: "
@@ -387,13 +401,15 @@ def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
             "",
             f"Client: {CLIENTS[c]}",
             "",
-            "| server | rows/request | requests/s | p50 ms | p99 ms | server CPU ms/request |",
+            "| server | rows/request | requests/s (range over rounds) | p50 ms | p99 ms "
+            "| server CPU ms/request |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for name, n in itertools.product(names, sizes):
             m = median(c, name, n)
-            lines.append(f"| {name} | {n} | {m.rps:.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | "
-                         f"{m.cpu_ms:.2f} |")  # fmt: skip
+            spread = sorted(r.rps for r in results[(c, name, n)])
+            lines.append(f"| {name} | {n} | {m.rps:.0f} ({spread[0]:.0f}–{spread[-1]:.0f}) | "
+                         f"{m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.cpu_ms:.2f} |")  # fmt: skip
         lines.append("")
         for n in sizes:
             fit = median(c, "fitserve", n)
@@ -402,6 +418,9 @@ def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
             used = ", ".join(f"{median(c, o, n).cpu_ms / fit.cpu_ms:.2f}x" for o in others)
             lines.append(f"{n}-row requests/s, fitserve over: {rate} (their server CPU per "
                          f"request over fitserve's: {used})")  # fmt: skip
+            keyed = median(c, "fitserve with an API key", n)
+            lines.append(f"{n}-row requests/s with an API key over without: "
+                         f"{keyed.rps / fit.rps:.2f}x")  # fmt: skip
     if mlflow_note:
         lines.append(f"MLflow: {mlflow_note}")
     return "\n".join(lines)
