@@ -17,23 +17,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.deps import OwnerDep
 from app.queue.clock import db_now
-from app.schemas import UNAUTHORIZED
 from app.tables import FALLBACK_STEP_MODE, JOB_STATUSES, Job, JobMetric
 
 # The window behind fitserve_epochs_per_second: long enough to smooth one slow epoch, short
@@ -167,33 +162,13 @@ class DatabaseCollector(Collector):
         )
 
 
-router = APIRouter(tags=["metrics"])
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    summary="Prometheus metrics",
-    description="Jobs by status, queue depth, epochs per second, training seconds, prediction "
-    "latency, worker heartbeats — in the Prometheus text format.",
-    responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}},
-        **UNAUTHORIZED,
-    },
-)
-def metrics(request: Request, owner: OwnerDep) -> Response:
-    del owner  # the key check is the point; the figures are totals
-    registry: CollectorRegistry = request.app.state.metrics_registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
 def install_metrics(app: FastAPI) -> None:
-    """Add /metrics. The registry reads `app.state.sessionmaker` lazily, at scrape time, because
-    the lifespan builds it after create_app returns."""
+    """The registry /metrics (app/api/metrics.py) serves, as `app.state.metrics_registry`. It
+    reads `app.state.sessionmaker` lazily, at scrape time, because the lifespan builds it after
+    create_app returns."""
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(lambda: app.state.sessionmaker()))
     registry.register(PREDICTION_SECONDS)
     registry.register(EVENT_STREAMS)
     app.state.metrics_registry = registry
-    app.include_router(router)
