@@ -13,8 +13,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep
-from app.auth import OwnerDep
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import NotFound, Unprocessable
 from app.schemas import UNAUTHORIZED, ErrorResponse
 from app.services import studies as service
