@@ -348,6 +348,20 @@ class EpochMetrics(BaseModel):
         description="Gradient norm per layer: watch for vanishing/exploding gradients.",
         examples=[EXAMPLE_METRICS["layer_grad_norms"]],
     )
+    step_mode: str | None = Field(
+        None,
+        description="How the epoch's steps ran: eager, cuda_graph, or eager (fallback) when the "
+        "CUDA-graph path was given up (null on epochs recorded before this was).",
+        examples=["eager"],
+    )
+    step_mode_reason: str | None = Field(
+        None, description="Why the steps ran eagerly, when they did.", examples=["not on CUDA"]
+    )
+    precision: str | None = Field(
+        None,
+        description="What the epoch's steps computed in (fp32, tf32, bf16), as observed.",
+        examples=["fp32"],
+    )
 
 
 class JobRead(_Response):

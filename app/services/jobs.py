@@ -39,6 +39,10 @@ def metrics_view(row: JobMetric | None) -> EpochMetrics | None:
         return None
     values = finite_or_none(dict(row.values or {}))
     values["epoch"] = row.epoch
+    # what the epoch's steps ran as, recorded beside its values by the worker
+    values.update(
+        step_mode=row.step_mode, step_mode_reason=row.step_mode_reason, precision=row.precision
+    )
     return EpochMetrics.model_validate(values)
 
 

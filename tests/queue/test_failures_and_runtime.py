@@ -46,6 +46,7 @@ import models
 from app.config import Settings
 from app.metrics import DatabaseCollector
 from app.queue import child, store
+from app.services.jobs import job_view
 from app.tables import FALLBACK_STEP_MODE, Job
 
 # (job name, network, expected error code, words the message must contain)
@@ -114,6 +115,15 @@ def test_what_the_steps_ran_as_is_recorded_on_the_job_and_its_epochs(
     assert [(m.epoch, m.step_mode, m.step_mode_reason, m.precision) for m in rows] == [
         (e, "eager", "not on CUDA", "fp32") for e in (1, 2, 3)
     ]
+    # as the API shows them: on the job and on its latest epoch's metrics
+    view = job_view(job, rows[-1])
+    assert view.metrics is not None
+    assert (view.precision, view.step_mode, view.metrics.step_mode, view.metrics.precision) == (
+        "fp32",
+        "eager",
+        "eager",
+        "fp32",
+    )
 
 
 NORM_NETWORK: dict[str, Any] = {
