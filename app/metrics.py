@@ -28,8 +28,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.job_status import LEASED, JobStatus
 from app.queue.clock import db_now
-from app.tables import FALLBACK_STEP_MODE, JOB_STATUSES, Job, JobMetric
+from app.tables import FALLBACK_STEP_MODE, Job, JobMetric
 
 # The window behind fitserve_epochs_per_second: long enough to smooth one slow epoch, short
 # enough to show a stall within a scrape or two.
@@ -84,13 +85,13 @@ class DatabaseCollector(Collector):
     def _collect(self, session: Session) -> Iterator[Any]:
         jobs = GaugeMetricFamily("fitserve_jobs", "Jobs by status.", labels=["status"])
         counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in JOB_STATUSES:
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
 
         # Queued jobs whose retry backoff has passed: what a free worker would claim next.
         depth = session.scalar(
-            select(func.count()).where(Job.status == "queued", Job.available_at <= db_now())
+            select(func.count()).where(Job.status == JobStatus.QUEUED, Job.available_at <= db_now())
         )
         yield GaugeMetricFamily(
             "fitserve_queue_depth", "Queued jobs ready to be claimed.", value=depth or 0
@@ -134,7 +135,7 @@ class DatabaseCollector(Collector):
         rows = session.execute(
             select(Job.claimed_by, func.max(Job.heartbeat_at))
             .where(
-                Job.status.in_(("running", "cancelling")),
+                Job.status.in_(LEASED),
                 Job.claimed_by.is_not(None),
                 Job.heartbeat_at.is_not(None),
             )

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.job_status import JobStatus
 from models import NetworkSpec, TrainingConfig
 from models import summary as _summary
 from models.spec import IRIS_NETWORK as _IRIS_NETWORK
@@ -30,7 +31,6 @@ from models.spec import MAX_NUM_TOKENS
 IRIS_NETWORK: Any = _IRIS_NETWORK
 IRIS_TRAINING: Any = _IRIS_TRAINING
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 Task = Literal["classification", "regression"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

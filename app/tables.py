@@ -25,10 +25,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     func,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.job_status import TERMINAL, JobStatus, sql_list
 
 # Stable constraint names, so Alembic autogenerate and hand-written migrations agree.
 NAMING_CONVENTION = {
@@ -39,13 +43,24 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 TASKS = ("classification", "regression")
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class StatusColumn(TypeDecorator[JobStatus]):
+    """A job's status: a JobStatus in Python, VARCHAR(20) in the database."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
 
 
 class Base(DeclarativeBase):
@@ -111,10 +126,10 @@ FALLBACK_STEP_MODE = "eager (fallback)"
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(f"status IN {JOB_STATUSES}", name="status"),
+        CheckConstraint(f"status IN {sql_list(JobStatus)}", name="status"),
         # A job has finished exactly when it is in a terminal state.
         CheckConstraint(
-            f"(status IN {TERMINAL_STATUSES}) = (finished_at IS NOT NULL)", name="finished_at"
+            f"(status IN {sql_list(TERMINAL)}) = (finished_at IS NOT NULL)", name="finished_at"
         ),
         CheckConstraint("attempts >= 0 AND lease_token >= 0", name="counters"),
         # The claim query: the oldest available queued (or lease-expired running) job.
@@ -127,7 +142,7 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     network: Mapped[dict[str, Any]] = mapped_column(JSON)
     training: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[JobStatus] = mapped_column(StatusColumn(), default=JobStatus.QUEUED)
     epochs: Mapped[int]
     # Epochs finished so far (progress); the latest metrics row is for this epoch.
     epoch: Mapped[int] = mapped_column(Integer, default=0)

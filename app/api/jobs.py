@@ -8,13 +8,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.job_status import JobStatus
 from app.schemas import (
     UNAUTHORIZED,
     ErrorResponse,
     JobCreate,
     JobList,
     JobRead,
-    JobStatus,
     MetricsRead,
 )
 from app.services import events

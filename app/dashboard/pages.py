@@ -12,7 +12,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
-from app.tables import TERMINAL_STATUSES
+from app.job_status import TERMINAL
 
 LIVE_JS = resources.files("app.dashboard").joinpath("live.js").read_text(encoding="utf-8")
 AUTH_JS = resources.files("app.dashboard").joinpath("auth.js").read_text(encoding="utf-8")
@@ -146,7 +146,7 @@ def jobs_page(jobs: list[Any], *, root: str = "") -> str:
         else "<p>No jobs yet: submit one with <code>fitserve train spec.json --dataset iris</code>"
         " or <code>POST /v1/jobs</code>.</p>"
     )
-    active = any(job.status not in TERMINAL_STATUSES for job in jobs)
+    active = any(job.status not in TERMINAL for job in jobs)
     return layout("jobs", f"<h1>Jobs</h1>{table}", root=root, refresh=5 if active else None)
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.job_status import JobStatus
 from app.queue import child, store
 from app.queue.protocol import (
     CANCEL,
@@ -389,7 +390,7 @@ class Attempt:
                     self.lost.set()
                     return
                 continue  # the database is away; the main thread's writes decide
-            if status == "cancelling" and self.control.value == RUN:
+            if status == JobStatus.CANCELLING and self.control.value == RUN:
                 self.control.value = CANCEL
 
 

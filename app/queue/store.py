@@ -8,6 +8,21 @@ A fenced write that touches no row means the job was taken over (or finished, or
 raises `LeaseLost` and the worker must stop at once and write nothing more.
 
 Times come from the database's clock (`db_now`), never the worker's.
+
+A job's status (JobStatus, app/job_status.py) changes only here, only these ways:
+
+    from        to           by
+    queued      running      claim_next_job
+    queued      cancelled    cancel_job
+    running     running      claim_next_job: another worker, once the lease ran out
+    running     succeeded    finish_job
+    running     failed       fail_job; retry_job or reap_expired_jobs once max_attempts are used
+    running     queued       retry_job (attempts left; after a backoff), release_job (shutdown)
+    running     cancelling   cancel_job: the worker stops at its next batch
+    cancelling  cancelled    finish_cancelled; retry_job, release_job and reap_expired_jobs too:
+                             a cancelling job is never retried, requeued or failed (`_or_cancelled`)
+
+succeeded, failed and cancelled are final (`finished_at` is set exactly for them).
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from app.job_status import LEASED, JobStatus
 from app.queue.clock import db_now
 from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
 
@@ -44,7 +60,13 @@ jobs = cast(Table, Job.__table__)
 claims = cast(Table, JobClaim.__table__)
 metrics = cast(Table, JobMetric.__table__)
 checkpoints = cast(Table, JobCheckpoint.__table__)
-LIVE = ("running", "cancelling")
+_cancelling = jobs.c.status == JobStatus.CANCELLING
+
+
+def _or_cancelled(otherwise: Any, *, if_cancelling: Any = JobStatus.CANCELLED) -> Any:
+    """`otherwise`, except for a cancelling job (`if_cancelling`: by default the status it ends
+    in). Every statement that ends an attempt goes through this: a cancel always wins."""
+    return case((_cancelling, if_cancelling), else_=otherwise)
 
 
 class QueueError(Exception):
@@ -96,7 +118,7 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _fenced(job_id: str, lease_token: int, statuses: tuple[str, ...] = LIVE) -> Any:
+def _fenced(job_id: str, lease_token: int, statuses: tuple[JobStatus, ...] = LEASED) -> Any:
     return and_(jobs.c.id == job_id, jobs.c.lease_token == lease_token, jobs.c.status.in_(statuses))
 
 
@@ -105,7 +127,7 @@ def _update_fenced(
     *,
     job_id: str,
     lease_token: int,
-    statuses: tuple[str, ...] = LIVE,
+    statuses: tuple[JobStatus, ...] = LEASED,
     **values: Any,
 ) -> None:
     """Every later write of a worker: an UPDATE of its own job under its lease token. Touching no
@@ -129,7 +151,7 @@ def _close_claim(session: Session, *, job_id: str, lease_token: int, outcome: st
 
 def enqueue_job(session: Session, *, job: Job) -> Job:
     """Queue a job: an INSERT in the caller's transaction; Postgres wakes idle workers at commit."""
-    job.status = "queued"
+    job.status = JobStatus.QUEUED
     session.add(job)
     session.flush()
     if _is_postgres(session):
@@ -151,19 +173,18 @@ WORKER_LOST_ERROR = (
 def reap_expired_jobs(session: Session) -> int:
     """End jobs whose worker vanished and that may not run again: a cancelling job is cancelled;
     one that used up max_attempts fails with `worker_lost` instead of crash-looping."""
-    cancelling = jobs.c.status == "cancelling"
     reaped = (
         session.execute(
             update(jobs)
             .where(
-                jobs.c.status.in_(LIVE),
+                jobs.c.status.in_(LEASED),
                 jobs.c.lease_expires_at < db_now(),
-                or_(cancelling, jobs.c.attempts >= jobs.c.max_attempts),
+                or_(_cancelling, jobs.c.attempts >= jobs.c.max_attempts),
             )
             .values(
-                status=case((cancelling, "cancelled"), else_="failed"),
-                error_code=case((cancelling, jobs.c.error_code), else_="worker_lost"),
-                error=case((cancelling, jobs.c.error), else_=WORKER_LOST_ERROR),
+                status=_or_cancelled(JobStatus.FAILED),
+                error_code=_or_cancelled("worker_lost", if_cancelling=jobs.c.error_code),
+                error=_or_cancelled(WORKER_LOST_ERROR, if_cancelling=jobs.c.error),
                 finished_at=db_now(),
                 lease_expires_at=None,
                 updated_at=db_now(),
@@ -185,9 +206,9 @@ def reap_expired_jobs(session: Session) -> int:
 def _claimable(t: Any) -> Any:
     """Queued jobs whose backoff has passed, and running jobs whose worker's lease ran out."""
     return or_(
-        and_(t.c.status == "queued", t.c.available_at <= db_now()),
+        and_(t.c.status == JobStatus.QUEUED, t.c.available_at <= db_now()),
         and_(
-            t.c.status == "running",
+            t.c.status == JobStatus.RUNNING,
             t.c.lease_expires_at < db_now(),
             t.c.attempts < t.c.max_attempts,
         ),
@@ -209,7 +230,7 @@ def _claim_statement() -> Any:
         # Re-checked on the row itself, as it is once the lock is ours.
         .where(jobs.c.id == next_id, _claimable(jobs))
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             claimed_by=bindparam("worker", type_=String()),
             lease_token=jobs.c.lease_token + 1,
             attempts=jobs.c.attempts + 1,
@@ -409,8 +430,8 @@ def finish_job(
         session,
         job_id=job_id,
         lease_token=lease_token,
-        statuses=("running",),
-        status="succeeded",
+        statuses=(JobStatus.RUNNING,),
+        status=JobStatus.SUCCEEDED,
         model_id=model.id,
         error=None,
         error_code=None,
@@ -447,8 +468,8 @@ def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None
         session,
         job_id=job_id,
         lease_token=lease_token,
-        statuses=("cancelling",),
-        status="cancelled",
+        statuses=(JobStatus.CANCELLING,),
+        status=JobStatus.CANCELLED,
         lease_expires_at=None,
         finished_at=db_now(),
         updated_at=db_now(),
@@ -465,7 +486,7 @@ def fail_job(
         session,
         job_id=job_id,
         lease_token=lease_token,
-        status="failed",
+        status=JobStatus.FAILED,
         error=error,
         error_code=error_code,
         lease_expires_at=None,
@@ -488,28 +509,19 @@ def retry_job(
     or — once max_attempts are used — `failed` with `error_code`. Returns the new status.
     A cancelling job is cancelled rather than retried."""
     fence = _fenced(job_id, lease_token)
+    attempts_left = jobs.c.attempts < jobs.c.max_attempts
     row = session.execute(
         update(jobs)
         .where(fence)
         .values(
-            status=case(
-                (jobs.c.status == "cancelling", "cancelled"),
-                (jobs.c.attempts < jobs.c.max_attempts, "queued"),
-                else_="failed",
-            ),
-            error=case(
-                (jobs.c.status == "cancelling", jobs.c.error),
-                else_=error,
-            ),
-            error_code=case(
-                (jobs.c.status == "cancelling", jobs.c.error_code),
-                (jobs.c.attempts < jobs.c.max_attempts, None),
-                else_=error_code,
+            status=_or_cancelled(case((attempts_left, JobStatus.QUEUED), else_=JobStatus.FAILED)),
+            error=_or_cancelled(error, if_cancelling=jobs.c.error),
+            error_code=_or_cancelled(
+                case((attempts_left, None), else_=error_code), if_cancelling=jobs.c.error_code
             ),
             available_at=db_now(min(backoff_seconds, MAX_RETRY_BACKOFF_SECONDS)),
-            finished_at=case(
-                (and_(jobs.c.status == "running", jobs.c.attempts < jobs.c.max_attempts), None),
-                else_=db_now(),
+            finished_at=_or_cancelled(
+                case((attempts_left, None), else_=db_now()), if_cancelling=db_now()
             ),
             claimed_by=None,
             lease_expires_at=None,
@@ -530,11 +542,9 @@ def release_job(session: Session, *, job_id: str, lease_token: int) -> str:
         update(jobs)
         .where(_fenced(job_id, lease_token))
         .values(
-            status=case((jobs.c.status == "cancelling", "cancelled"), else_="queued"),
-            finished_at=case((jobs.c.status == "cancelling", db_now()), else_=None),
-            attempts=case(
-                (jobs.c.status == "cancelling", jobs.c.attempts), else_=jobs.c.attempts - 1
-            ),
+            status=_or_cancelled(JobStatus.QUEUED),
+            finished_at=_or_cancelled(None, if_cancelling=db_now()),
+            attempts=_or_cancelled(jobs.c.attempts - 1, if_cancelling=jobs.c.attempts),
             claimed_by=None,
             lease_expires_at=None,
             available_at=db_now(),
@@ -556,10 +566,13 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
     Raises JobNotFound, or JobConflict for a job that already succeeded or failed."""
     status = session.execute(
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+        .where(jobs.c.id == job_id, jobs.c.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
         .values(
-            status=case((jobs.c.status == "queued", "cancelled"), else_="cancelling"),
-            finished_at=case((jobs.c.status == "queued", db_now()), else_=None),
+            status=case(
+                (jobs.c.status == JobStatus.QUEUED, JobStatus.CANCELLED),
+                else_=JobStatus.CANCELLING,
+            ),
+            finished_at=case((jobs.c.status == JobStatus.QUEUED, db_now()), else_=None),
             updated_at=db_now(),
         )
         .returning(jobs.c.status)
@@ -567,7 +580,7 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(job_id)
-    if status is None and job.status in ("succeeded", "failed"):
+    if status is None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise JobConflict(
             job_id,
             job.status,

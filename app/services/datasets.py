@@ -23,12 +23,12 @@ from app.datasets import (
     sequences_tokens,
 )
 from app.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from app.job_status import ACTIVE
 from app.parquet import is_parquet, parse_parquet
 from app.schemas import DatasetCreate
 from app.services import is_id, owned_by
 from app.tables import Dataset, Job, Model
 
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
 # Any constant shared by every fitserve process: serializes built-in registration on Postgres.
 _BUILTIN_LOCK_KEY = 0x66697473  # "fits"
 
@@ -213,7 +213,7 @@ def delete_dataset(session: Session, *, owner: str | None, dataset_id: str) -> N
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.dataset_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+        .where(Job.dataset_id == row.id, Job.status.in_(ACTIVE))
     )
     if active:
         raise Conflict(

@@ -38,10 +38,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import NotFound, Unprocessable
+from app.job_status import TERMINAL
 from app.metrics import EVENT_STREAMS
 from app.services import is_id, owned_by
 from app.services.jobs import finite_or_none
-from app.tables import TERMINAL_STATUSES, Job, JobMetric
+from app.tables import Job, JobMetric
 
 # Between polls of the database: well under an epoch of a small network, light on the database.
 POLL_SECONDS = 0.5
@@ -141,7 +142,7 @@ async def stream_events(
                 continue
             if status is None:  # deleted while we watched
                 return
-            terminal = status["status"] in TERMINAL_STATUSES
+            terminal = status["status"] in TERMINAL
             chunks = []
             if status["status"] != sent_status and not terminal:
                 chunks.append(_event("status", after, status))

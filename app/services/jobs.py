@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 import models
 from app.config import Settings
 from app.errors import Conflict, NotFound, Unprocessable
+from app.job_status import JobStatus
 from app.queue import store
 from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by
@@ -113,7 +114,7 @@ def new_job(
         dataset_id=dataset_id,
         network=network.model_dump(mode="json", exclude_none=True),
         training=training.model_dump(mode="json", exclude_none=True),
-        status="queued",
+        status=JobStatus.QUEUED,
         epochs=training.epochs,
         epoch=0,
         attempts=0,
@@ -129,7 +130,7 @@ def submit_job(
     queued = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(owned_by(Job.owner_id, owner), Job.status == "queued")
+        .where(owned_by(Job.owner_id, owner), Job.status == JobStatus.QUEUED)
     )
     if queued is not None and queued >= settings.max_queued_jobs_per_key:
         raise Conflict(
@@ -217,7 +218,7 @@ def list_jobs(
     session: Session,
     *,
     owner: str | None,
-    status: str | None = None,
+    status: JobStatus | None = None,
     dataset_id: str | None = None,
     limit: int = 100,
     offset: int = 0,

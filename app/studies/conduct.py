@@ -28,12 +28,13 @@ from sqlalchemy.orm import Session
 import models
 from app.config import Settings
 from app.errors import Unprocessable
+from app.job_status import TERMINAL, JobStatus
 from app.queue import store
 from app.queue.clock import db_now
 from app.services.jobs import check_trainable, new_job
 from app.studies import tuner
 from app.studies.space import Dimension, SpaceError, apply, parse_space
-from app.tables import TERMINAL_STATUSES, Dataset, Job, JobMetric, Study, StudyEvent, StudyTrial
+from app.tables import Dataset, Job, JobMetric, Study, StudyEvent, StudyTrial
 
 log = logging.getLogger("fitserve.studies")
 
@@ -160,9 +161,9 @@ def tell(session: Session, study: Study, trials: list[StudyTrial]) -> None:
         if trial.state != "running":
             continue
         job = session.get(Job, trial.job_id)
-        if job is None or job.status not in TERMINAL_STATUSES:
+        if job is None or job.status not in TERMINAL:
             continue
-        if job.status == "succeeded":
+        if job.status == JobStatus.SUCCEEDED:
             last = session.get(JobMetric, (job.id, job.epoch)) if job.epoch > 0 else None
             trial.value = _objective(last.values if last else None, study.objective_metric)
             trial.state = "complete"
@@ -175,7 +176,7 @@ def tell(session: Session, study: Study, trials: list[StudyTrial]) -> None:
                     {"number": trial.number, "epoch": job.epoch, "value": trial.value},
                 )
         else:
-            trial.state = "failed" if job.status == "failed" else "cancelled"
+            trial.state = "failed" if job.status == JobStatus.FAILED else "cancelled"
         trial.finished_at = job.finished_at
         emit(session, study, "trial", trial_event(trial, epochs_run=job.epoch))
 
@@ -214,7 +215,7 @@ def advance(session: Session, *, study_id: str, settings: Settings) -> None:
             job_id=job.id,
             params=params,
             grid_id=grid_id,
-            state="running" if job.status == "queued" else "failed",
+            state="running" if job.status == JobStatus.QUEUED else "failed",
         )
         session.add(trial)
         session.flush()

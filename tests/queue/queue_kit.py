@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.data import BUILTINS
 from app.datasets import parse_csv
+from app.job_status import TERMINAL
 from app.parent_death import die_with_parent
 from app.queue.worker import run_worker
-from app.tables import TERMINAL_STATUSES, Dataset, Job, JobClaim, JobMetric
+from app.tables import Dataset, Job, JobClaim, JobMetric
 
 # A job with this name kills its training process on every attempt (app/queue/child.py's hook).
 POISON_JOB_NAME = "fitserve-test-poison"
@@ -120,7 +121,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
 def finished(job_state: JobState, job_id: str) -> Callable[[], Job | None]:
     def check() -> Job | None:
         job = job_state(job_id)
-        return job if job.status in TERMINAL_STATUSES else None
+        return job if job.status in TERMINAL else None
 
     return check
 
