@@ -21,6 +21,7 @@ from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.inference import ModelCache, ServedModel
 from app.limits import RequestLimitsMiddleware
+from app.openapi_errors import install_error_documentation
 
 log = logging.getLogger("fitserve")
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings if settings is not None else Settings()
     app.state.verified_keys = VerifiedKeys()
     install_error_handlers(app)
+    install_error_documentation(app)
     # Oversized or non-finite bodies are refused before any parsing.
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
