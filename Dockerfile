@@ -17,10 +17,11 @@ WORKDIR /srv/fitserve
 RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0
 
 COPY pyproject.toml README.md alembic.ini ./
+COPY clients ./clients
 COPY app ./app
 COPY models ./models
 COPY migrations ./migrations
-RUN pip install . && useradd --system --uid 10001 fitserve
+RUN pip install ./clients/python . && useradd --system --uid 10001 fitserve
 
 USER fitserve
 EXPOSE 8000

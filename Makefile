@@ -13,9 +13,11 @@ WORKERS ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The client package (clients/python) first on the same command line: the server depends on it,
+# and pip takes it from the checkout instead of looking for it on an index.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e clients/python -e '.[test]'
 	touch $(STAMP)
 
 run: install
@@ -33,9 +35,9 @@ test-gpu: install
 	$(BIN)/python bench/gpu.py --skip-tests --strict
 
 lint: install
-	$(BIN)/ruff format --check app models migrations tests bench
-	$(BIN)/ruff check app models migrations tests bench
-	$(BIN)/mypy app models
+	$(BIN)/ruff format --check app models migrations tests bench clients
+	$(BIN)/ruff check app models migrations tests bench clients
+	$(BIN)/mypy app models clients/python/fitserve_client
 
 bench: install
 	$(BIN)/python bench/train_overhead.py

@@ -2,7 +2,8 @@
 
 - app/cli/server.py: serve, worker, migrate
 - app/cli/keys.py: keys create|list|revoke
-- app/cli/client.py: train, jobs, datasets, predict (on the Python client)
+- fitserve_client/cli.py (the fitserve-client package, clients/python): train, jobs, datasets,
+  predict
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("app.cli.server", "app.cli.keys", "app.cli.client")
+COMMAND_MODULES = ("app.cli.server", "app.cli.keys", "fitserve_client.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,10 +13,10 @@
     : keep-alive                      a comment while nothing happens, so proxies keep it open
 
 An event's id is the number of epochs delivered so far, so a reconnect with `Last-Event-ID: N`
-(what EventSource and app.client send) resumes with epoch N+1: nothing lost, nothing repeated. A
-(re)connection opens with the job's current status; the last event carries the terminal status,
-after the final epoch. Everything comes from the rows the worker writes, so the stream survives
-API restarts and works with workers on other machines.
+(what EventSource and fitserve_client send) resumes with epoch N+1: nothing lost, nothing
+repeated. A (re)connection opens with the job's current status; the last event carries the
+terminal status, after the final epoch. Everything comes from the rows the worker writes, so the
+stream survives API restarts and works with workers on other machines.
 
 Each poll opens its own short-lived session: a session held for the stream's lifetime would pin
 a pooled connection (and, on SQLite, a transaction) for minutes. When the client goes away the

@@ -176,7 +176,7 @@ def run_chromium(binary: str, url: str, tmp: Path, *args: str) -> subprocess.Com
 @pytest.fixture(scope="session")
 def trained_job(live_server: LiveServer) -> dict[str, object]:
     """One iris job trained to the end through the real worker, shared by the read-only tests."""
-    from app.client import FitserveClient
+    from fitserve_client import FitserveClient
 
     with FitserveClient(live_server.url) as client:
         job = client.submit(IRIS_NETWORK, "iris", IRIS_TRAINING, name="ux iris", epochs=20)

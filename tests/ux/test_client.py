@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from safetensors.numpy import load as load_safetensors
-
-from app.client import (
+from fitserve_client import (
     ConnectionFailed,
     Dataset,
     EpochMetrics,
@@ -22,6 +20,8 @@ from app.client import (
     NotFound,
     WaitTimeout,
 )
+from safetensors.numpy import load as load_safetensors
+
 from tests.ux.conftest import IRIS_CSV, IRIS_NETWORK, IRIS_TRAINING, LiveServer, free_port
 
 

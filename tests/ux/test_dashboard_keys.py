@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fitserve_client import FitserveClient
 
-from app.client import FitserveClient
 from tests.ux.cdp import Browser
 from tests.ux.conftest import IRIS_NETWORK, IRIS_TRAINING, KeyedServer, _stop
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fitserve_client.client_types import Event, EventParser
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.client_types import Event, EventParser
 from tests.ux.conftest import IRIS_NETWORK, IRIS_TRAINING, LiveServer
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

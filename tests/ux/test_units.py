@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fitserve_client import EpochMetrics, InvalidInput, NotFound, ServerError
+from fitserve_client.cli import Progress, _read_spec
+from fitserve_client.client_types import EventParser, error_from_response
 
 import models
-from app.cli.client import Progress, _read_spec
-from app.client import EpochMetrics, InvalidInput, NotFound, ServerError
-from app.client_types import EventParser, error_from_response
 from app.errors import Unprocessable
 from app.inference import ServedModel
 from app.services.batch import CHUNK_ROWS, parse_csv, stream_predictions

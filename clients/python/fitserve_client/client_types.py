@@ -1,5 +1,5 @@
 """What the fitserve client returns and raises: typed results, the error tree, and the
-server-sent-event parser. Import them from `app.client`.
+server-sent-event parser. Import them from `fitserve_client`.
 
     FitserveError
     ├── ConnectionFailed     the server can't be reached (nothing listening, DNS, TLS)

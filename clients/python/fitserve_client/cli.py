@@ -1,4 +1,6 @@
-"""`fitserve train|jobs|datasets|predict`: the command line on the Python client (app/client.py).
+"""`fitserve train|jobs|datasets|predict`: the command line on the Python client
+(fitserve_client/client.py). The server's `fitserve` command registers these subcommands beside
+serve/worker/keys; installed alone (no server, no torch) they are the `fitserve-client` command.
 
 Progress and messages go to stderr; results a script wants (the model id, CSV predictions, JSON)
 go to stdout, so `MODEL=$(fitserve train spec.json --dataset iris)` works.
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from app.client import (
+from fitserve_client.client import (
     DEFAULT_SERVER,
     EpochMetrics,
     FitserveClient,
@@ -333,3 +335,17 @@ def _predict(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     return _run(args, action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fitserve-client`: the client subcommands without the server's."""
+    parser = argparse.ArgumentParser(
+        prog="fitserve-client", description="Train and predict on a fitserve server."
+    )
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
