@@ -113,6 +113,31 @@ class TokenLists:
         return cls.from_arrays(values, offsets, loc=loc)
 
     @classmethod
+    def from_numbers(
+        cls, rows: Sequence[Sequence[float]] | np.ndarray, *, loc: str = "x"
+    ) -> TokenLists:
+        """From rows of numbers as a JSON parser hands them over (ints, or floats where a body was
+        read as numbers): whole numbers are ids, anything else is refused naming the row."""
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = (
+            np.asarray(rows, dtype=np.float64).reshape(-1)
+            if isinstance(rows, np.ndarray)
+            else np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=int(offsets[-1]))
+        )
+        whole = np.isfinite(flat) & (flat == np.floor(flat)) & (np.abs(flat) < 2**53)
+        if not whole.all():
+            at = int(np.flatnonzero(~whole)[0])
+            row = int(np.searchsorted(offsets, at, side="right")) - 1
+            raise SpecError(
+                f"row {row} has {float(flat[at])!r} at position {at - int(offsets[row])}: "
+                "token ids are integers >= 0",
+                loc=(loc, row),
+            )
+        return cls.from_arrays(flat.astype(np.int64), offsets, loc=loc)
+
+    @classmethod
     def from_arrays(cls, values: Any, offsets: Any, *, loc: str = "x") -> TokenLists:
         """From values + offsets arrays (stored datasets, Parquet list columns): checks that the
         offsets start at 0, never decrease and end at len(values), and that no id is negative."""

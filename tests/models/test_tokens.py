@@ -242,3 +242,17 @@ def test_predictions_from_token_lists_match_the_dense_network() -> None:
     np.testing.assert_allclose(predictor.predict(docs), out, rtol=1e-6)
     with pytest.raises(SpecError, match="row 1 has token id 25"):
         predictor.predict([[1], [25]])
+
+
+def test_rows_of_numbers_from_a_json_parser_become_ids() -> None:
+    tokens = TokenLists.from_numbers([[12.0, 7.0], [], [431.0]])
+    assert tokens.padded().tolist() == [[12, 7], [PAD, PAD], [431, PAD]]
+    rectangular = TokenLists.from_numbers(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    assert rectangular.values.tolist() == [1, 2, 3, 4]
+    for rows, message in (
+        ([[1.0], [2.0, 2.5]], "row 1 has 2.5 at position 1"),
+        ([[1.0], [-2.0]], "row 1 has token id -2"),
+        ([[float("nan")]], "row 0 has nan"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            TokenLists.from_numbers(rows)
