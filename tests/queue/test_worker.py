@@ -20,6 +20,8 @@ from queue_kit import (
 from safetensors.numpy import load as st_load
 from sqlalchemy.orm import Session, sessionmaker
 
+import models
+from app.datasets import build_dataset, encode_arrays, sequences_tokens
 from app.queue import store
 from app.queue.protocol import CRASH_EXIT_CODE
 from app.tables import Dataset, Model
@@ -206,3 +208,52 @@ def test_sigterm_hands_the_job_back_without_penalty_and_another_worker_resumes_i
     tokens = [(m.epoch, m.lease_token) for m in metrics_of(sessions, job_id)]
     assert tokens == [(e, 1 if e <= handed_back_at else 2) for e in range(1, epochs + 1)]
     assert [c.outcome for c in claims_of(sessions, job_id)] == ["released", "succeeded"]
+
+
+def test_a_worker_trains_a_token_list_dataset_through_the_encoding_layer(
+    start_worker: StartWorker,
+    make_job: MakeJob,
+    job_state: JobState,
+    sessions: sessionmaker[Session],
+) -> None:
+    # documents whose topic shows in its words, stored as the API stores a sequences upload
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 120)
+    docs = [
+        [int(w) for w in rng.integers(0, 50, 6)] + [50 + 3 * int(c) + k for k in range(3)]
+        for c in labels
+    ]
+    parsed = build_dataset(
+        x=np.zeros((120, 0)), targets=labels.tolist(), task="classification",
+        feature_names=["sequences"], target_names=None, tokens=sequences_tokens(docs),
+    )  # fmt: skip
+    encoded = encode_arrays(parsed)
+    with sessions.begin() as session:
+        dataset = Dataset(
+            name="wires", task="classification", rows=120, n_features=0, n_outputs=1,
+            feature_names=["sequences"], target_names=["target"], classes=parsed.classes,
+            features=encoded.features, targets=encoded.targets, sha256=encoded.sha256,
+            tokens=parsed.tokens.n_tokens if parsed.tokens else None, max_token_id=58,
+        )  # fmt: skip
+        session.add(dataset)
+        session.flush()
+        dataset_id = dataset.id
+    network = {"layers": [{"type": "category_encoding", "num_tokens": 60},
+                          {"type": "dense", "units": 16, "activation": "relu"},
+                          {"type": "dropout", "rate": 0.2},
+                          {"type": "dense", "units": 3, "activation": "softmax"}]}  # fmt: skip
+    training = iris_training(epochs=8, batch_size=16, optimizer="rmsprop")
+    job_id = make_job("wires", network=network, training=training, dataset_id=dataset_id)
+    worker = start_worker()
+    job = wait_for(finished(job_state, job_id), timeout=60, what="the job to finish")
+    assert job.status == "succeeded", (job.error, worker.logs())
+    metrics = metrics_of(sessions, job_id)
+    assert [m.epoch for m in metrics] == list(range(1, 9))
+    assert metrics[-1].values["accuracy"] > 0.6  # the topic words are there to be learned
+    with sessions() as session:
+        model = session.get(Model, job.model_id)
+        assert model is not None
+        predictor = models.Predictor(model.weights)
+    assert predictor.takes_tokens
+    assert (predictor.predict(docs).argmax(axis=1) == labels).mean() > 0.6
+    assert worker.stop() == 0
