@@ -27,7 +27,7 @@ def run_epoch(inputs: EpochInputs, perm: torch.Tensor | None, autocast: Any) -> 
             xb, tb = batch_rows(x, slice(start, start + bs)), target[start : start + bs]
         loss, out, norms = step(xb, tb, autocast)
         steps += 1
-        sums.add(loss, out, norms, end=start + xb.shape[0])
+        sums.add(loss, out, norms, end=min(start + bs, n))
         if inputs.after_step():
             break
     rows_seen = min(steps * bs, n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -155,26 +156,61 @@ class Dense(nn.Module):
         return f"inputs={inputs}, units={units}, bias={self.bias is not None}"
 
 
-class CategoryEncoding(nn.Module):
-    """Keras CategoryEncoding on padded token ids: (batch, length) int64 -> (batch, num_tokens).
+@dataclass(frozen=True)
+class TokenBatch:
+    """A batch of documents as flat (row, id) pairs: what the CPU training loop hands the
+    category_encoding layer instead of a padded matrix (models/tokens.py, `TokenLists.flat`).
+    A batch's documents hold ~10x fewer ids than its padded matrix has slots (Reuters: ~75 k ids
+    against 512 x the longest document), and every slot is memory to allocate and fill."""
 
-    Documents arrive padded to a common length with -1 (models/tokens.py builds the batch); a
-    padding slot adds nothing. count adds a 1 per occurrence; multi_hot clips those counts at 1;
-    one_hot is multi_hot over a single id per row. No parameters, no gradient. Written with
-    scatter_add and clamp only, so it exports to ONNX (ScatterElements, opset 16+) as it trains.
+    rows: torch.Tensor  # int64 (ids,): the row in the batch each id belongs to
+    ids: torch.Tensor  # int64 (ids,)
+    size: int  # rows in the batch (documents may be empty)
+
+
+# What a network's forward takes: a (batch, features) float tensor, padded token ids, or a batch
+# of documents as (row, id) pairs for a network that starts with category_encoding.
+NetworkInput = torch.Tensor | TokenBatch
+
+
+class CategoryEncoding(nn.Module):
+    """Keras CategoryEncoding: token ids -> (batch, num_tokens) float32.
+
+    Takes padded ids, (batch, length) int64 with -1 on padding slots (a -1 adds nothing, as in
+    Keras on the torch backend), or a `TokenBatch`. count adds a 1 per occurrence; multi_hot clips
+    those counts at 1; one_hot is multi_hot over a single id per row. No parameters, no gradient.
+    The padded form is written with scatter_add and clamp only, so it exports to ONNX
+    (ScatterElements, opset 16+). In training the encoded batch is written into one buffer kept
+    from step to step (the step's backward is done before the next forward refills it), so a step
+    allocates no (batch, num_tokens) tensor; in eval mode each call gets its own, so concurrent
+    predictions never share one.
     """
 
     def __init__(self, num_tokens: int, output_mode: str) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.output_mode = output_mode
+        self._buffer: torch.Tensor | None = None  # (rows, num_tokens), training only
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _zeros(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return torch.zeros((rows, self.num_tokens), device=like.device)
+        buffer = self._buffer
+        if buffer is None or buffer.shape[0] < rows or buffer.device != like.device:
+            buffer = self._buffer = torch.empty((rows, self.num_tokens), device=like.device)
+        return buffer[:rows].zero_()
+
+    def forward(self, ids: torch.Tensor | TokenBatch) -> torch.Tensor:
+        if isinstance(ids, TokenBatch):
+            out = self._zeros(ids.size, ids.ids)  # (batch, num_tokens)
+            flat = ids.rows * self.num_tokens + ids.ids
+            one = torch.ones((), device=out.device)
+            out.view(-1).index_put_((flat,), one, accumulate=self.output_mode == "count")
+            return out
         marks = (ids >= 0).to(torch.float32)  # (batch, length): 0 on padding
         slots = ids.clamp(min=0)  # padding lands on id 0 with a mark of 0: no effect
-        counts = marks.new_zeros((ids.shape[0], self.num_tokens))  # (batch, num_tokens)
-        counts = counts.scatter_add(1, slots, marks)
-        return counts if self.output_mode == "count" else counts.clamp(max=1.0)
+        counts = self._zeros(ids.shape[0], ids).scatter_add_(1, slots, marks)
+        return counts if self.output_mode == "count" else counts.clamp_(max=1.0)
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, output_mode={self.output_mode}"
@@ -244,12 +280,13 @@ class Network(nn.Module):
         # microseconds per layer and call, a tenth of a small network's training step
         self._forwards = [layer.forward for layer in layers]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: NetworkInput) -> torch.Tensor:
         for forward in self._forwards:
             x = forward(x)
+        assert isinstance(x, torch.Tensor)  # every layer returns a tensor
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: NetworkInput) -> torch.Tensor:
         y = self.logits(x)
         return y if self.output_activation is None else self.output_activation(y)
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from models import data as D
+from models.layers import NetworkInput
 from models.spec import NetworkSpec
 from models.tokens import TokenLists, as_tokens, batch_rows
 from models.weights import load_model
@@ -83,11 +84,16 @@ class Predictor:
                 torch.set_num_threads(threads)
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy()
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One chunk of CPU float32 rows (or padded token ids) -> CPU float32 outputs."""
-        if self.device.type != "cpu":
+    def _rows(self, x: torch.Tensor | TokenLists, start: int, stop: int) -> NetworkInput:
+        if isinstance(x, TokenLists) and self.device.type != "cpu":
+            return x.take(start, stop).padded()  # moved to the device whole by _forward
+        return batch_rows(x, slice(start, stop))
+
+    def _forward(self, x: NetworkInput) -> torch.Tensor:
+        """One chunk of CPU float32 rows (or token ids) -> CPU float32 outputs."""
+        if self.device.type != "cpu" and isinstance(x, torch.Tensor):
             x = x.to(self.device)
-        if self.standardization is not None:
+        if self.standardization is not None and isinstance(x, torch.Tensor):
             x = self.standardization.apply(x)
         y = self.module(x)
         return y if self.device.type == "cpu" and y.dtype == torch.float32 else y.float().cpu()

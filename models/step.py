@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import torch
 
-from models.layers import Network
+from models.layers import Network, NetworkInput
 from models.losses import Objective
 from models.optim import clip_gradients
 from models.tokens import TokenLists
@@ -46,7 +46,7 @@ class TrainStep:
         self._has_penalty = module.has_penalty
 
     def __call__(
-        self, xb: torch.Tensor, tb: torch.Tensor, autocast: Any, *, clear_grads: bool = True
+        self, xb: NetworkInput, tb: torch.Tensor, autocast: Any, *, clear_grads: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """One step on the batch (xb, tb); returns (loss, output, per-parameter gradient norms),
         detached and still on the device. `clear_grads=False` under CUDA-graph capture, where

@@ -21,6 +21,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from models.errors import SpecError
+from models.layers import TokenBatch
 from models.spec import CategoryEncoding, NetworkSpec
 
 PAD = -1  # a padding slot in a batch matrix; the encoding layer adds nothing for it
@@ -77,6 +78,17 @@ class TokenLists:
         valid = cols < lengths[:, None]  # (batch, width)
         where = torch.where(valid, starts[:, None] + cols, 0)
         return torch.where(valid, self.values[where], PAD)
+
+    def flat(self, idx: torch.Tensor) -> TokenBatch:
+        """Rows `idx` as (row in batch, id) pairs: as many entries as the documents hold ids."""
+        starts = self.offsets[idx]
+        lengths = self.offsets[idx + 1] - starts  # (batch,)
+        total = int(lengths.sum())
+        batch = torch.arange(idx.shape[0], device=self.device)
+        rows = torch.repeat_interleave(batch, lengths, output_size=total)  # (ids,)
+        first = torch.cumsum(lengths, 0) - lengths  # where each row's ids start in the batch
+        at = torch.arange(total, device=self.device) - first[rows] + starts[rows]
+        return TokenBatch(rows=rows, ids=self.values[at], size=idx.shape[0])
 
     # ------------------------------------------------------------ building and checking
 
@@ -203,15 +215,18 @@ def as_tokens(x: Any, network: NetworkSpec, *, loc: str = "x") -> TokenLists:
     return tokens
 
 
-def batch_rows(x: torch.Tensor | TokenLists, rows: torch.Tensor | slice) -> torch.Tensor:
-    """The network's input for `rows` of `x` (indices or a slice): feature rows as they are,
-    documents as a padded (batch, length) id matrix for the category_encoding layer."""
+def batch_rows(
+    x: torch.Tensor | TokenLists, rows: torch.Tensor | slice
+) -> torch.Tensor | TokenBatch:
+    """The network's input for `rows` of `x` (indices or a slice): feature rows as they are;
+    documents as (row, id) pairs on the CPU, or on CUDA as a padded (batch, length) id matrix,
+    whose shape needs no host sync (the flat form reads its length back)."""
     if isinstance(x, torch.Tensor):
         return x[rows]
     if isinstance(rows, slice):
         start, stop, _ = rows.indices(x.rows)
-        return x.take(start, stop).padded()
-    return x.padded(rows)
+        rows = torch.arange(start, stop, device=x.device)
+    return x.flat(rows) if x.device.type == "cpu" else x.padded(rows)
 
 
 def token_width(x: TokenLists) -> int:
