@@ -5,6 +5,9 @@
                            drawn as inline SVG and updated live from the job's event stream
 /dashboard/models/{id}     the Keras-style summary table and a predict form
 /dashboard/compare?job=..  the loss and accuracy/MAE curves of the picked jobs overlaid
+/dashboard/studies         studies with their progress and best objective
+/dashboard/studies/{id}    every trial's objective curve overlaid, the objective against each
+                           searched parameter, the best trial marked (reloads while running)
 
 Pages show only the caller's rows, through the same services and owner filter as the API.
 Where keys are required, a page requested without one (a browser's navigation can't carry an
@@ -26,11 +29,12 @@ import models
 from app.api.deps import ModelCacheDep, SessionDep
 from app.auth import owner_for
 from app.config import Settings
-from app.dashboard import pages
+from app.dashboard import pages, study_pages
 from app.errors import NotFound, Unprocessable
 from app.schemas import EpochMetrics
 from app.services import jobs as job_service
 from app.services import predict
+from app.services import studies as study_service
 from app.services.jobs import finite_or_none
 from app.services.models import find_model
 from app.tables import JobMetric, Model
@@ -136,3 +140,18 @@ def model_page(
     return HTMLResponse(
         pages.model_page(_ModelView(row), feature_names=served.feature_names, root=_root(request))
     )
+
+
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page(request: Request, session: SessionDep, owner: DashboardOwnerDep) -> HTMLResponse:
+    studies = study_service.list_studies(session, owner=owner, limit=200)
+    return HTMLResponse(study_pages.studies_page(studies, root=_root(request)))
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(
+    request: Request, study_id: str, session: SessionDep, owner: DashboardOwnerDep
+) -> HTMLResponse:
+    study = study_service.get_study(session, owner=owner, study_id=study_id)
+    curves = study_service.objective_curves(session, study=study)
+    return HTMLResponse(study_pages.study_page(study, curves, root=_root(request)))

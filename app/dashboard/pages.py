@@ -36,6 +36,8 @@ code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
 .badge.queued { background: #e8e8e8; } .badge.running { background: #cfe3ff; }
 .badge.succeeded { background: #c9f0d0; } .badge.failed { background: #ffd0d0; }
 .badge.cancelling, .badge.cancelled { background: #fbe7c6; }
+.badge.complete, .badge.completed { background: #c9f0d0; } .badge.pruned { background: #e0e0e0; }
+tr.best td { background: #fff0f0; font-weight: 600; }
 .badge.warning { background: #fff0c0; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; background: #fff; border: 1px solid #e3e5e8; padding: 8px; }
@@ -79,7 +81,9 @@ def layout(title: str, body: str, *, root: str = "", refresh: int | None = None)
         f"<title>{esc(title)} · fitserve</title>{meta}<style>{STYLE}</style>"
         f"<script>{AUTH_JS}</script></head><body>"
         f'<header><a href="{esc(root)}/dashboard">fitserve</a>'
-        f'<a href="{esc(root)}/dashboard">jobs</a><a href="{esc(root)}/docs">API docs</a>'
+        f'<a href="{esc(root)}/dashboard">jobs</a>'
+        f'<a href="{esc(root)}/dashboard/studies">studies</a>'
+        f'<a href="{esc(root)}/docs">API docs</a>'
         '<a href="#" id="sign-out" hidden>sign out</a>'
         f"</header><main>{body}</main></body></html>"
     )

@@ -3,6 +3,7 @@ request's transaction), list, read, cancel."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -26,7 +27,7 @@ from app.studies.schemas import (
     TrialRead,
 )
 from app.studies.space import Dimension, SpaceError, grid_points, parse_space
-from app.tables import Dataset, Job, Study, StudyEvent, StudyTrial
+from app.tables import Dataset, Job, JobMetric, Study, StudyEvent, StudyTrial
 
 # The metric each task's epochs report (models.EpochRecord), with and without validation data.
 _TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mae")}
@@ -269,3 +270,21 @@ def study_events_after(
         .limit(EVENT_BATCH)
     )
     return [(seq, kind, data) for seq, kind, data in rows]
+
+
+def objective_curves(session: Session, *, study: StudyRead) -> dict[int, list[tuple[int, float]]]:
+    """Each trial's objective after each recorded epoch (for the dashboard's overlaid curves)."""
+    by_job = {t.job_id: t.number for t in study.trials}
+    curves: dict[int, list[tuple[int, float]]] = {t.number: [] for t in study.trials}
+    if not by_job:
+        return curves
+    rows = session.execute(
+        select(JobMetric.job_id, JobMetric.epoch, JobMetric.values)
+        .where(JobMetric.job_id.in_(list(by_job)))
+        .order_by(JobMetric.job_id, JobMetric.epoch)
+    )
+    for job_id, epoch, values in rows:
+        value = (values or {}).get(study.objective.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            curves[by_job[job_id]].append((epoch, float(value)))
+    return curves

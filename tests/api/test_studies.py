@@ -246,3 +246,15 @@ async def test_a_last_event_id_that_isnt_ours_is_422(client: httpx.AsyncClient, 
         f"/v1/studies/{body['id']}/events", headers={"Last-Event-ID": bad.encode()}
     )
     assert response.status_code == 422, response.text
+
+
+async def test_the_dashboard_lists_and_shows_studies(client: httpx.AsyncClient) -> None:
+    body = (await client.post("/v1/studies", json=study(name="<b>search</b>"))).json()
+    listing = await client.get("/dashboard/studies")
+    assert listing.status_code == 200
+    assert body["id"][:8] in listing.text and "&lt;b&gt;search&lt;/b&gt;" in listing.text
+    page = await client.get(f"/dashboard/studies/{body['id']}")
+    assert page.status_code == 200
+    assert page.text.count("<tr><td class=num>") == 3  # the three queued trials
+    assert "<b>search</b>" not in page.text
+    assert (await client.get("/dashboard/studies/" + "0" * 32)).status_code == 404

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.dashboard import study_pages
 from app.services import studies
 from app.studies.schemas import StudyCreate
 from app.tables import Job, JobMetric, Study, StudyEvent, StudyTrial
@@ -117,6 +118,14 @@ def test_a_study_fans_its_trials_over_two_workers_and_completes(
     assert sum(e.kind == "epoch" for e in events) == 6 * 6
     assert sum(e.kind == "trial" and e.data["state"] == "complete" for e in events) == 6
     assert (events[-1].kind, events[-1].data["status"]) == ("status", "completed")
+    # the dashboard's study page draws every trial's curve and marks the best
+    with sessions() as session:
+        read = studies.get_study(session, owner=None, study_id=study_id)
+        page = study_pages.study_page(read, studies.objective_curves(session, study=read))
+    assert page.count('class="trial"') == 6
+    assert read.best_trial is not None
+    assert f'data-trial="{read.best_trial.number}"' in page and "★" in page
+    assert page.count("<circle") == 2 * 6  # one dot per trial on each parameter's scatter
     # different workers ran trials
     with sessions() as session:
         claimed_by = set(session.scalars(select(Job.claimed_by).where(Job.id.in_(jobs))))
