@@ -4,8 +4,11 @@ Four ways to train the same network from the same initial weights:
 
 - fit:        `models.fit` as the worker calls it (metrics, per-layer gradient norms, hooks)
 - tight:      a hand-written loop: data as one tensor, randperm slicing, loss accumulated on the
-              device and read once per epoch; same optimizer construction and thread count as fit,
-              so the difference is the loop's bookkeeping
+              device and read once per epoch, torch's own multi-tensor Adam (foreach, eps 1e-7),
+              same thread count as fit: the difference is fit's bookkeeping and its optimizer
+              (Keras' Adam rule, models/optim.py)
+- fit_fused:  `models.fit`'s loop with the optimizer fit built before it followed Keras' rules
+              (torch's fused Adam, eps 1e-7) swapped in: the cost of the Keras rule, side by side
 - plain:      the same tight loop written the way a PyTorch user would: nn.Sequential of
               nn.Linear/nn.ReLU/nn.Dropout (same initial weights) and torch.optim.Adam with
               Keras' epsilon but torch's default implementation for CPU tensors
@@ -19,6 +22,7 @@ The machine may be shared, so the runs are interleaved (one of each per round, i
 and the medians reported, in wall-clock and process CPU seconds.
 
     python bench/train_overhead.py [--rounds 5] [--iris-epochs 30] [--reuters-epochs 2]
+        [--runners fit,tight,fit_fused]   (default: all five)
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import models
-from models.train import cpu_threads_for
+from models.train import Trainer, cpu_threads_for
 
 IRIS_NET = {
     "layers": [
@@ -87,10 +91,18 @@ def run_fit(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> fl
     return result.history[-1].loss
 
 
+def run_fit_fused(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
+    cfg = {"loss": "categorical_crossentropy", "optimizer": "adam", "batch_size": bs,
+           "epochs": epochs, "seed": 0}  # fmt: skip
+    trainer = Trainer(net, cfg, x, y, device="cpu")
+    trainer.optimizer = torch.optim.Adam(trainer.params, lr=1e-3, eps=1e-7, fused=True)
+    return trainer.run().history[-1].loss
+
+
 def run_tight(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int) -> float:
     module = models.build(net, seed=0)
     params = list(module.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7, fused=True)  # what fit builds for "adam"
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7, foreach=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cpu_threads_for(bs, sum(p.numel() for p in params)) or threads)
     try:
@@ -181,19 +193,27 @@ def run_dataloader(net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int
 RUNNERS: dict[str, Callable[..., float]] = {
     "fit": run_fit,
     "tight": run_tight,
+    "fit_fused": run_fit_fused,
     "plain": run_plain,
     "dataloader": run_dataloader,
 }
 
 
 def measure(
-    name: str, net: dict, x: np.ndarray, y: np.ndarray, bs: int, epochs: int, rounds: int
+    name: str,
+    net: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    bs: int,
+    epochs: int,
+    rounds: int,
+    runners: list[str],
 ) -> dict:
-    for runner in RUNNERS.values():  # warm-up: first optimizer import, allocator, caches
-        runner(net, x[: bs * 2], y[: bs * 2], bs, 1)
-    wall: dict[str, list[float]] = {k: [] for k in RUNNERS}
-    cpu: dict[str, list[float]] = {k: [] for k in RUNNERS}
-    order = list(RUNNERS)
+    for key in runners:  # warm-up: first optimizer import, allocator, caches
+        RUNNERS[key](net, x[: bs * 2], y[: bs * 2], bs, 1)
+    wall: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
     for r in range(rounds):
         for key in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
             w0, c0 = time.perf_counter(), time.process_time()
@@ -216,23 +236,29 @@ def measure(
 
 
 def report(results: list[dict], rounds: int) -> str:
+    runners = list(results[0]["wall"])
+    # ratios against the tight loop (and the plain one) for whichever runners were measured
+    ratios = [(a, b) for b in ("tight", "plain") for a in ("fit", "fit_fused")
+              if a in runners and b in runners]  # fmt: skip
     lines = [
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
         f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads available; "
-        f"{rounds} interleaved rounds, medians",
+        f"{rounds} interleaved rounds, medians (min-max)",
         "",
-        "| workload | steps | fit (s) | tight (s) | plain (s) | DataLoader (s) "
-        "| fit / tight (wall) | fit / tight (CPU) | fit / plain (wall) | fit / plain (CPU) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | steps | "
+        + " | ".join(f"{k} (s)" for k in runners)
+        + " | "
+        + " | ".join(f"{a} / {b} (wall) | {a} / {b} (CPU)" for a, b in ratios)
+        + " |",
+        "|---|---|" + "---|" * (len(runners) + 2 * len(ratios)),
     ]
     for r in results:
-        w, c = r["wall"], r["cpu"]
+        w, c, spread = r["wall"], r["cpu"], r["spread"]
+        cells = [f"{w[k]:.2f} ({spread[k][0]:.2f}-{spread[k][1]:.2f})" for k in runners]
+        cells += [f"{w[a] / w[b]:.3f} | {c[a] / c[b]:.3f}" for a, b in ratios]
         lines.append(
-            f"| {r['name']} ({r['epochs']} epochs) | {r['steps']} | {w['fit']:.2f} "
-            f"| {w['tight']:.2f} | {w['plain']:.2f} | {w['dataloader']:.2f} "
-            f"| {w['fit'] / w['tight']:.3f} | {c['fit'] / c['tight']:.3f} "
-            f"| {w['fit'] / w['plain']:.3f} | {c['fit'] / c['plain']:.3f} |"
+            f"| {r['name']} ({r['epochs']} epochs) | {r['steps']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
@@ -243,12 +269,26 @@ def main() -> None:
     parser.add_argument("--iris-epochs", type=int, default=30)
     parser.add_argument("--reuters-epochs", type=int, default=2)
     parser.add_argument("--only", choices=["iris", "reuters"])
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset")
     args = parser.parse_args()
+    runners = args.runners.split(",")
+    unknown = set(runners) - set(RUNNERS)
+    if unknown:
+        parser.error(f"unknown runners {sorted(unknown)}; choose from {', '.join(RUNNERS)}")
     results = []
     if args.only in (None, "iris"):
         x, y = iris_data()
         results.append(
-            measure("iris 4-8-8-3, batch 10", IRIS_NET, x, y, 10, args.iris_epochs, args.rounds)
+            measure(
+                "iris 4-8-8-3, batch 10",
+                IRIS_NET,
+                x,
+                y,
+                10,
+                args.iris_epochs,
+                args.rounds,
+                runners,
+            )  # fmt: skip
         )
         if args.only is None:  # the iris table survives an interrupted Reuters run
             print(report(results, args.rounds), flush=True)
@@ -263,6 +303,7 @@ def main() -> None:
                 128,
                 args.reuters_epochs,
                 args.rounds,
+                runners,
             )  # fmt: skip
         )
     print(report(results, args.rounds))
