@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ModelCacheDep, OwnerDep, SessionDep
+from app.auth import owner_for
 from app.errors import Unprocessable, Unsupported
 from app.schemas import (
     UNAUTHORIZED,
@@ -121,14 +122,18 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
-async def predict(
-    model_id: str, request: Request, owner: OwnerDep, cache: ModelCacheDep
-) -> Response:
+async def predict(model_id: str, request: Request) -> Response:
+    # No dependencies of its own, so FastAPI solves none per request (those of an enclosing
+    # router still run): OwnerDep's check and ModelCacheDep's read, inline.
     state = request.app.state
-    rows = read_inputs(await request.body(), request.headers.get("content-type"))
+    headers = request.headers
+    owner = await owner_for(
+        headers.get("authorization"), state.settings, state.engine, state.verified_keys
+    )
+    rows = read_inputs(await request.body(), headers.get("content-type"))
     prediction.check_rows(len(rows), state.settings)
     model = await prediction.get_model_async(
-        state.sessionmaker, cache=cache, owner=owner, model_id=model_id
+        state.sessionmaker, cache=state.model_cache, owner=owner, model_id=model_id
     )
     if model.predictor.n_parameters * len(rows) < _INLINE_WORK:
         outputs, labels = prediction.predict(model, rows)
