@@ -184,3 +184,37 @@ def test_train_warns_when_the_validation_rows_hold_one_class(
     assert "single class ('class_2')" in result.stderr
     builtin = fitserve(live_api, "train", str(spec), "--dataset", "wine", "--detach")
     assert builtin.returncode == 0 and "warning" not in builtin.stderr, builtin.stderr
+
+
+def test_tune_follows_the_trials_and_prints_the_best_model(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    spec = tmp_path / "search.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "network": IRIS_NETWORK,
+                "training": {**IRIS_TRAINING, "epochs": 4},
+                "search_space": {
+                    "network.layers[0].units": {"int": [2, 16]},
+                    "training.optimizer.learning_rate": {"float": [1e-3, 0.1], "log": True},
+                },
+                "objective": {"metric": "val_accuracy"},
+                "seed": 5,
+            }
+        )
+    )
+    result = fitserve(
+        live_server, "tune", str(spec), "--dataset", "iris", "--trials", "3", "--parallel", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    model_id = result.stdout.strip()
+    assert HEX_ID.fullmatch(model_id), result.stdout
+    # Not a terminal: one line per trial as it ends, with its value and params.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("trial ")]
+    assert [line.split()[1] for line in lines] == ["0", "1", "2"]
+    assert all("complete" in line and "units=" in line for line in lines)
+    assert "completed: best trial" in result.stderr
+    listed = httpx.get(f"{live_server.url}/v1/studies").json()["items"]
+    study = next(s for s in listed if s["name"] == "search")
+    assert study["best_trial"]["model_id"] == model_id

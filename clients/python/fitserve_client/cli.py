@@ -23,6 +23,7 @@ from fitserve_client.client import (
     FitserveError,
     Job,
     JobFailed,
+    Study,
 )
 
 BAR_WIDTH = 24
@@ -58,6 +59,26 @@ def register(subparsers: Any) -> None:
         "--detach", action="store_true", help="print the job id and return without waiting"
     )
     train.set_defaults(handler=_train)
+
+    tune = subparsers.add_parser(
+        "tune",
+        parents=[common],
+        help="run a hyperparameter search, showing its trials; prints the best model id",
+        description="Start a study and follow its trials in a live table (stderr). SPEC is a "
+        'JSON file holding POST /v1/studies\' body: {"network", "training", "search_space", '
+        '"objective", ...}; the options below override its fields.',
+    )
+    tune.add_argument("spec", type=Path, help="JSON file with the study")
+    tune.add_argument("--dataset", help="dataset id or built-in name (overrides the file's)")
+    tune.add_argument("--trials", type=int, help="n_trials")
+    tune.add_argument("--parallel", type=int, help="max_parallel: trials in flight at once")
+    tune.add_argument("--sampler", choices=["tpe", "random", "grid"])
+    tune.add_argument("--pruner", choices=["median", "successive_halving", "hyperband", "none"])
+    tune.add_argument("--name", help="the study's name (default: the file's stem)")
+    tune.add_argument(
+        "--detach", action="store_true", help="print the study id and return without waiting"
+    )
+    tune.set_defaults(handler=_tune)
 
     jobs = subparsers.add_parser("jobs", help="list, show or cancel training jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -168,6 +189,102 @@ def _train(args: argparse.Namespace) -> int:
     summary = _metric_text(job.metrics or {})
     print(f"job {job.id} succeeded{': ' + summary if summary else ''}", file=sys.stderr)
     print(job.model_id)
+    return 0
+
+
+# --- tune -------------------------------------------------------------------------------------
+
+
+def _study_body(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        body = json.loads(args.spec.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {args.spec}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.spec} is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValueError(f"{args.spec} must hold a JSON object: POST /v1/studies' body")
+    overrides = {
+        "dataset": args.dataset,
+        "n_trials": args.trials,
+        "max_parallel": args.parallel,
+        "sampler": args.sampler,
+        "pruner": args.pruner,
+        "name": args.name,
+    }
+    body.update({k: v for k, v in overrides.items() if v is not None})
+    body.setdefault("name", args.spec.stem)
+    return body
+
+
+class TrialTable:
+    """The study's trials as a table on stderr: redrawn in place on a terminal, else one line
+    per trial as it ends."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream, self.tty = stream, stream.isatty()
+        self.lines_drawn = 0
+        self.told: set[int] = set()
+
+    def update(self, study: Study) -> None:
+        if self.tty:
+            self._redraw(study)
+            return
+        for trial in study.trials:
+            if trial.state != "running" and trial.number not in self.told:
+                self.told.add(trial.number)
+                print(self._row(study, trial.number), file=self.stream, flush=True)
+
+    def _row(self, study: Study, number: int) -> str:
+        trial = study.trials[number]
+        best = " *" if study.best_trial and study.best_trial.number == number else ""
+        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.params.items())
+        return (
+            f"trial {number:>3} {trial.state:<9} {study.objective['metric']} {value:>8} "
+            f"epochs {trial.epochs_run:>4}  {params}{best}"
+        )
+
+    def _redraw(self, study: Study) -> None:
+        lines = [self._row(study, t.number) for t in study.trials]
+        lines.append(f"{len(study.trials)}/{study.n_trials} trials, study {study.status}")
+        if self.lines_drawn:
+            self.stream.write(f"\x1b[{self.lines_drawn}F\x1b[J")
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self.lines_drawn = len(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    try:
+        body = _study_body(args)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    table = TrialTable(sys.stderr)
+    with _client(args) as client:
+        try:
+            if args.detach:
+                print(client.create_study(body).id)
+                return 0
+            study = client.run_study(body, on_update=table.update)
+        except FitserveError as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            print("\nstopped following; the study goes on", file=sys.stderr)
+            return 130
+    best = study.best_trial
+    if best is None or best.model_id is None:
+        return _fail(f"study {study.id} {study.status} with no complete trial")
+    print(
+        f"study {study.id} {study.status}: best trial {best.number}, "
+        f"{study.objective['metric']} {best.value:.4f}",
+        file=sys.stderr,
+    )
+    print(best.model_id)
     return 0
 
 

@@ -42,6 +42,8 @@ from fitserve_client.client_types import (
     PayloadTooLarge,
     Prediction,
     ServerError,
+    Study,
+    Trial,
     Unauthorized,
     WaitTimeout,
     error_from_response,
@@ -66,6 +68,8 @@ __all__ = [
     "PayloadTooLarge",
     "Prediction",
     "ServerError",
+    "Study",
+    "Trial",
     "Unauthorized",
     "WaitTimeout",
 ]
@@ -219,6 +223,47 @@ class FitserveClient:
         if name is not None:
             body["name"] = name
         return Job.model_validate(self._json("POST", "/v1/jobs", json=body))
+
+    # -- studies --
+
+    def create_study(self, study: Mapping[str, Any]) -> Study:
+        """Start a hyperparameter search: `study` is POST /v1/studies' body (name, dataset,
+        network, training, search_space, objective, n_trials, ...)."""
+        return Study.model_validate(self._json("POST", "/v1/studies", json=dict(study)))
+
+    def get_study(self, study_id: str) -> Study:
+        return Study.model_validate(self._json("GET", f"/v1/studies/{study_id}"))
+
+    def list_studies(self) -> list[Study]:
+        return [Study.model_validate(s) for s in self._json("GET", "/v1/studies")["items"]]
+
+    def cancel_study(self, study_id: str) -> Study:
+        return Study.model_validate(self._json("POST", f"/v1/studies/{study_id}/cancel"))
+
+    def run_study(
+        self,
+        study: Mapping[str, Any],
+        *,
+        on_update: Callable[[Study], object] | None = None,
+        poll_seconds: float = 1.0,
+        timeout: float | None = None,
+    ) -> Study:
+        """Create a study and wait for it to end, calling `on_update` whenever a trial's state,
+        value or epoch count changed. Returns the ended study (`best_trial` holds the winner)."""
+        current = self.create_study(study)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            shown = [(t.state, t.value, t.epochs_run) for t in current.trials]
+            if on_update is not None and shown != seen:
+                on_update(current)
+                seen = shown
+            if current.done:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"study {current.id} still running after {timeout:g} s")
+            time.sleep(poll_seconds)
+            current = self.get_study(current.id)
 
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))

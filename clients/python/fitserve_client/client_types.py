@@ -196,6 +196,33 @@ class Job(_Result):
         return self.status in TERMINAL_STATUSES
 
 
+class Trial(_Result):
+    """One trial of a study: its sampled params and how it ended."""
+
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    state: str
+    value: float | None = None
+    epochs_run: int = 0
+    pruned_at_epoch: int | None = None
+    model_id: str | None = None
+
+
+class Study(_Result):
+    id: str
+    name: str
+    status: str
+    n_trials: int
+    objective: dict[str, Any]
+    trials: list[Trial] = []
+    best_trial: Trial | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "cancelled")
+
+
 class Prediction(_Result):
     outputs: list[list[float]]
     predictions: list[Any] | None = None
