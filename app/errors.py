@@ -29,6 +29,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.errors import SpecError
+
 log = logging.getLogger("fitserve.errors")
 
 
@@ -87,6 +89,14 @@ class Unprocessable(FitserveError):
     def __init__(self, message: str, *, loc: tuple[str | int, ...] = (), code: str | None = None):
         super().__init__(message, code=code)
         self.loc = tuple(loc)
+
+    @classmethod
+    def from_spec_error(
+        cls, exc: SpecError, *, under: tuple[str | int, ...] = ("body",), message: str | None = None
+    ) -> Unprocessable:
+        """The 422 a models.SpecError is to the user: its message (or `message`, which should
+        include it), its loc placed `under` where the spec sits in the request."""
+        return cls(exc.message if message is None else message, loc=(*under, *exc.loc))
 
 
 class ServiceUnavailable(FitserveError):

@@ -18,6 +18,7 @@ Errors use the service's one shape: `{"detail": message, "code": ...}`.
 
 from __future__ import annotations
 
+import email.message
 import json
 import math
 import re
@@ -152,7 +153,7 @@ def is_json(scope: Scope) -> bool:
     """A JSON media type, or no Content-Type at all. FastAPI parses only the first as JSON (its
     strict_content_type); the second is checked here too because some frameworks would."""
     value = content_type(scope)
-    return value is None or is_json_media_type(value)
+    return value is None or declares_json(value.decode("latin-1"))
 
 
 def content_type(scope: Scope) -> bytes | None:
@@ -162,11 +163,18 @@ def content_type(scope: Scope) -> bytes | None:
     return None
 
 
-def is_json_media_type(value: bytes) -> bool:
-    """application/json or application/*+json, as FastAPI tells whether to parse a body."""
-    media = value.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (
-        media.startswith(b"application/") and media.endswith(b"+json")
+def declares_json(content_type: str | None) -> bool:
+    """Whether a Content-Type says JSON — application/json or application/*+json — by FastAPI's
+    own rule for parsing a body (the one decision every route and layer here shares)."""
+    if not content_type:
+        return False
+    if content_type == "application/json":  # what nearly every client sends: no parse
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
     )
 
 

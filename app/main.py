@@ -95,15 +95,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_extras(app: FastAPI) -> None:
     """What users reach for beside the REST API: Open Inference Protocol V2, the dashboard,
     /metrics and the offline docs."""
-    from app.api import metrics, v2
+    from app.api import prometheus, v2
     from app.dashboard import SignInRequired, sign_in_response
     from app.dashboard import router as dashboard_router
     from app.docs import install_offline_docs
-    from app.metrics import install_metrics
+    from app.prometheus import install_metrics
 
     app.include_router(v2.router)  # Open Inference Protocol V2
     app.include_router(dashboard_router)
     app.add_exception_handler(SignInRequired, sign_in_response)
     install_metrics(app)
-    app.include_router(metrics.router)
+    app.include_router(prometheus.router)
     install_offline_docs(app)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from app.datasets import ParsedDataset, build_dataset, check_text, token_lists
+from app.dataset_codec import ParsedDataset, build_dataset, check_text, token_lists
 from app.errors import PayloadTooLarge, Unprocessable
 from models.tokens import TokenLists
 

@@ -85,7 +85,7 @@ def free_port() -> int:
 
 def iris() -> tuple[np.ndarray, np.ndarray]:
     from app.data import BUILTINS
-    from app.datasets import parse_csv
+    from app.dataset_codec import parse_csv
 
     builtin = BUILTINS["iris"]
     data = parse_csv(builtin.read_bytes(), target=builtin.target, task=builtin.task)

@@ -12,7 +12,7 @@ Methods (each builds its network from the spec with the same seed, and its time 
 set-up — data to the device, building, the optimizer — as a user would pay it):
 
 - fit:      `models.fit(...)` exactly as the worker calls it (metrics, per-layer gradient norms,
-            and on CUDA the graph fast path of models/cuda_graph.py)
+            and on CUDA the CUDA-graph path of models/cuda_graph.py)
 - naive:    TensorDataset + DataLoader(shuffle=True), torch's default Adam, `loss.item()` a step
 - tight:    data as device tensors, randperm slices, the optimizer fit builds (fused Adam), the
             loss summed on the device and read once an epoch; CPU thread count as fit sets it

@@ -8,7 +8,7 @@ import pytest
 
 from app.data import BUILTINS
 from app.data.shuffle import main as shuffle_main
-from app.datasets import parse_csv
+from app.dataset_codec import parse_csv
 from models.training_spec import split_rows
 
 

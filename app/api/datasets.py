@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import Unprocessable, Unsupported
+from app.limits import declares_json
 from app.schemas import (
     MAX_NAME,
     UNAUTHORIZED,
@@ -92,12 +93,11 @@ async def create_dataset(
     owner: OwnerDep,
     settings: SettingsDep,
 ) -> DatasetRead:
-    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
         row = await _from_form(request, session=session, owner=owner, settings=settings)
-    elif media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    ):
+    elif declares_json(content_type):
         body = _parse_json(await request.body())
         row = await run_in_threadpool(
             service.create_from_json, session, owner=owner, body=body, settings=settings

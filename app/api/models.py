@@ -1,13 +1,12 @@
 """/v1/models: list, read, weights, predict (JSON and CSV), Keras JSON and ONNX downloads.
 
-`POST /v1/models/{id}/predict` is the fast path itself: async, its body read once (orjson into
+`POST /v1/models/{id}/predict` is fast itself: async, its body read once (orjson into
 a numpy array) and, for a cached model and a small request, answered on the event loop without
 a query or a thread hop. Larger requests and cache misses go to the thread pool.
 """
 
 from __future__ import annotations
 
-import email.message
 import json
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import ModelCacheDep, OwnerDep, SessionDep
 from app.auth import owner_for
 from app.errors import Unprocessable, Unsupported
+from app.limits import declares_json
 from app.schemas import (
     UNAUTHORIZED,
     ErrorResponse,
@@ -169,7 +169,7 @@ def read_inputs(body: bytes, content_type: str | None) -> np.ndarray | list[list
     straight into a float64 array. Anything else is parsed and validated exactly as FastAPI
     parses a `PredictRequest` body parameter, so every error is the one FastAPI would give.
     """
-    if body and _declares_json(content_type) and b"true" not in body and b"false" not in body:
+    if body and declares_json(content_type) and b"true" not in body and b"false" not in body:
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -186,26 +186,12 @@ def read_inputs(body: bytes, content_type: str | None) -> np.ndarray | list[list
     return _validated(body, content_type).inputs
 
 
-def _declares_json(content_type: str | None) -> bool:
-    # FastAPI's rule: a body is JSON only when its Content-Type says application/json or +json
-    if not content_type:
-        return False
-    if content_type == "application/json":  # what nearly every client sends: no parse
-        return True
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
 def _validated(body: bytes, content_type: str | None) -> PredictRequest:
     """The body as FastAPI validates a PredictRequest parameter (same errors, same order)."""
     value: Any = None
     if body:
         value = body
-        if _declares_json(content_type):
+        if declares_json(content_type):
             try:
                 value = json.loads(body)
             except json.JSONDecodeError as e:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import Unprocessable
-from app.metrics import observe_prediction
+from app.prometheus import observe_prediction
 from app.services.predict import ServedModel
 
 # Rows per forward pass and per streamed chunk: big enough to amortize the call, small enough

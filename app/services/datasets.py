@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.data import BUILTINS
-from app.datasets import (
+from app.dataset_codec import (
     ParsedDataset,
     build_dataset,
     check_feature_names,

@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import NotFound, Unprocessable
 from app.job_status import TERMINAL
-from app.metrics import EVENT_STREAMS
+from app.prometheus import EVENT_STREAMS
 from app.services import is_id, owned_by
 from app.services.jobs import finite_or_none
 from app.tables import Job, JobMetric

@@ -91,8 +91,8 @@ def check_trainable(
         )
         check_token_ids(dataset, network)
     except models.SpecError as exc:
-        raise Unprocessable(
-            f"{exc.message} ({_dataset_text(dataset)})", loc=(*loc, *exc.loc)
+        raise Unprocessable.from_spec_error(
+            exc, under=loc, message=f"{exc.message} ({_dataset_text(dataset)})"
         ) from None
 
 

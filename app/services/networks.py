@@ -24,7 +24,7 @@ def import_keras(keras_model: dict[str, Any] | str, settings: Settings) -> Keras
     try:
         network = from_keras_json(keras_model)
     except models.SpecError as exc:
-        raise Unprocessable(exc.message, loc=("body", *exc.loc)) from None
+        raise Unprocessable.from_spec_error(exc) from None
     return KerasImport(
         network=network.model_dump(mode="json", exclude_none=True),
         summary=summarize(network, settings),

@@ -22,7 +22,7 @@ import models
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
 from app.inference import ModelCacheT, ServedModel
-from app.metrics import observe_prediction
+from app.prometheus import observe_prediction
 from app.services import is_id, owned_by
 from app.tables import Dataset, Model
 

@@ -12,7 +12,7 @@ import pytest
 from app.auth import create_key
 from app.config import Settings
 from app.data import BUILTINS
-from app.datasets import decode_arrays
+from app.dataset_codec import decode_arrays
 from app.main import create_app
 from app.tables import Dataset, Job
 from tests.api.conftest import Rows, assert_error, iris_csv

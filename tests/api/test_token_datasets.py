@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load as st_load
 
 from app.config import Settings
-from app.datasets import decode_arrays
+from app.dataset_codec import decode_arrays
 from app.main import create_app
 from app.tables import Dataset, Job
 from models.tokens import TokenLists

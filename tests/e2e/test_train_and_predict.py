@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.data import BUILTINS
-from app.datasets import parse_csv
+from app.dataset_codec import parse_csv
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 import models
 from app.auth import create_key
 from app.config import Settings
-from app.datasets import decode_arrays
+from app.dataset_codec import decode_arrays
 from app.main import create_app
 from app.queue.store import claim_next_job, finish_job
 from app.tables import Dataset, Job, Model

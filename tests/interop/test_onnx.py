@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.data import BUILTINS
-from app.datasets import parse_csv
+from app.dataset_codec import parse_csv
 from models import build
 from models.data import Standardization
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, to_onnx

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import models
 from app.config import Settings
-from app.metrics import DatabaseCollector
+from app.prometheus import DatabaseCollector
 from app.queue import child, store
 from app.services.jobs import job_view
 from app.tables import FALLBACK_STEP_MODE, Job

@@ -21,7 +21,7 @@ from safetensors.numpy import load as st_load
 from sqlalchemy.orm import Session, sessionmaker
 
 import models
-from app.datasets import build_dataset, encode_arrays, sequences_tokens
+from app.dataset_codec import build_dataset, encode_arrays, sequences_tokens
 from app.queue import store
 from app.queue.protocol import CRASH_EXIT_CODE
 from app.tables import Dataset, Model

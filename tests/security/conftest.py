@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 import models
 from app.auth import create_key
 from app.config import Settings
-from app.datasets import decode_arrays
+from app.dataset_codec import decode_arrays
 from app.db import make_engine
 from app.main import create_app
 from app.queue import store

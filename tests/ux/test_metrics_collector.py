@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker
-from app.metrics import DatabaseCollector
+from app.prometheus import DatabaseCollector
 from app.queue.clock import db_now
 from app.tables import Dataset, Job, JobMetric
 

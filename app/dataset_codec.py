@@ -1,5 +1,5 @@
-"""Datasets: parse what users upload (JSON arrays or a CSV file), encode it for the database,
-decode it for the worker, and the built-in real datasets.
+"""The dataset codec: parse what users upload (JSON arrays or a CSV file), encode it for the
+database, decode it for the worker. (The dataset use cases are app/services/datasets.py.)
 
 Stored format (see app/tables.py): `features` is safetensors {"x": float32 (rows, n_features)},
 or for a token-list (`sequences`) dataset {"values": int64 (tokens,), "offsets": int64 (rows + 1,)}
@@ -279,7 +279,7 @@ def token_lists(values: np.ndarray, offsets: np.ndarray, *, where: str) -> Token
     try:
         return TokenLists.from_arrays(values, offsets, loc=where)
     except SpecError as exc:
-        raise Unprocessable(f"{where}: {exc.message}", loc=("body", *exc.loc)) from None
+        raise Unprocessable.from_spec_error(exc, message=f"{where}: {exc.message}") from None
 
 
 def features_array(features: Sequence[Sequence[float]], *, where: str = "features") -> np.ndarray:

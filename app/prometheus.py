@@ -164,7 +164,7 @@ class DatabaseCollector(Collector):
 
 
 def install_metrics(app: FastAPI) -> None:
-    """The registry /metrics (app/api/metrics.py) serves, as `app.state.metrics_registry`. It
+    """The registry /metrics (app/api/prometheus.py) serves, as `app.state.metrics_registry`. It
     reads `app.state.sessionmaker` lazily, at scrape time, because the lifespan builds it after
     create_app returns."""
 

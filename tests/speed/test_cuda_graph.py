@@ -193,7 +193,7 @@ def test_the_switch_turns_the_path_off(iris: Any, graphs: Any) -> None:
 
 @pytest.mark.cuda
 def test_dropout_masks_differ_between_replays() -> None:
-    # the mechanism the fast path relies on: the default CUDA generator is registered with the
+    # the mechanism the CUDA-graph path relies on: the default CUDA generator is registered with the
     # capture, and each replay advances its Philox offset
     ones = torch.ones(4096, device="cuda")
     torch.cuda.synchronize()

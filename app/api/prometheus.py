@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus text format of the registry app/metrics.py builds."""
+"""GET /metrics: the Prometheus text format of the registry app/prometheus.py builds."""
 
 from __future__ import annotations
 
