@@ -288,6 +288,9 @@ class StudyTrial(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     # A grid search's point (Optuna GridSampler's grid_id); NULL for other samplers.
     grid_id: Mapped[int | None]
+    # What the pruner noted on the trial as it ran (successive halving and Hyperband record the
+    # value each trial reached each rung with), so a replay judges the next trial as Optuna would.
+    pruner_attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(20), default="running")
     # The objective after the trial's last epoch; NULL until it ends (or when it had none).
     value: Mapped[float | None] = mapped_column(Float)

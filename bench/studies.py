@@ -47,7 +47,7 @@ from app.services.datasets import register_builtins  # noqa: E402
 from app.studies.schemas import StudyCreate  # noqa: E402
 from app.tables import Job, JobMetric, Study, StudyTrial  # noqa: E402
 
-EPOCHS = 30
+EPOCHS = 20
 STUDY: dict[str, Any] = {
     "dataset": "wine",
     "network": {
@@ -70,7 +70,7 @@ STUDY: dict[str, Any] = {
     "search_space": {
         "network.layers[0].units": {"int": [2, 64], "log": True},
         "network.layers[1].rate": {"float": [0.0, 0.5]},
-        "training.optimizer.learning_rate": {"float": [1e-5, 1e-1], "log": True},
+        "training.optimizer.learning_rate": {"float": [1e-5, 1e-2], "log": True},
         "training.batch_size": {"choice": [8, 16, 32, "full"]},
     },
     "objective": {"metric": "val_loss", "direction": "minimize"},
@@ -171,7 +171,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pruners", nargs="+", default=["median", "hyperband"])
+    parser.add_argument(
+        "--pruners", nargs="+", default=["median", "successive_halving", "hyperband"]
+    )
     parser.add_argument("--postgres", help="a Postgres URL to run on instead of SQLite")
     args = parser.parse_args()
     results = []

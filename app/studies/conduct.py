@@ -142,6 +142,7 @@ def trial_records(
             value=t.value,
             intermediate=per_job[t.job_id],
             grid_id=t.grid_id,
+            pruner_attrs=dict(t.pruner_attrs or {}),
         )
         for t in trials
     ]
@@ -305,7 +306,11 @@ def report_epoch(session: Session, *, job_id: str, epoch: int) -> bool:
         "epoch",
         {"number": trial.number, "epoch": epoch, "value": record.intermediate.get(epoch)},
     )
-    if study.pruner == "none" or not tuner.should_prune(plan_of(study), records, trial.number):
+    prune, noted = tuner.should_prune(plan_of(study), records, trial.number)
+    if noted != (trial.pruner_attrs or {}):
+        trial.pruner_attrs = noted
+    if not prune:
+        session.flush()
         return False
     trial.state = "pruned"
     trial.pruned_at_epoch = epoch

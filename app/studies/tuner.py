@@ -75,6 +75,8 @@ class TrialRecord:
     # epoch -> the objective's value after it (Optuna's "intermediate values", step = epoch)
     intermediate: dict[int, float] = field(default_factory=dict)
     grid_id: int | None = None
+    # the pruner's notes on the trial (Optuna system attrs such as completed_rung_0)
+    pruner_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 def distribution(dim: Dimension) -> BaseDistribution:
@@ -114,7 +116,9 @@ def _pruner(plan: StudyPlan) -> optuna.pruners.BasePruner:
         # Optuna's defaults: judge nothing until 5 trials have finished.
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     if plan.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
+        # min_resource 1 epoch, not "auto": auto is estimated from the finished trials, so it
+        # could change as the study goes on and the stored rung values would stop matching.
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     if plan.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(plan.epochs, 2))
     return optuna.pruners.NopPruner()
@@ -135,7 +139,9 @@ def _replay(plan: StudyPlan, trials: list[TrialRecord], *, number: int) -> optun
         if trial.state == "complete" and (value is None or math.isnan(value)):
             state = TrialState.FAIL  # a finished job without a finite objective
             value = None
-        system_attrs: dict[str, Any] = {} if trial.grid_id is None else {"grid_id": trial.grid_id}
+        system_attrs: dict[str, Any] = dict(trial.pruner_attrs)
+        if trial.grid_id is not None:
+            system_attrs["grid_id"] = trial.grid_id
         if plan.sampler == "grid" and trial.grid_id is not None:
             system_attrs["search_space"] = _grid_space(plan.dimensions)
         study.add_trial(
@@ -163,12 +169,19 @@ def ask(plan: StudyPlan, trials: list[TrialRecord]) -> tuple[dict[str, Any], int
     return dict(trial.params), grid_id
 
 
-def should_prune(plan: StudyPlan, trials: list[TrialRecord], number: int) -> bool:
-    """Whether the running trial `number`, with the epochs it has reported, should stop now."""
+def should_prune(
+    plan: StudyPlan, trials: list[TrialRecord], number: int
+) -> tuple[bool, dict[str, Any]]:
+    """Whether the running trial `number`, with the epochs it has reported, should stop now;
+    and what the pruner noted on it while deciding (to be stored with the trial)."""
+    record = next(t for t in trials if t.number == number)
     if plan.pruner == "none":
-        return False
+        return False, record.pruner_attrs
     study = _replay(plan, trials, number=len(trials))
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     if frozen.last_step is None:
-        return False
-    return bool(study.pruner.prune(study, frozen))
+        return False, record.pruner_attrs
+    prune = bool(study.pruner.prune(study, frozen))
+    attrs = study._storage.get_trial_system_attrs(frozen._trial_id)
+    noted = {k: v for k, v in attrs.items() if k not in ("grid_id", "search_space")}
+    return prune, noted
