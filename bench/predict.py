@@ -2,9 +2,14 @@
 endpoint holding the same model, and against `mlflow models serve` where it is installed.
 
 - fitserve: `POST /v1/models/{id}/predict` of the real app (SQLite file, keyless loopback mode,
-                "BENCH_CLASSES": ",".join(CLASSES), "BENCH_FEATURES": str(x.shape[1])},
-               f"http://127.0.0.1:{p3}/predict", body)
-    )  # fmt: skip
+  the model row stored as the worker stores it), every layer on: limits middleware, owner
+  check, the model cache, /metrics histogram.
+- fitserve with an API key: the same for a model owned by a key, each request sending that key
+  (`Authorization: Bearer`), as every request does where keys are required.
+- fitserve <commit>: with --baseline DIR, another commit's checkout served the same way.
+- bare:     bench/bare_predict_app.py — the fastest plain FastAPI endpoint around the same
+  weights (async def, orjson in and out, a plain Response: no thread hop, no response_model
+  pass), shape-checked like fitserve's.
 - mlflow:   the same network exported to ONNX (models.onnx_export: standardization + network +
   softmax in one graph), saved with mlflow.onnx and served by `mlflow models serve
   --env-manager local` (onnxruntime inside; no pickle anywhere). Only with --mlflow PATH; give
@@ -386,6 +391,14 @@ def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
         rounds = sorted(results[(c, name, n)], key=lambda r: r.rps)
         return rounds[len(rounds) // 2]
 
+    def ratio(c: str, n: int, other: str) -> str:
+        """fitserve's median over the other's, and the range of the same ratio taken round by
+        round (the rounds are interleaved, so each pair ran under the same load)."""
+        pairs = zip(results[(c, "fitserve", n)], results[(c, other, n)], strict=True)
+        per_round = sorted(f.rps / o.rps for f, o in pairs)
+        mid = median(c, "fitserve", n).rps / median(c, other, n).rps
+        return f"{mid:.2f}x {other} ({per_round[0]:.2f}–{per_round[-1]:.2f} by round)"
+
     lines = [
         f"Commit {commit(ROOT)}"
         + (" (uncommitted changes)" if _dirty() else "")
@@ -414,7 +427,7 @@ def report(names: list[str], sizes: tuple[int, ...], clients: list[str],
         for n in sizes:
             fit = median(c, "fitserve", n)
             others = [o for o in names if o != "fitserve"]
-            rate = ", ".join(f"{fit.rps / median(c, o, n).rps:.2f}x {o}" for o in others)
+            rate = ", ".join(ratio(c, n, o) for o in others)
             used = ", ".join(f"{median(c, o, n).cpu_ms / fit.cpu_ms:.2f}x" for o in others)
             lines.append(f"{n}-row requests/s, fitserve over: {rate} (their server CPU per "
                          f"request over fitserve's: {used})")  # fmt: skip
