@@ -92,12 +92,8 @@ def _wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], server: Li
     pytest.fail(f"fitserve did not answer /health within 60 s:\n{server.logs()}")
 
 
-@pytest.fixture(scope="session")
-def live_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
-    tmp = tmp_path_factory.mktemp("live")
-    database_url = f"sqlite:///{tmp}/fitserve.db"
-    upgrade_head(database_url)
-    env = {
+def _server_env(database_url: str) -> dict[str, str]:
+    return {
         **os.environ,
         "FITSERVE_DATABASE_URL": database_url,
         "FITSERVE_DEVICE": "cpu",
@@ -106,6 +102,21 @@ def live_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], 
         # each other (20 iris epochs: 18 s on two threads, 1.6 s on one).
         "FITSERVE_CPU_THREADS": "1",
     }
+
+
+def _start_api(port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """uvicorn serving create_app() on 127.0.0.1:port."""
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return _start(cmd, log, env)
+
+
+@pytest.fixture(scope="session")
+def live_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
+    tmp = tmp_path_factory.mktemp("live")
+    database_url = f"sqlite:///{tmp}/fitserve.db"
+    upgrade_head(database_url)
+    env = _server_env(database_url)
     env.pop("FITSERVE_REQUIRE_API_KEYS", None)  # keyless loopback mode, as `make run` serves
     return env, tmp, database_url
 
@@ -116,12 +127,7 @@ def live_api(live_env: tuple[dict[str, str], Path, str]) -> Iterator[LiveServer]
     env, tmp, database_url = live_env
     port = free_port()
     server = LiveServer(f"http://127.0.0.1:{port}", database_url, tmp)
-    api = _start(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port)],
-        tmp / "api.log",
-        env,
-    )  # fmt: skip
+    api = _start_api(port, tmp / "api.log", env)
     try:
         _wait_healthy(server.url, [api], server)
         yield server
@@ -213,22 +219,10 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServ
     with make_sessionmaker(engine).begin() as session:
         _, secret = create_key(session, name="dashboard")
     engine.dispose()
-    env = {
-        **os.environ,
-        "FITSERVE_DATABASE_URL": database_url,
-        "FITSERVE_DEVICE": "cpu",
-        "FITSERVE_POLL_SECONDS": "0.1",
-        "FITSERVE_CPU_THREADS": "1",
-        "FITSERVE_REQUIRE_API_KEYS": "true",
-    }
+    env = {**_server_env(database_url), "FITSERVE_REQUIRE_API_KEYS": "true"}
     port = free_port()
     server = KeyedServer(f"http://127.0.0.1:{port}", database_url, tmp, secret, env)
-    api = _start(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port)],
-        tmp / "api.log",
-        env,
-    )  # fmt: skip
+    api = _start_api(port, tmp / "api.log", env)
     try:
         _wait_healthy(server.url, [api], server)
         yield server
