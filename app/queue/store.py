@@ -20,7 +20,8 @@ A job's status (JobStatus, app/job_status.py) changes only here, only these ways
     running     queued       retry_job (attempts left; after a backoff), release_job (shutdown)
     running     cancelling   cancel_job: the worker stops at its next batch
     cancelling  cancelled    finish_cancelled; retry_job, release_job and reap_expired_jobs too:
-                             a cancelling job is never retried, requeued or failed (`_or_cancelled`)
+                             they never retry, requeue or fail a cancelling job (`_or_cancelled`)
+    cancelling  failed       fail_job: the attempt hit an error no retry fixes before it stopped
 
 succeeded, failed and cancelled are final (`finished_at` is set exactly for them).
 """
