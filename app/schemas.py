@@ -492,7 +492,8 @@ class PredictRequest(_Request):
 
     inputs: list[list[float]] = Field(
         min_length=1,
-        description="Rows of features, each as long as the model's input_dim.",
+        description="Rows of features, each as long as the model's input_dim; for a model whose "
+        "first layer is category_encoding, one list of token ids per document, of any length.",
         examples=[IRIS_ROWS],
     )
 

@@ -33,6 +33,7 @@ from app.schemas import (
 from app.services import batch
 from app.services import models as service
 from app.services import predict as prediction
+from models.tokens import TokenLists
 
 router = APIRouter(prefix="/v1/models")
 MODELS: list[str | Any] = ["models"]
@@ -277,7 +278,11 @@ async def predict_csv(
         text = (await request.body()).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise Unprocessable("the CSV must be UTF-8 text", loc=("body",)) from None
-    x = await run_in_threadpool(batch.parse_csv, text, model.feature_names)
+    x: np.ndarray | TokenLists = (
+        await run_in_threadpool(batch.parse_token_lines, text, model)
+        if model.predictor.takes_tokens
+        else await run_in_threadpool(batch.parse_csv, text, model.feature_names)
+    )
     batch.check_width(model, x)
     ndjson = accept is not None and batch.NDJSON in accept
     return StreamingResponse(

@@ -20,7 +20,8 @@ import numpy as np
 
 from app.errors import Unprocessable
 from app.prometheus import observe_prediction
-from app.services.predict import ServedModel
+from app.services.predict import ServedModel, token_rows
+from models.tokens import TokenLists
 
 # Rows per forward pass and per streamed chunk: big enough to amortize the call, small enough
 # that the first rows arrive at once.
@@ -68,7 +69,44 @@ def parse_csv(text: str, feature_names: list[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def check_width(model: ServedModel, x: np.ndarray) -> None:
+def parse_token_lines(text: str, model: ServedModel) -> TokenLists:
+    """One document per line for a category_encoding model: a JSON list (`[12, 7, 431]`, NDJSON;
+    `[]` for an empty document) or comma-separated ids (`12,7,431`); blank lines are skipped. A
+    bad id is a 422 naming the line."""
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = json.loads(line) if line.startswith("[") else [int(c) for c in line.split(",")]
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise Unprocessable(
+                f"line {number} is not a list of token ids; write [12, 7, 431] or 12,7,431",
+                loc=("body", number),
+            )
+        rows.append(value)
+        lines.append(number)
+    if not rows:
+        raise Unprocessable("the body has no documents to predict", loc=("body",))
+    try:
+        return token_rows(model, rows, where="line")
+    except Unprocessable as exc:  # name the line as the client counts them, from 1
+        row = exc.loc[-1] if isinstance(exc.loc[-1], int) else None
+        if row is None:
+            raise
+        message = exc.message.replace(f"line[{row}]", f"line {lines[row]}", 1)
+        raise Unprocessable(message, loc=("body", lines[row])) from None
+
+
+def check_width(model: ServedModel, x: np.ndarray | TokenLists) -> None:
+    if isinstance(x, TokenLists):
+        return  # documents have any length
     if x.shape[1] != model.predictor.n_features:
         raise Unprocessable(
             f"the model takes {model.predictor.n_features} inputs, the CSV gave {x.shape[1]}",
@@ -88,11 +126,19 @@ def _columns(model: ServedModel, n_outputs: int) -> list[str]:
     return [f"output_{i}" for i in range(n_outputs)]
 
 
-def stream_predictions(model: ServedModel, x: np.ndarray, *, ndjson: bool) -> Iterator[str]:
+def stream_predictions(
+    model: ServedModel, x: np.ndarray | TokenLists, *, ndjson: bool
+) -> Iterator[str]:
     header_sent = False
-    for start in range(0, len(x), CHUNK_ROWS):
+    rows = x.rows if isinstance(x, TokenLists) else len(x)
+    for start in range(0, rows, CHUNK_ROWS):
+        chunk = (
+            x.take(start, min(start + CHUNK_ROWS, rows))
+            if isinstance(x, TokenLists)
+            else x[start : start + CHUNK_ROWS]
+        )
         with observe_prediction():
-            outputs = np.asarray(model.predictor.predict(x[start : start + CHUNK_ROWS]))
+            outputs = np.asarray(model.predictor.predict(chunk))
         outputs = outputs.reshape(len(outputs), -1)
         labels = model.labels(outputs)
         out = io.StringIO()

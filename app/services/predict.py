@@ -9,6 +9,7 @@ until it is evicted. Class labels come from the outputs in one place, `ServedMod
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,10 @@ from app.inference import ModelCacheT, ServedModel
 from app.prometheus import observe_prediction
 from app.services import is_id, owned_by
 from app.tables import Dataset, Model
+from models.tokens import TokenLists, as_tokens
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_ROW = re.compile(r"^row (\d+)")
 
 
 def not_found(model_id: str) -> NotFound:
@@ -130,7 +133,10 @@ def predict(
     model: ServedModel, rows: np.ndarray | list[list[float]]
 ) -> tuple[np.ndarray, list[Any] | None]:
     """(outputs float32 (rows, units), class labels or None): the rows checked against the
-    model, run through it, and labelled."""
+    model, run through it, and labelled. A model whose first layer is category_encoding takes
+    each row as a document's token ids, of any length."""
+    if model.predictor.takes_tokens:
+        return run_tokens(model, token_rows(model, rows))
     x = as_matrix(rows, model.predictor.n_features)
     magnitude = np.abs(x)
     if magnitude.max(initial=0.0) > _FLOAT32_MAX:
@@ -148,6 +154,27 @@ def predict(
             "outside the range it was trained on?",
             loc=("body", "inputs", bad),
         )
+    return outputs, model.labels(outputs)
+
+
+def token_rows(
+    model: ServedModel, rows: np.ndarray | list[list[float]], *, where: str = "inputs"
+) -> TokenLists:
+    """Request rows as documents of token ids, checked against the model's category_encoding
+    layer: a non-integer or negative id, or one >= num_tokens, is a 422 naming the row."""
+    try:
+        return as_tokens(TokenLists.from_numbers(rows), model.predictor.network)
+    except models.SpecError as exc:
+        row = exc.loc[1] if len(exc.loc) > 1 else None
+        message = _ROW.sub(f"{where}[\\1]", exc.message, count=1)
+        raise Unprocessable(
+            message, loc=("body", where, *([row] if row is not None else []))
+        ) from None
+
+
+def run_tokens(model: ServedModel, tokens: TokenLists) -> tuple[np.ndarray, list[Any] | None]:
+    with observe_prediction():
+        outputs = model.predictor.predict(tokens)
     return outputs, model.labels(outputs)
 
 

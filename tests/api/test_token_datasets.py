@@ -5,18 +5,22 @@ row."""
 from __future__ import annotations
 
 import io
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load as st_load
 
+import models
 from app.config import Settings
 from app.dataset_codec import decode_arrays
 from app.main import create_app
-from app.tables import Dataset, Job
+from app.tables import Dataset, Job, Model
 from models.tokens import TokenLists
 from tests.api.conftest import Rows, assert_error
 
@@ -215,3 +219,73 @@ async def test_submit_checks_the_ids_against_the_encoding_layer(
     too_many = encoding_network(1_000_001)
     assert_error(await client.post("/v1/jobs", json=job(dataset, too_many)), 422, "1000000")
     assert db.count(Job) == jobs
+
+
+# ---------------------------------------------------------------- predictions from token lists
+
+
+def store_token_model(db: Rows, dataset_id: str) -> tuple[str, models.Predictor]:
+    """A category_encoding model trained on DOCS, stored as the worker stores one."""
+    network = encoding_network(3268)
+    training = {"loss": "categorical_crossentropy", "epochs": 3, "seed": 0}
+    y = np.array([2, 1, 1, 2, 0])
+    result = models.fit(network, training, DOCS, y, device="cpu")
+    weights = models.save_model(
+        result, network, extra={"task": "classification", "classes": ["acq", "earn", "grain"]}
+    )
+    with db.begin() as session:
+        job = Job(dataset_id=dataset_id, network=network, training=training,
+                  status="succeeded", epochs=3, epoch=3, finished_at=datetime.now(UTC))  # fmt: skip
+        session.add(job)
+        session.flush()
+        model = Model(job_id=job.id, dataset_id=dataset_id, network=network, training=training,
+                      task="classification", classes=["acq", "earn", "grain"], metrics={},
+                      weights=weights)  # fmt: skip
+        session.add(model)
+        session.flush()
+        job.model_id = model.id
+        return model.id, models.Predictor(weights)
+
+
+async def test_predictions_from_token_lists(client: httpx.AsyncClient, db: Rows) -> None:
+    model_id, predictor = store_token_model(db, (await upload(client)).json()["id"])
+    expected = predictor.predict(DOCS)
+    url = f"/v1/models/{model_id}/predict"
+    response = await client.post(url, json={"inputs": DOCS})  # ragged, one empty
+    assert response.status_code == 200, response.text
+    body = response.json()
+    np.testing.assert_allclose(body["outputs"], expected, rtol=1e-6)
+    assert body["predictions"] == [["acq", "earn", "grain"][i] for i in expected.argmax(1)]
+    same_length = await client.post(url, json={"inputs": [[1, 14, 22], [1, 53, 2]]})
+    np.testing.assert_allclose(
+        same_length.json()["outputs"], predictor.predict([[1, 14, 22], [1, 53, 2]]), rtol=1e-6
+    )
+    for inputs, words in (
+        ([[1, 2], [3, 3268]], ["inputs[1] has token id 3268", "ids 0..3267"]),
+        ([[1, 2], [3, -1]], ["inputs[1] has token id -1"]),
+        ([[1, 2.5]], ["inputs[0] has 2.5"]),
+    ):
+        assert_error(await client.post(url, json={"inputs": inputs}), 422, *words)
+    # the batch path: one document per line, NDJSON or comma-separated, in and out
+    text = "[1, 14, 22, 16]\n1,3267,699\n[]\n\n[1, 53, 2, 8, 8]\n1,9\n"
+    batch = await client.post(
+        f"{url}.csv", content=text, headers={"content-type": "text/csv",
+                                              "accept": "application/x-ndjson"},
+    )  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    lines = [json.loads(line) for line in batch.text.splitlines()]
+    np.testing.assert_allclose([r["outputs"] for r in lines], expected, rtol=1e-6)
+    assert_error(
+        await client.post(
+            f"{url}.csv", content="[1, 2]\n\n[5, 99999]\n", headers={"content-type": "text/csv"}
+        ),  # fmt: skip
+        422,
+        "line 3 has token id 99999",
+    )
+    assert_error(
+        await client.post(
+            f"{url}.csv", content="[1, 2]\nfoo\n", headers={"content-type": "text/csv"}
+        ),
+        422,
+        "line 2 is not a list of token ids",
+    )
