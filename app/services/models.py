@@ -60,6 +60,8 @@ class _MetricsRow:
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
         self.epoch = int(values.get("epoch", 0))
+        # what the steps ran as lives on the job's epoch rows, not in the model's final dict
+        self.step_mode = self.step_mode_reason = self.precision = None
 
 
 def _final_metrics(row: Model) -> Any:
