@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from models.errors import SpecError
 
@@ -171,8 +172,28 @@ _STARLETTE_CODES = {
 }
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path takes, across all the routes that match it: Starlette's
+    own 405 lists only the first matching route's (GET /v1/jobs and POST /v1/jobs are two)."""
+    try:  # FastAPI with lazily included routers: resolve them to their routes
+        from fastapi.routing import iter_route_contexts
+
+        routes: list[Any] = list(iter_route_contexts(request.app.routes))
+    except ImportError:
+        routes = list(request.app.routes)
+    methods: set[str] = set()
+    for route in routes:
+        path, route_methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if path and route_methods and compile_path(path)[0].match(request.url.path):
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405 and (allow := allowed_methods(request)):
+        headers["Allow"] = allow
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = "no such route; the API lives under /v1 (see /docs)"
     elif exc.status_code == 405:
@@ -180,11 +201,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     code = _STARLETTE_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(message, code),
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
-    )
+    return JSONResponse(error_body(message, code), status_code=exc.status_code, headers=headers)
 
 
 async def _database_down(_request: Request, exc: Exception) -> JSONResponse:

@@ -35,6 +35,7 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
+            _no_null_parameters(operation)
             responses = operation["responses"]
             if path == "/v2" or path.startswith("/v2/"):
                 _document_oip_errors(responses, components, body="requestBody" in operation)
@@ -63,6 +64,21 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
         if f'/{unused}"' not in text:
             components.pop(unused, None)
     return schema
+
+
+def _no_null_parameters(operation: dict[str, Any]) -> None:
+    """An optional header or query parameter is left out, never sent as null: FastAPI writes
+    `str | None` as anyOf [string, null], which invites clients to send the text "null"."""
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        options = schema.get("anyOf", [])
+        if parameter.get("in") in ("header", "query") and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del schema["anyOf"]
+            if len(rest) == 1:
+                schema.update(rest[0])
+            else:
+                schema["anyOf"] = rest
 
 
 def _document_oip_errors(

@@ -490,7 +490,7 @@ class KerasImport(BaseModel):
 class PredictRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_ROWS}]})
 
-    inputs: list[list[float]] = Field(
+    inputs: list[Annotated[list[float], Field(min_length=1)]] = Field(
         min_length=1,
         description="Rows of features, each as long as the model's input_dim; for a model whose "
         "first layer is category_encoding, one list of token ids per document, of any length.",

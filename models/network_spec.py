@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_LAYERS = 100
 MAX_UNITS = 65_536
@@ -93,19 +93,12 @@ class _LayerBase(StrictModel):
         le=MAX_INPUT_DIM,
         description="Number of input features; required on the first layer (or input_shape).",
     )
-    input_shape: list[int] | None = Field(
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_INPUT_DIM)]] | None = Field(
         None,
         min_length=1,
         max_length=1,
         description="Keras-style input shape [n_features]; the same as input_dim=n.",
     )
-
-    @field_validator("input_shape")
-    @classmethod
-    def _input_shape_bounds(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and not 1 <= v[0] <= MAX_INPUT_DIM:
-            raise ValueError(f"input_shape must be [n] with 1 <= n <= {MAX_INPUT_DIM}")
-        return v
 
     @model_validator(mode="after")
     def _one_input_width(self) -> _LayerBase:
@@ -290,15 +283,29 @@ IRIS_NETWORK: dict[str, Any] = {
 }
 
 
+def _network_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema states the first layer's rules too: it carries input_dim or input_shape,
+    or is the category_encoding layer, which only the first may be. (In JSON Schema 2020-12,
+    `items` covers only what follows prefixItems.)"""
+    schema["examples"] = [IRIS_NETWORK]
+    layers = schema["properties"]["layers"]
+    encoding = {"properties": {"type": {"const": "category_encoding"}}}
+    first = {"anyOf": [{"required": ["input_dim"]}, {"required": ["input_shape"]}, encoding]}
+    layers["prefixItems"] = [{"allOf": [layers["items"], first]}]
+    layers["items"] = {"allOf": [layers["items"], {"not": encoding}]}
+
+
 class NetworkSpec(StrictModel):
     """A feed-forward network as a list of layers (Keras Sequential)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [IRIS_NETWORK]})
+    model_config = ConfigDict(json_schema_extra=_network_schema)
 
     layers: list[Layer] = Field(
         min_length=1,
         max_length=MAX_LAYERS,
-        description="Layers in order; the first carries input_dim (or input_shape).",
+        description="Layers in order; the first carries input_dim (or input_shape). Rules the "
+        "schema can't state: a later layer's input_dim, if given, equals the previous layer's "
+        f"width; layer names are unique; at most {format_count(MAX_PARAMS)} parameters.",
     )
 
     @model_validator(mode="after")

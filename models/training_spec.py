@@ -162,10 +162,24 @@ IRIS_TRAINING: dict[str, Any] = {
 }
 
 
+_CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def _training_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema states that at most one of the clipping options is a number."""
+    schema["examples"] = [IRIS_TRAINING]
+    pairs = [(a, b) for i, a in enumerate(_CLIPS) for b in _CLIPS[i + 1 :]]
+    both = [
+        {"required": list(pair), "properties": {k: {"type": "number"} for k in pair}}
+        for pair in pairs
+    ]
+    schema["not"] = {"anyOf": both}
+
+
 class TrainingConfig(StrictModel):
     """How to train: Keras' compile() and fit() arguments in one object."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [IRIS_TRAINING]})
+    model_config = ConfigDict(json_schema_extra=_training_schema)
 
     loss: LossName = Field(
         description="Loss name; categorical_crossentropy takes class indices or one-hot targets."

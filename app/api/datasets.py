@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import Unprocessable, Unsupported
@@ -30,9 +33,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such dataset (or not yours)."},
 }
 
+MAX_FORM_FILES, MAX_FORM_FIELDS = 1, 10
 _CSV_FORM = {
     "type": "object",
+    "description": "A CSV upload: the file and up to three text fields (no others: unknown "
+    f"fields, more than {MAX_FORM_FILES} file or more than {MAX_FORM_FIELDS} fields are a 422).",
     "required": ["file", "target", "name"],
+    "additionalProperties": False,
     "properties": {
         "file": {
             "type": "string",
@@ -119,8 +126,28 @@ def _parse_json(raw: bytes) -> DatasetCreate:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
+@asynccontextmanager
+async def _read_form(request: Request) -> AsyncIterator[FormData]:
+    """The multipart form, its files closed afterwards. A form over the limits is a 422 that
+    says what the form takes (Starlette's own answer is a bare 400 "Too many fields")."""
+    try:
+        form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    except StarletteHTTPException as exc:
+        if not str(exc.detail).startswith("Too many"):
+            raise
+        raise Unprocessable(
+            f"{exc.detail} The form takes one file (file) and the text fields target, name and "
+            "task",
+            loc=("body",),
+        ) from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
 async def _from_form(request: Request, **kwargs: Any) -> Any:
-    async with request.form(max_files=1, max_fields=10) as form:
+    async with _read_form(request) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise Unprocessable(

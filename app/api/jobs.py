@@ -104,6 +104,23 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
     return service.cancel_job(session, owner=owner, job_id=job_id)
 
 
+# One server-sent event, as an EventSource parses it (the first also carries `retry`).
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["epoch", "status"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "JSON: the metrics row (epoch) or the job's status fields (status).",
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
@@ -115,7 +132,10 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
         "without loss or repeats. Keep-alive comments every 15 s."
     ),
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "The event stream; each event as below.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+        },
         **UNAUTHORIZED,
         404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
         422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
@@ -130,6 +150,7 @@ async def job_events(
         Header(
             alias="Last-Event-ID",
             max_length=20,
+            json_schema_extra={"pattern": "^[0-9]{0,8}$"},
             description="Resume after this event id (the number of epochs already received).",
         ),
     ] = None,

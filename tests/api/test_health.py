@@ -46,6 +46,11 @@ async def test_unknown_route_and_method_use_the_error_shape(client: httpx.AsyncC
     assert assert_error(await client.get("/v1/nothing"), 404, "/v1")["code"] == "not_found"
     body = assert_error(await client.put("/health"), 405, "method")
     assert body["code"] == "method_not_allowed"
+    # Allow names every method of the path, though each method is a route of its own
+    for path, allow in [("/v1/jobs", "GET, POST"), ("/v1/datasets", "GET, POST"),
+                        ("/v1/datasets/" + "0" * 32, "DELETE, GET")]:  # fmt: skip
+        response = await client.request("OPTIONS", path)
+        assert response.status_code == 405 and response.headers["allow"] == allow, path
 
 
 async def test_create_app_reads_settings_from_the_environment(
