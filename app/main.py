@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from app.api import datasets, health, jobs, models, networks, studies
+    from app.api import datasets, health, jobs, models, networks, registry, studies
     from app.api.v2 import OipErrorMiddleware
 
     app = FastAPI(
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Oversized or non-finite bodies are refused before any parsing.
     app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
-    for module in (health, datasets, networks, jobs, models, studies):
+    for module in (health, datasets, networks, jobs, models, studies, registry):
         app.include_router(module.router)
     models.document_predict_body(app)
     _install_extras(app)

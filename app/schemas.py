@@ -279,6 +279,12 @@ class NetworkSummary(BaseModel):
 # ------------------------------------------------------------------ jobs
 
 
+# A model name: as MLflow's registered models, lower-case so names are unambiguous in URLs.
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+EXAMPLE_MODEL_ID = "3f2c0e6a9b8d4c1e8f7a6b5c4d3e2f10"
+
+
 class JobCreate(_Request):
     model_config = ConfigDict(
         json_schema_extra={
@@ -305,6 +311,13 @@ class JobCreate(_Request):
         description="Keras' compile() and fit() arguments.", examples=[IRIS_TRAINING]
     )
     name: Name | None = Field(None, description="A label for the job.", examples=["iris 4-8-8-3"])
+    register_as: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="Register the trained model under this name, as its next version, when the "
+        "job succeeds (a name of 32 hex characters is refused: it reads as a model id).",
+        examples=["iris"],
+    )
 
 
 EXAMPLE_METRICS: Any = {
@@ -508,3 +521,36 @@ class PredictResponse(BaseModel):
         description="Classification: the predicted class label per row, as the dataset spelled it.",
         examples=[["setosa", "versicolor", "virginica"]],
     )
+
+
+class ModelVersionRead(BaseModel):
+    version: int = Field(description="1, 2, ... in registration order.", examples=[1])
+    model_id: str = Field(description="The trained model.", examples=[EXAMPLE_MODEL_ID])
+    created_at: datetime = Field(description="When it was registered.")
+
+
+class RegisteredModelRead(BaseModel):
+    name: str = Field(description="The model name.", examples=["iris"])
+    versions: list[ModelVersionRead] = Field(description="Its versions, oldest first.")
+    aliases: dict[str, int] = Field(
+        description="Alias -> version; an unversioned name means its 'production' alias, else "
+        "its latest version.",
+        examples=[{"production": 1, "staging": 2}],
+    )
+    created_at: datetime = Field(description="When its first version was registered.")
+
+
+class RegisteredModelList(BaseModel):
+    items: list[RegisteredModelRead] = Field(description="Your model names, by name.")
+
+
+class RegisterVersion(_Request):
+    model_id: str = Field(
+        pattern=r"^[0-9a-f]{32}$",
+        description="A model of yours (a succeeded job's model_id).",
+        examples=[EXAMPLE_MODEL_ID],
+    )
+
+
+class AliasMove(_Request):
+    version: int = Field(ge=1, le=2_000_000_000, description="The version the alias points at.")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -166,6 +167,8 @@ class Job(Base):
     step_mode: Mapped[str | None] = mapped_column(String(30))  # FALLBACK_STEP_MODE among them
     step_mode_reason: Mapped[str | None] = mapped_column(Text)
     model_id: Mapped[str | None] = mapped_column(String(32))
+    # Register the model under this name (its next version) when the job succeeds (0010).
+    register_as: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -314,3 +317,57 @@ class StudyEvent(Base):
     kind: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class RegisteredModel(Base):
+    """A name for a key's models (MLflow's registered model): numbered versions, movable aliases.
+    Names are unique per key; the keyless owner (NULL) is one owner too, hence the COALESCE."""
+
+    __tablename__ = "registered_models"
+    __table_args__ = (
+        Index(
+            "uq_registered_models_owner_name",
+            func.coalesce(text("owner_id"), ""),
+            "name",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ModelVersion(Base):
+    """Version `version` (1, 2, ...) of a registered name: one trained model."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint("version >= 1", name="version"),)
+
+    registered_model_id: Mapped[str] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ModelAlias(Base):
+    """An alias (production, staging, ...) pointing at one version of a name; moved by UPDATE."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["registered_model_id", "version"],
+            ["model_versions.registered_model_id", "model_versions.version"],
+            name="fk_model_aliases_version_model_versions",
+        ),
+    )
+
+    registered_model_id: Mapped[str] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

@@ -175,3 +175,17 @@ async def job_events(
         # No caching, and no buffering in front of us (nginx honours X-Accel-Buffering).
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job with its metrics and checkpoint (its model deleted first)",
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorResponse, "description": "Queued or running, or its model exists."},
+    },
+)
+def delete_job(job_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+    service.delete_job(session, owner=owner, job_id=job_id)
+    return Response(status_code=204)

@@ -322,3 +322,18 @@ def model_onnx(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
         # model ids are hex, so the file name carries no user text
         headers={"Content-Disposition": f'attachment; filename="model-{model_id}.onnx"'},
     )
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    summary="Delete a model with its weights, its job's checkpoint and its versions under names",
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorResponse, "description": "An alias points at it."},
+    },
+)
+def delete_model(model_id: str, request: Request, session: SessionDep, owner: OwnerDep) -> Response:
+    cache = request.app.state.model_cache
+    service.delete_model(session, owner=owner, model_id=model_id, cache=cache)
+    return Response(status_code=204)

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from app.job_status import LEASED, JobStatus
 from app.queue.clock import db_now
+from app.services import registry
 from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
 
 NOTIFY_CHANNEL = "fitserve_jobs"
@@ -460,6 +461,9 @@ def finish_job(
         )
     session.add(model)
     session.flush()
+    job = session.get(Job, job_id)
+    if job is not None and job.register_as is not None:  # submitted with register_as
+        registry.register(session, owner=job.owner_id, name=job.register_as, model_id=model.id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="succeeded")
 
 
@@ -588,3 +592,11 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
             f"job {job_id} already {job.status}; only queued or running jobs can be cancelled",
         )
     return job
+
+
+def delete_job_rows(session: Session, *, job_id: str) -> None:
+    """A finished job's rows: its metrics, checkpoint, claims and the job itself. (Explicit
+    deletes: SQLite enforces ON DELETE CASCADE only with a per-connection pragma.)"""
+    for table in (JobMetric, JobCheckpoint, JobClaim):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))

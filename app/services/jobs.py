@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 import models
 from app.config import Settings
 from app.errors import Conflict, NotFound, Unprocessable
-from app.job_status import JobStatus
+from app.job_status import TERMINAL, JobStatus
 from app.queue import store
 from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
-from app.services import is_id, owned_by
+from app.services import is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
-from app.tables import Dataset, Job, JobMetric
+from app.tables import Dataset, Job, JobMetric, Model
 from models.spec import format_count
 from models.tokens import TokenLists, inputs_from_bytes
 from models.training_spec import validation_class_warning
@@ -105,11 +105,13 @@ def new_job(
     training: models.TrainingConfig,
     settings: Settings,
     warning: str | None = None,
+    register_as: str | None = None,
 ) -> Job:
     """The row of a queued job (not yet added to the session)."""
     return Job(
         owner_id=owner,
         name=name,
+        register_as=register_as,
         warning=warning,
         dataset_id=dataset_id,
         network=network.model_dump(mode="json", exclude_none=True),
@@ -138,9 +140,12 @@ def submit_job(
             "(FITSERVE_MAX_QUEUED_JOBS_PER_KEY): wait for some to start or cancel them",
             code="too_many_queued",
         )
+    if body.register_as is not None:
+        registry.check_name(body.register_as, loc=("body", "register_as"))
     job = new_job(
         owner=owner,
         name=body.name,
+        register_as=body.register_as,
         dataset_id=dataset.id,
         network=body.network,
         training=body.training,
@@ -257,3 +262,23 @@ def cancel_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
     except store.JobConflict as exc:
         raise Conflict(str(exc), code="job_finished") from None
     return job_view(job, _latest(session, job))
+
+
+def delete_job(session: Session, *, owner: str | None, job_id: str) -> None:
+    """A finished job and everything it wrote (metrics, checkpoint, claims). 409 while it is
+    queued or running, or while its model exists (delete the model first)."""
+    job = _get(session, owner=owner, job_id=job_id)
+    if job.status not in TERMINAL:
+        raise Conflict(
+            f"job {job.id} is {job.status}; cancel it (POST /v1/jobs/{job.id}/cancel) and delete "
+            "it once it has stopped",
+            code="job_running",
+        )
+    model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
+    if model_id is not None:
+        raise Conflict(
+            f"job {job.id} trained model {model_id}, which still exists; delete the model first "
+            f"(DELETE /v1/models/{model_id})",
+            code="job_has_model",
+        )
+    store.delete_job_rows(session, job_id=job.id)

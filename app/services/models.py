@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, defer
 
 import models
+from app.errors import Conflict, NotFound
+from app.inference import ModelCache
 from app.schemas import ModelList, ModelRead, NetworkSummary
-from app.services import is_id, owned_by, predict
+from app.services import is_id, owned_by, predict, registry
 from app.services.jobs import metrics_view
-from app.tables import Model
+from app.tables import Job, JobCheckpoint, Model
 from models.keras_export import to_keras_config
 from models.onnx_export import to_onnx
 
@@ -20,9 +22,13 @@ def find_model(
     session: Session, *, owner: str | None, model_id: str, weights: bool = False
 ) -> Model | None:
     """The caller's model row, or None: another owner's model and a malformed id read as absent.
-    The weights column is loaded only when asked for."""
+    `model_id` may be a model name (`iris`, `iris@2`, `iris@staging`: app/services/registry.py),
+    resolved here on every call. The weights column is loaded only when asked for."""
     if not is_id(model_id):
-        return None
+        try:
+            model_id, _ = registry.resolve(session, owner=owner, ref=model_id)
+        except NotFound:
+            return None
     query = select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
     if not weights:
         query = query.options(defer(Model.weights))
@@ -105,3 +111,21 @@ def get_keras_config(session: Session, *, owner: str | None, model_id: str) -> d
 
 def get_onnx(session: Session, *, owner: str | None, model_id: str) -> bytes:
     return to_onnx(get_weights(session, owner=owner, model_id=model_id))
+
+
+def delete_model(session: Session, *, owner: str | None, model_id: str, cache: ModelCache) -> None:
+    """A model with its weights, its job's checkpoint and its versions under any name. 409 while
+    an alias points at it (move or remove the alias first)."""
+    row = _get(session, owner=owner, model_id=model_id)
+    pointing = registry.aliases_pointing_at(session, model_id=row.id)
+    if pointing:
+        raise Conflict(
+            f"model {row.id} is what {', '.join(pointing)} points at; move or remove the "
+            "alias first (PUT or DELETE /v1/registered-models/{name}/aliases/{alias})",
+            code="model_aliased",
+        )
+    registry.delete_versions_of(session, model_id=row.id)
+    session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == row.job_id))
+    session.execute(update(Job).where(Job.id == row.job_id).values(model_id=None))
+    session.execute(delete(Model).where(Model.id == row.id))
+    cache.discard(row.id)

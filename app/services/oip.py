@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import BadRequest, NotFound, Unprocessable, validation_message
+from app.errors import BadRequest, Unprocessable, validation_message
 from app.inference import ModelCacheT, ServedModel
 from app.oip_tensors import (
     Output,
@@ -28,7 +28,7 @@ from app.oip_tensors import (
     output_json,
     split_body,
 )
-from app.services import predict
+from app.services import predict, registry
 
 INPUT = "input"
 OUTPUT = "output"
@@ -200,12 +200,17 @@ def server_metadata(version: str) -> ServerMetadata:
 def _resolve(
     session: Session, *, owner: str | None, name: str, version: str | None, cache: ModelCacheT
 ) -> tuple[ServedModel, str]:
-    """(the model, its version) for a model id and an optional version. A model id has the
-    one version "1"."""
-    model = predict.get_model(session, cache=cache, owner=owner, model_id=name)
-    if version is not None and version != "1":
-        raise NotFound(f"model {name!r} has no version {version!r}; its only version is '1'")
-    return model, "1"
+    """(the model, its version) for a model id or name and an optional version or alias. A
+    model id has the one version "1"."""
+    model_id, resolved = registry.resolve(session, owner=owner, ref=name, version=version)
+    return predict.get_model(session, cache=cache, owner=owner, model_id=model_id), resolved
+
+
+def _versions(session: Session, *, owner: str | None, name: str) -> list[str]:
+    registered = registry.find(session, owner=owner, name=name.partition("@")[0])
+    if registered is None:
+        return ["1"]
+    return [str(v.version) for v in registry.versions(session, registered)]
 
 
 def _output_tensors(model: ServedModel) -> list[MetadataTensor]:
@@ -222,7 +227,7 @@ def metadata(
     model, _ = _resolve(session, owner=owner, name=name, version=version, cache=cache)
     return ModelMetadata(
         name=name,
-        versions=["1"],
+        versions=_versions(session, owner=owner, name=name),
         platform=PLATFORM,
         inputs=[
             MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.predictor.n_features])

@@ -24,7 +24,7 @@ from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, Unprocessable
 from app.inference import ModelCacheT, ServedModel
 from app.prometheus import observe_prediction
-from app.services import is_id, owned_by
+from app.services import is_id, owned_by, registry
 from app.tables import Dataset, Model
 from models.tokens import TokenLists, as_tokens
 
@@ -70,7 +70,11 @@ def get_model(
     session: Session, *, cache: ModelCacheT, owner: str | None, model_id: str
 ) -> ServedModel:
     """The caller's model, from the cache or loaded into it (the session is used on a miss
-    only). Another owner's model and a malformed id are a 404, as if absent."""
+    only). Another owner's model and a malformed id are a 404, as if absent. A model name
+    (`iris`, `iris@2`, `iris@production`) is resolved to its model id first, on every call, so an
+    alias move takes effect on the next request (the cache is keyed by id)."""
+    if not is_id(model_id):
+        model_id, _ = registry.resolve(session, owner=owner, ref=model_id)
     return _get(
         cache,
         owner=owner,
@@ -86,6 +90,9 @@ async def get_model_async(
     loads in the thread pool with a session of its own. (Were the model evicted between the
     check and the read, that one request would load it inline.)"""
 
+    if not is_id(model_id):  # a model name: resolved in the thread pool (one query)
+        model_id = await run_in_threadpool(_resolve_name, make_session, owner, model_id)
+
     def load() -> ServedModel:
         with make_session() as session:
             return _load(session, owner=owner, model_id=model_id)
@@ -93,6 +100,11 @@ async def get_model_async(
     if model_id in cache:
         return _get(cache, owner=owner, model_id=model_id, load=load)
     return await run_in_threadpool(_get, cache, owner=owner, model_id=model_id, load=load)
+
+
+def _resolve_name(make_session: sessionmaker[Session], owner: str | None, ref: str) -> str:
+    with make_session() as session:
+        return registry.resolve(session, owner=owner, ref=ref)[0]
 
 
 def _get(

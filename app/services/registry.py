@@ -1,0 +1,227 @@
+"""Model names (MLflow's model registry): a key's trained models registered under a name as
+versions 1, 2, ..., and aliases (production, staging, ...) that point at one version.
+
+A model reference, wherever a model id is taken (/v1/models/{ref}/..., /v2/models/{ref}...):
+- a model id (32 hex characters);
+- `name`: its `production` alias when it has one, else its latest version;
+- `name@N`: version N; `name@alias`: the version the alias points at.
+
+References are resolved on every request (one indexed query), so an alias move takes effect on
+the very next request; the predictor cache is keyed by model id, which never changes meaning.
+Another key's names read as absent (404).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import NotFound, Unprocessable
+from app.schemas import ALIAS_PATTERN
+from app.schemas import MODEL_NAME_PATTERN as NAME_PATTERN
+from app.services import is_id, owned_by
+from app.tables import Model, ModelAlias, ModelVersion, RegisteredModel
+
+# Aliases start with a letter, so `name@2` (a version) and `name@production` never collide.
+DEFAULT_ALIAS = "production"
+_NAME = re.compile(NAME_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
+
+
+def check_name(name: str, *, loc: tuple[str | int, ...] = ("path", "name")) -> str:
+    if not _NAME.fullmatch(name):
+        raise Unprocessable(
+            f"model name {name!r} is not valid: use 1 to 63 of a-z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit",
+            loc=loc,
+        )
+    if is_id(name):
+        raise Unprocessable(
+            f"model name {name!r} reads as a model id (32 hex characters); pick another name",
+            loc=loc,
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    if not _ALIAS.fullmatch(alias):
+        raise Unprocessable(
+            f"alias {alias!r} is not valid: use 1 to 63 of a-z, 0-9, '_' and '-', starting with "
+            "a letter (a number would read as a version)",
+            loc=("path", "alias"),
+        )
+    return alias
+
+
+def find(session: Session, *, owner: str | None, name: str) -> RegisteredModel | None:
+    return session.scalar(
+        select(RegisteredModel).where(
+            RegisteredModel.name == name, owned_by(RegisteredModel.owner_id, owner)
+        )
+    )
+
+
+def _get(session: Session, *, owner: str | None, name: str) -> RegisteredModel:
+    registered = find(session, owner=owner, name=name)
+    if registered is None:
+        raise NotFound(f"model name {name!r} not found; GET /v1/registered-models lists yours")
+    return registered
+
+
+def register(session: Session, *, owner: str | None, name: str, model_id: str) -> ModelVersion:
+    """The model as the name's next version (the name is made on its first version)."""
+    check_name(name)
+    model = session.scalar(
+        select(Model.id).where(Model.id == model_id, owned_by(Model.owner_id, owner))
+    )
+    if not is_id(model_id) or model is None:
+        raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
+    registered = find(session, owner=owner, name=name)
+    if registered is None:
+        registered = RegisteredModel(owner_id=owner, name=name)
+        session.add(registered)
+        session.flush()
+    latest = session.scalar(
+        select(func.max(ModelVersion.version)).where(
+            ModelVersion.registered_model_id == registered.id
+        )
+    )
+    version = ModelVersion(
+        registered_model_id=registered.id, version=(latest or 0) + 1, model_id=model_id
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def versions(session: Session, registered: RegisteredModel) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.registered_model_id == registered.id)
+            .order_by(ModelVersion.version)
+        )
+    )
+
+
+def aliases(session: Session, registered: RegisteredModel) -> dict[str, int]:
+    rows = session.execute(
+        select(ModelAlias.alias, ModelAlias.version)
+        .where(ModelAlias.registered_model_id == registered.id)
+        .order_by(ModelAlias.alias)
+    )
+    return {alias: version for alias, version in rows}
+
+
+def list_names(session: Session, *, owner: str | None) -> list[RegisteredModel]:
+    return list(
+        session.scalars(
+            select(RegisteredModel)
+            .where(owned_by(RegisteredModel.owner_id, owner))
+            .order_by(RegisteredModel.name)
+        )
+    )
+
+
+def get(session: Session, *, owner: str | None, name: str) -> RegisteredModel:
+    return _get(session, owner=owner, name=name)
+
+
+def set_alias(
+    session: Session, *, owner: str | None, name: str, alias: str, version: int
+) -> RegisteredModel:
+    """Point `alias` at `version`, in one statement: a request sees the old or the new version."""
+    check_alias(alias)
+    registered = _get(session, owner=owner, name=name)
+    exists = session.scalar(
+        select(ModelVersion.version).where(
+            ModelVersion.registered_model_id == registered.id, ModelVersion.version == version
+        )
+    )
+    if exists is None:
+        raise NotFound(f"model name {name!r} has no version {version}")
+    moved = session.execute(
+        update(ModelAlias)
+        .where(ModelAlias.registered_model_id == registered.id, ModelAlias.alias == alias)
+        .values(version=version, updated_at=func.now())
+    )
+    if moved.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(ModelAlias(registered_model_id=registered.id, alias=alias, version=version))
+    session.flush()
+    return registered
+
+
+def delete_alias(session: Session, *, owner: str | None, name: str, alias: str) -> None:
+    registered = _get(session, owner=owner, name=name)
+    row = session.get(ModelAlias, (registered.id, alias))
+    if row is None:
+        raise NotFound(f"model name {name!r} has no alias {alias!r}")
+    session.delete(row)
+    session.flush()
+
+
+def resolve(
+    session: Session, *, owner: str | None, ref: str, version: str | None = None
+) -> tuple[str, str]:
+    """(model id, version) for a model reference and an optional version or alias (which the
+    reference's own `@...` must not also give). A model id has the one version "1"."""
+    name, _, suffix = ref.partition("@")
+    if suffix and version is not None:
+        raise NotFound(f"model {ref!r} names a version already; ask for {name!r} instead")
+    wanted = suffix or version
+    if is_id(name):
+        if wanted not in (None, "1"):
+            raise NotFound(f"model {name!r} has no version {wanted!r}; its only version is '1'")
+        return name, "1"
+    registered = find(session, owner=owner, name=name) if _NAME.fullmatch(name) else None
+    if registered is None:
+        raise NotFound(f"model {name!r} not found: neither a model id nor one of your model names")
+    query = select(ModelVersion.version, ModelVersion.model_id).where(
+        ModelVersion.registered_model_id == registered.id
+    )
+    if wanted is None:
+        alias = session.scalar(
+            select(ModelAlias.version).where(
+                ModelAlias.registered_model_id == registered.id, ModelAlias.alias == DEFAULT_ALIAS
+            )
+        )
+        if alias is not None:
+            query = query.where(ModelVersion.version == alias)
+        else:
+            query = query.order_by(ModelVersion.version.desc()).limit(1)
+    elif wanted.isdigit():
+        query = query.where(ModelVersion.version == int(wanted))
+    else:
+        query = query.join(
+            ModelAlias,
+            (ModelAlias.registered_model_id == ModelVersion.registered_model_id)
+            & (ModelAlias.version == ModelVersion.version),
+        ).where(ModelAlias.alias == wanted)
+    found = session.execute(query).first()
+    if found is None:
+        what = "version" if wanted is not None and wanted.isdigit() else "alias"
+        raise NotFound(f"model name {name!r} has no {what} {wanted!r}")
+    return found.model_id, str(found.version)
+
+
+def aliases_pointing_at(session: Session, *, model_id: str) -> list[str]:
+    """`name@alias` for every alias that points at the model (which then can't be deleted)."""
+    rows = session.execute(
+        select(RegisteredModel.name, ModelAlias.alias)
+        .join(ModelAlias, ModelAlias.registered_model_id == RegisteredModel.id)
+        .join(
+            ModelVersion,
+            (ModelVersion.registered_model_id == ModelAlias.registered_model_id)
+            & (ModelVersion.version == ModelAlias.version),
+        )
+        .where(ModelVersion.model_id == model_id)
+        .order_by(RegisteredModel.name, ModelAlias.alias)
+    )
+    return [f"{name}@{alias}" for name, alias in rows]
+
+
+def delete_versions_of(session: Session, *, model_id: str) -> None:
+    """The versions that name a model being deleted (no alias points at them: checked first)."""
+    session.execute(delete(ModelVersion).where(ModelVersion.model_id == model_id))
