@@ -553,4 +553,22 @@ class RegisterVersion(_Request):
 
 
 class AliasMove(_Request):
-    version: int = Field(ge=1, le=2_000_000_000, description="The version the alias points at.")
+    # lax: JSON Schema's integer includes 2.0, as JSON clients may write it
+    version: int = Field(
+        ge=1, le=2_000_000_000, strict=False, description="The version the alias points at."
+    )
+
+
+def sse_event_schema(events: list[str], data: str) -> dict[str, Any]:
+    """One server-sent event as an EventSource parses it (the first may carry `retry`): the
+    schema of a text/event-stream response's events."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "data": {"type": "string", "contentMediaType": "application/json", "description": data},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }

@@ -16,6 +16,7 @@ from app.schemas import (
     JobList,
     JobRead,
     MetricsRead,
+    sse_event_schema,
 )
 from app.services import events
 from app.services import jobs as service
@@ -104,21 +105,9 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
     return service.cancel_job(session, owner=owner, job_id=job_id)
 
 
-# One server-sent event, as an EventSource parses it (the first also carries `retry`).
-_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["event", "data"],
-    "properties": {
-        "event": {"type": "string", "enum": ["epoch", "status"]},
-        "id": {"type": "string", "pattern": "^[0-9]+$"},
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "description": "JSON: the metrics row (epoch) or the job's status fields (status).",
-        },
-        "retry": {"type": "integer", "minimum": 0},
-    },
-}
+_EVENT_SCHEMA = sse_event_schema(
+    ["epoch", "status"], "JSON: the metrics row (epoch) or the job's status fields (status)."
+)
 
 
 @router.get(

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import NotFound, Unprocessable
-from app.schemas import UNAUTHORIZED, ErrorResponse
+from app.schemas import UNAUTHORIZED, ErrorResponse, sse_event_schema
 from app.services import studies as service
 from app.studies.schemas import StudyCreate, StudyList, StudyRead
 
@@ -131,6 +131,11 @@ async def _stream(
         await asyncio.sleep(POLL_SECONDS)
 
 
+_EVENT_SCHEMA = sse_event_schema(
+    ["status", "trial", "epoch"], "JSON: the study's status, a trial's start or end, or an epoch."
+)
+
+
 @router.get(
     "/{study_id}/events",
     response_class=StreamingResponse,
@@ -143,7 +148,10 @@ async def _stream(
         "1, 2, 3 ...; reconnect with `Last-Event-ID` to resume without loss or repeats."
     ),
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "The event stream; each event as below.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+        },
         **_ERRORS,
         422: {"model": ErrorResponse, "description": "A Last-Event-ID that isn't ours."},
     },
@@ -157,7 +165,8 @@ async def study_events(
         Header(
             alias="Last-Event-ID",
             max_length=20,
-            pattern=r"^\s*[0-9]{0,15}\s*$",
+            # HTTP trims a header's surrounding whitespace: the value itself is digits
+            pattern=r"^[0-9]{0,15}$",
             description="Resume after this event id (the number of events already received).",
         ),
     ] = None,
