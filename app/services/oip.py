@@ -229,11 +229,17 @@ def metadata(
         name=name,
         versions=_versions(session, owner=owner, name=name),
         platform=PLATFORM,
-        inputs=[
-            MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.predictor.n_features])
-        ],
+        inputs=[_input_tensor(model)],
         outputs=_output_tensors(model),
     )
+
+
+def _input_tensor(model: ServedModel) -> MetadataTensor:
+    """FP32 [-1, n_features]; for a category_encoding model INT64 [-1, -1]: each row a document's
+    token ids, shorter documents padded with -1 (as the ONNX export takes them)."""
+    if model.predictor.takes_tokens:
+        return MetadataTensor(name=INPUT, datatype="INT64", shape=[-1, -1])
+    return MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, model.predictor.n_features])
 
 
 def ready(
@@ -266,13 +272,18 @@ def _binary_size(tensor: RequestInput, index: int) -> int | None:
     return size
 
 
-def _features(body: InferenceRequest, binary: bytes, width: int) -> np.ndarray:
-    """The input tensor as a (rows, width) float64 array."""
+def _features(body: InferenceRequest, binary: bytes, width: int | None) -> np.ndarray:
+    """The input tensor as a (rows, width) float64 array; `width` None: any (token ids)."""
     tensor = body.inputs[0]
     if tensor.name != INPUT:
         raise BadRequest(f"the model's input tensor is named {INPUT!r}, not {tensor.name!r}")
     rows, columns = tensor.shape
-    if columns != width or rows < 1:
+    if width is None and (rows < 1 or columns < 1):
+        raise BadRequest(
+            f"shape {tensor.shape} does not fit the model's input [-1, -1] of token ids: send "
+            "[rows, length] with rows, length >= 1, shorter documents padded with -1"
+        )
+    if width is not None and (columns != width or rows < 1):
         raise BadRequest(
             f"shape {tensor.shape} does not fit the model's input [-1, {width}]: send "
             f"[rows, {width}] with rows >= 1"
@@ -328,10 +339,13 @@ def infer(
     request, binary = parse_request(body, header_length)
     tensors = _output_tensors(model)
     wanted = _wanted(request, [t.name for t in tensors])
-    x = _features(request, binary, model.predictor.n_features)
+    tokens = model.predictor.takes_tokens
+    x = _features(request, binary, None if tokens else model.predictor.n_features)
     predict.check_rows(len(x), settings)
     try:
-        values, labels = predict.predict(model, x)
+        # token ids: each row's -1 slots are padding, as in the ONNX export
+        rows_in: Any = [row[row != -1] for row in x] if tokens else x
+        values, labels = predict.predict(model, rows_in)
     except Unprocessable as exc:
         raise BadRequest(exc.message) from None
     rows = len(values)

@@ -289,3 +289,23 @@ async def test_predictions_from_token_lists(client: httpx.AsyncClient, db: Rows)
         422,
         "line 2 is not a list of token ids",
     )
+
+
+async def test_oip_v2_takes_token_ids_padded_with_minus_one(
+    client: httpx.AsyncClient, db: Rows
+) -> None:
+    model_id, predictor = store_token_model(db, (await upload(client)).json()["id"])
+    meta = (await client.get(f"/v2/models/{model_id}")).json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "INT64", "shape": [-1, -1]}]
+    padded = TokenLists.from_lists(DOCS).padded().numpy()  # (5, 5), -1 on padding
+    body = {"inputs": [{"name": "input", "datatype": "INT64", "shape": list(padded.shape),
+                        "data": padded.reshape(-1).tolist()}]}  # fmt: skip
+    response = await client.post(f"/v2/models/{model_id}/infer", json=body)
+    assert response.status_code == 200, response.text
+    output = next(o for o in response.json()["outputs"] if o["name"] == "output")
+    np.testing.assert_allclose(
+        np.array(output["data"]).reshape(5, 3), predictor.predict(DOCS), rtol=1e-6
+    )
+    body["inputs"][0]["data"][0] = 5000  # an id num_tokens 3268 can't take
+    bad = await client.post(f"/v2/models/{model_id}/infer", json=body)
+    assert bad.status_code == 400 and "inputs[0] has token id 5000" in bad.text
