@@ -64,6 +64,21 @@ def test_train_shows_progress_and_prints_the_model_id(
     correct = sum(row["prediction"] == label for row, label in zip(rows, truth, strict=True))
     assert correct / 150 >= 0.85
 
+    # the model under a name: register it, point production at it, predict by name
+    name = f"iris-cli-{model_id[:8]}"
+    registered = fitserve(live_server, "names", "register", name, model_id)
+    assert registered.returncode == 0 and registered.stdout.strip() == "1", registered.stderr
+    moved = fitserve(live_server, "names", "alias", name, "production", "1")
+    assert moved.returncode == 0 and f"{name}@production -> version 1" in moved.stderr
+    shown_name = json.loads(fitserve(live_server, "names", "show", name).stdout)
+    assert shown_name["aliases"] == {"production": 1}
+    assert shown_name["versions"][0]["model_id"] == model_id
+    assert f"{name}\t1 versions\tproduction=1" in fitserve(live_server, "names", "list").stdout
+    by_name = fitserve(live_server, "predict", name, "--csv", str(IRIS_CSV))
+    assert by_name.returncode == 0 and by_name.stdout == predicted.stdout
+    missing = fitserve(live_server, "names", "alias", name, "production", "9")
+    assert missing.returncode != 0 and "no version 9" in missing.stderr
+
 
 def _job_of(listing: str, model_id: str) -> str:
     line = next(line for line in listing.splitlines() if model_id in line)

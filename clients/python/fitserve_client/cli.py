@@ -92,6 +92,32 @@ def register(subparsers: Any) -> None:
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=_jobs_cancel)
 
+    names = subparsers.add_parser(
+        "names", help="model names: list, show, register a model as a version, move an alias"
+    )
+    names_sub = names.add_subparsers(dest="names_command", required=True, metavar="ACTION")
+    names_sub.add_parser("list", parents=[common], help="your model names").set_defaults(
+        handler=_names_list
+    )
+    name_show = names_sub.add_parser(
+        "show", parents=[common], help="a name's versions and aliases as JSON"
+    )
+    name_show.add_argument("name")
+    name_show.set_defaults(handler=_names_show)
+    name_register = names_sub.add_parser(
+        "register", parents=[common], help="register a model as the name's next version"
+    )
+    name_register.add_argument("name")
+    name_register.add_argument("model_id")
+    name_register.set_defaults(handler=_names_register)
+    name_alias = names_sub.add_parser(
+        "alias", parents=[common], help="point an alias (production, staging...) at a version"
+    )
+    name_alias.add_argument("name")
+    name_alias.add_argument("alias")
+    name_alias.add_argument("version", type=int)
+    name_alias.set_defaults(handler=_names_alias)
+
     datasets = subparsers.add_parser("datasets", help="upload or list datasets")
     datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
     upload = datasets_sub.add_parser(
@@ -406,6 +432,40 @@ def _jobs_cancel(args: argparse.Namespace) -> int:
     def action(client: FitserveClient) -> None:
         job = client.cancel(args.job_id)
         print(f"job {job.id} {job.status}", file=sys.stderr)
+
+    return _run(args, action)
+
+
+def _names_list(args: argparse.Namespace) -> int:
+    def action(client: FitserveClient) -> None:
+        for entry in client.list_names():
+            aliases = " ".join(f"{a}={v}" for a, v in entry["aliases"].items())
+            print(f"{entry['name']}\t{len(entry['versions'])} versions\t{aliases}")
+
+    return _run(args, action)
+
+
+def _names_show(args: argparse.Namespace) -> int:
+    def action(client: FitserveClient) -> None:
+        print(json.dumps(client.get_name(args.name), indent=2))
+
+    return _run(args, action)
+
+
+def _names_register(args: argparse.Namespace) -> int:
+    def action(client: FitserveClient) -> None:
+        version = client.register_model(args.name, args.model_id)
+        print(f"{args.name} version {version['version']} is model {version['model_id']}",
+              file=sys.stderr)  # fmt: skip
+        print(version["version"])
+
+    return _run(args, action)
+
+
+def _names_alias(args: argparse.Namespace) -> int:
+    def action(client: FitserveClient) -> None:
+        client.set_alias(args.name, args.alias, args.version)
+        print(f"{args.name}@{args.alias} -> version {args.version}", file=sys.stderr)
 
     return _run(args, action)
 

@@ -265,6 +265,23 @@ class FitserveClient:
             time.sleep(poll_seconds)
             current = self.get_study(current.id)
 
+    # -- model names (versions and aliases) --
+
+    def list_names(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/registered-models")["items"])
+
+    def get_name(self, name: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/v1/registered-models/{name}"))
+
+    def register_model(self, name: str, model_id: str) -> dict[str, Any]:
+        """The model as the name's next version: {"version", "model_id", "created_at"}."""
+        url = f"/v1/registered-models/{name}/versions"
+        return dict(self._json("POST", url, json={"model_id": model_id}))
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        url = f"/v1/registered-models/{name}/aliases/{alias}"
+        return dict(self._json("PUT", url, json={"version": version}))
+
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
