@@ -105,8 +105,28 @@ class ServiceUnavailable(FitserveError):
     code = "unavailable"
 
 
+# An error message names the problem and the fix; one longer than this is echoing what the client
+# sent (a 30 MB string in a layer's activation came back whole in a 60 MB 422). The head names
+# the problem, the tail usually says how to fix it: both are kept.
+MAX_DETAIL = 2000
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """`text` cut in the middle to at most ~`limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 3) :]
+    return f"{head} [... {len(text) - len(head) - len(tail):,} characters left out ...] {tail}"
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr of a value the client sent, for a message: short enough to read at a glance."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def error_body(message: str, code: str, **extra: Any) -> dict[str, Any]:
-    return {"detail": message, "code": code, **extra}
+    return {"detail": clip(message), "code": code, **extra}
 
 
 def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -140,16 +160,24 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(shown)
 
 
+def _clip_loc(loc: Any) -> list[Any]:
+    # A location may hold a field name the client made up, of any length.
+    return [p if isinstance(p, int) else clip(str(p), 200) for p in loc]
+
+
 def _clean_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # The input values are left out: they may be huge (a dataset) or not JSON (NaN, bytes).
-    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors[:50]]
+    return [
+        {"loc": _clip_loc(e.get("loc", ())), "msg": clip(str(e.get("msg", "")))}
+        for e in errors[:50]
+    ]
 
 
 async def _fitserve_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FitserveError)
     extra: dict[str, Any] = {}
     if isinstance(exc, Unprocessable) and exc.loc:
-        extra["errors"] = [{"loc": list(exc.loc), "msg": exc.message}]
+        extra["errors"] = [{"loc": _clip_loc(exc.loc), "msg": clip(exc.message)}]
     return JSONResponse(
         error_body(exc.message, exc.code, **extra), status_code=exc.status_code, headers=exc.headers
     )
@@ -204,14 +232,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(message, code), status_code=exc.status_code, headers=headers)
 
 
+DATABASE_DOWN = "the database is not answering (or is busy); try again in a few seconds"
+# What `_database_down` answers, for what is raised outside a route (a middleware's key check).
+DATABASE_DOWN_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
 async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     log.warning("database error: %s", exc)
     return JSONResponse(
-        error_body(
-            "the database is not answering (or is busy); try again in a few seconds", "unavailable"
-        ),
-        status_code=503,
-        headers={"Retry-After": "2"},
+        error_body(DATABASE_DOWN, "unavailable"), status_code=503, headers={"Retry-After": "2"}
     )
 
 
@@ -246,6 +275,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(sa_exc.IntegrityError, _integrity_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
-    app.add_exception_handler(sa_exc.OperationalError, _database_down)
-    app.add_exception_handler(sa_exc.InterfaceError, _database_down)
-    app.add_exception_handler(sa_exc.TimeoutError, _database_down)
+    for error in DATABASE_DOWN_ERRORS:
+        app.add_exception_handler(error, _database_down)
