@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import Unauthorized
+from app.queue import store
 from app.tables import ApiKey
 
 KEY_PREFIX = "fs_"
@@ -33,6 +34,8 @@ MAX_KEY_NAME = 100  # api_keys.name is String(100)
 # A secret is KEY_PREFIX + 43 url-safe characters; anything far longer is not one of ours, and
 # hashing megabytes of header per request would be a free way to burn CPU.
 MAX_SECRET_LENGTH = 256
+# The request-state key under which app.access leaves the owner it checked before the body.
+OWNER_STATE = "fitserve.owner"
 
 
 # How long a verified key is trusted without asking the database: the longest a revoked key can
@@ -95,13 +98,35 @@ def create_key(session: Session, *, name: str) -> tuple[ApiKey, str]:
     return key, secret
 
 
-def revoke_key(session: Session, *, name: str) -> ApiKey | None:
-    """Revoke the key with this name (idempotent); None when there is no such key."""
+def revoke_key(session: Session, *, name: str, stop_jobs: bool = True) -> ApiKey | None:
+    """Revoke the key with this name (idempotent); None when there is no such key.
+
+    Revocation reaches what is already under way: with `stop_jobs` (the default) the key's queued
+    jobs are cancelled and its running ones stopped at their next batch, each recording why (no
+    one could cancel them otherwise: the key that owns them no longer authenticates). Its open
+    event streams end at their next poll (app/api/events.py)."""
     key = session.scalar(select(ApiKey).where(ApiKey.name == name))
-    if key is not None and key.revoked_at is None:
+    if key is None:
+        return None
+    if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         session.flush()
+    if stop_jobs:
+        store.stop_owner_jobs(
+            session,
+            owner_id=key.id,
+            error=f"stopped because the API key {key.name!r} that submitted it was revoked",
+            error_code="key_revoked",
+        )
     return key
+
+
+def is_revoked(session: Session, owner: str | None) -> bool:
+    """Whether the key `owner` has been revoked (or deleted) since a request authenticated."""
+    if owner is None:
+        return False
+    revoked = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == owner)).one_or_none()
+    return revoked is None or revoked[0] is not None
 
 
 def active_key_count(session: Session) -> int:

@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     revoke = actions.add_parser("revoke", help="revoke a key by name; it stops working at once")
     revoke.add_argument("name")
+    revoke.add_argument(
+        "--keep-jobs",
+        action="store_true",
+        help="leave the key's queued and running jobs alone (by default they are cancelled)",
+    )
     revoke.set_defaults(handler=_revoke)
 
     for parser in (create, listing, revoke):
@@ -98,9 +103,14 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     with _sessions(args) as sessions, sessions.begin() as session:
-        key = revoke_key(session, name=args.name)
+        key = revoke_key(session, name=args.name, stop_jobs=not args.keep_jobs)
         if key is None:
             print(f"error: no key named {args.name!r}; see `fitserve keys list`", file=sys.stderr)
             return 1
-    print(f"revoked key {args.name!r}; requests sending it now get 401", file=sys.stderr)
+    jobs = "its jobs are left running" if args.keep_jobs else "its queued and running jobs stop"
+    print(
+        f"revoked key {args.name!r}; requests sending it now get 401, its event streams close "
+        f"and {jobs}",
+        file=sys.stderr,
+    )
     return 0

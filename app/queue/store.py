@@ -563,6 +563,29 @@ def release_job(session: Session, *, job_id: str, lease_token: int) -> str:
     return str(status)
 
 
+def stop_owner_jobs(session: Session, *, owner_id: str, error: str, error_code: str) -> list[str]:
+    """Stop everything a key has in the queue, recording why on each job (a revoked key): its
+    queued jobs end `cancelled` in this statement, its running ones become `cancelling` and
+    their workers stop them at the next batch, as with a cancel. Returns the jobs touched."""
+    queued = jobs.c.status == "queued"
+    return list(
+        session.execute(
+            update(jobs)
+            .where(jobs.c.owner_id == owner_id, jobs.c.status.in_(("queued", "running")))
+            .values(
+                status=case((queued, "cancelled"), else_="cancelling"),
+                finished_at=case((queued, db_now()), else_=None),
+                error=error,
+                error_code=error_code,
+                updated_at=db_now(),
+            )
+            .returning(jobs.c.id)
+        )
+        .scalars()
+        .all()
+    )
+
+
 def cancel_job(session: Session, *, job_id: str) -> Job:
     """Cancel: a queued job becomes `cancelled` in the same statement that checks it is still
     queued, so a concurrent claim either ran first (and the job is `cancelling`) or finds nothing.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -37,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import is_revoked
 from app.errors import NotFound, Unprocessable
 from app.job_status import TERMINAL
 from app.prometheus import EVENT_STREAMS
@@ -52,6 +54,8 @@ KEEPALIVE_SECONDS = 15.0
 MAX_POLL_FAILURES = 6
 # Epoch rows sent per poll at most, so a reconnect to a long job streams in bounded batches.
 BATCH_ROWS = 500
+# An event id as this stream writes it; the query parameter's bound (10,000,000) has 8 digits.
+_EVENT_ID = re.compile(r"[0-9]{1,8}")
 
 log = logging.getLogger("fitserve.events")
 
@@ -98,6 +102,8 @@ def _poll(
     make_session: SessionFactory, *, owner: str | None, job_id: str, after: int
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     with make_session() as session:
+        if is_revoked(session, owner):  # revocation closes open streams, within a poll
+            return None, []
         # Status first: the worker commits an epoch's row before it marks the job finished, so a
         # terminal status read here guarantees the rows read next include the last epoch.
         status = read_job_status(session, owner=owner, job_id=job_id)
@@ -140,7 +146,7 @@ async def stream_events(
                     return
                 await asyncio.sleep(poll_seconds * 2**failures)
                 continue
-            if status is None:  # deleted while we watched
+            if status is None:  # deleted while we watched, or the key was revoked
                 return
             terminal = status["status"] in TERMINAL
             chunks = []
@@ -171,10 +177,11 @@ def resume_after(last_event_id: str | None, after_query: int | None) -> int:
     """The epoch to resume after: the Last-Event-ID header's, else the query's, else 0."""
     after = after_query or 0
     if last_event_id is not None and last_event_id.strip():
-        if not last_event_id.strip().isdigit():
+        # ASCII digits only: str.isdigit() also takes '²' or '٣', which int() then refuses.
+        if not _EVENT_ID.fullmatch(last_event_id.strip()):
             raise Unprocessable(
-                f"Last-Event-ID must be an event id this stream sent (a number of epochs), "
-                f"got {last_event_id!r}; omit it to start from the first epoch",
+                f"Last-Event-ID must be an event id this stream sent (a number of epochs, ASCII "
+                f"digits 0-9), got {last_event_id!r}; omit it to start from the first epoch",
                 loc=("header", "Last-Event-ID"),
             )
         after = int(last_event_id)

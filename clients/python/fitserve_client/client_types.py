@@ -285,6 +285,6 @@ class EventParser:
             self.data.append(value)
         elif name == "id":
             self.id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self.retry_ms = int(value)
         return None
