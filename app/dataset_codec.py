@@ -18,16 +18,16 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from app.errors import Unprocessable
+from app.errors import PayloadTooLarge, Unprocessable, shown
 from models import SpecError
 from models.tokens import TokenLists, inputs_from_bytes, to_bytes
 
@@ -37,6 +37,9 @@ MAX_INFERRED_CLASSES = 20
 MAX_CLASSES = 10_000
 # Integers beyond this lose digits in float64-based JSON clients (JavaScript).
 MAX_INT_LABEL = 2**53
+
+# CSV rows converted to float64 at a time: the cell strings of one block are all that is held.
+_CSV_BLOCK_ROWS = 4096
 
 _INT_LABEL = re.compile(r"^[+-]?\d{1,18}$")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -317,27 +320,63 @@ def check_feature_names(names: list[str], n_features: int) -> list[str]:
 
 
 def parse_csv(
-    data: bytes, *, target: str, task: str | None = None, where: str = "file"
+    data: bytes | IO[bytes],
+    *,
+    target: str,
+    task: str | None = None,
+    where: str = "file",
+    max_cells: int | None = None,
 ) -> ParsedDataset:
-    """A CSV with a header row; `target` names the target column(s), comma-separated."""
+    """A CSV with a header row; `target` names the target column(s), comma-separated.
+
+    `data` may be a binary file (an upload spooled to disk): it is read row by row, features are
+    converted to numbers a block at a time, and a table past `max_cells` (rows x columns) is
+    refused the moment it passes, so memory holds numbers, not millions of cell strings.
+    """
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
+        return _parse_csv_rows(
+            csv.reader(text), target=target, task=task, where=where, max_cells=max_cells
+        )
+    except UnicodeDecodeError:
         raise Unprocessable(
-            f"{where} is not UTF-8 text (byte {exc.start} is invalid); save the CSV as UTF-8"
+            f"{where} is not UTF-8 text (a byte can't be decoded); save the CSV as UTF-8"
         ) from None
-    if "\x00" in text:
-        raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
-    try:
-        table = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
     except csv.Error as exc:
         raise Unprocessable(f"{where} is not valid CSV: {exc}") from None
-    if not table:
+    finally:
+        text.detach()  # the caller owns the file
+
+
+def _has_nul(row: list[str]) -> bool:
+    return any("\x00" in cell for cell in row)
+
+
+def too_many_cells(rows: int, columns: int, limit: int) -> PayloadTooLarge:
+    """Refused while reading: the rows after `rows` were never read, so the total is unknown."""
+    return PayloadTooLarge(
+        f"the dataset holds more than {limit:,} values (its data row {rows:,} of {columns} "
+        f"columns passes them); the limit is {limit:,} (FITSERVE_MAX_DATASET_CELLS): upload "
+        "fewer rows or columns"
+    )
+
+
+def _parse_csv_rows(
+    reader: Iterator[list[str]],
+    *,
+    target: str,
+    task: str | None,
+    where: str,
+    max_cells: int | None,
+) -> ParsedDataset:
+    rows = (row for row in reader if any(c.strip() for c in row))
+    first = next(rows, None)
+    if first is None:
         raise Unprocessable(f"{where} is empty; send a CSV with a header row and data rows")
-    header = [c.strip() for c in table[0]]
-    body = table[1:]
-    if not body:
-        raise Unprocessable(f"{where} has a header row but no data rows")
+    if _has_nul(first):
+        raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
+    header = [c.strip() for c in first]
     for name in header:
         check_text(name, "column name")
     if any(not name for name in header):
@@ -359,23 +398,52 @@ def parse_csv(
     feature_cols = [i for i, name in enumerate(header) if name not in target_cols]
     if not feature_cols:
         raise Unprocessable("every column is a target; leave at least one feature column")
-    for i, row in enumerate(body):
+    target_idx = [header.index(t) for t in target_cols]
+    numeric_targets = task == "regression" or len(target_cols) > 1
+    x_blocks: list[np.ndarray] = []
+    y_blocks: list[np.ndarray] = []
+    labels: list[str] = []
+    block: list[list[str]] = []
+    count = 0
+
+    def flush() -> None:
+        offset = count - len(block)
+        x_blocks.append(_numeric_columns(block, feature_cols, header, where=where, offset=offset))
+        if numeric_targets:
+            y_blocks.append(_numeric_columns(block, target_idx, header, where=where, offset=offset))
+        block.clear()
+
+    for row in rows:
+        count += 1
         if len(row) != len(header):
             raise Unprocessable(
-                f"{where} data row {i + 1} has {len(row)} values but the header has "
+                f"{where} data row {count} has {len(row)} values but the header has "
                 f"{len(header)} columns; every row needs one value per column"
             )
-    x = _numeric_columns(body, feature_cols, header, where=where)
-    target_idx = [header.index(t) for t in target_cols]
-    if task == "regression" or len(target_cols) > 1:
-        y_num = _numeric_columns(body, target_idx, header, where=where)
-        targets: list[Any] = y_num.tolist() if len(target_cols) > 1 else y_num[:, 0].tolist()
+        if max_cells is not None and count * len(header) > max_cells:
+            raise too_many_cells(count, len(header), max_cells)
+        if _has_nul(row):
+            raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
+        if not numeric_targets:
+            label = row[target_idx[0]].strip()
+            if not label:
+                raise Unprocessable(f"{where} data row {count} has no value in column {target!r}")
+            labels.append(label)
+        block.append(row)
+        if len(block) == _CSV_BLOCK_ROWS:
+            flush()
+    if count == 0:
+        raise Unprocessable(f"{where} has a header row but no data rows")
+    if block:
+        flush()
+    x = np.concatenate(x_blocks)
+    targets: list[Any]
+    if numeric_targets:
+        y_num = np.concatenate(y_blocks)
+        targets = y_num.tolist() if len(target_cols) > 1 else y_num[:, 0].tolist()
         task = task or "regression"
     else:
-        targets = [row[target_idx[0]].strip() for row in body]
-        for i, v in enumerate(targets):
-            if not v:
-                raise Unprocessable(f"{where} data row {i + 1} has no value in column {target!r}")
+        targets = list(labels)
         if task is None and _infer_task(targets) == "regression":
             task = "regression"
             targets = [float(v) for v in targets]
@@ -390,7 +458,7 @@ def parse_csv(
 
 
 def _numeric_columns(
-    body: list[list[str]], cols: list[int], header: list[str], *, where: str
+    body: list[list[str]], cols: list[int], header: list[str], *, where: str, offset: int = 0
 ) -> np.ndarray:
     cells = [[row[c] for c in cols] for row in body]
     try:
@@ -404,8 +472,8 @@ def _numeric_columns(
         for j, cell in enumerate(row):
             if not _is_number(cell):
                 raise Unprocessable(
-                    f"{where} data row {i + 1}, column {header[cols[j]]!r}: {cell!r} is not a "
-                    "finite number; features (and regression targets) must be numbers — encode "
-                    "categories as numbers or drop the column"
+                    f"{where} data row {offset + i + 1}, column {shown(header[cols[j]])}: "
+                    f"{shown(cell)} is not a finite number; features (and regression targets) "
+                    "must be numbers — encode categories as numbers or drop the column"
                 )
     raise Unprocessable(f"{where} holds a value that is not a finite number")

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exc as sa_exc
 
+from app.access import AccessMiddleware
 from app.auth import VerifiedKeys
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
@@ -84,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_documentation(app)
     # Oversized or non-finite bodies are refused before any parsing.
     app.add_middleware(RequestLimitsMiddleware)
-    app.add_middleware(OipErrorMiddleware)  # outside the limits layer: its /v2 errors too
+    # The key (and, keyless, Host and Origin) is checked before any body is read.
+    app.add_middleware(AccessMiddleware)
+    app.add_middleware(OipErrorMiddleware)  # outermost: /v2 errors of the layers inside too
     for module in (health, datasets, networks, jobs, models, studies, registry):
         app.include_router(module.router)
     models.document_predict_body(app)

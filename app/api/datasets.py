@@ -105,7 +105,8 @@ async def create_dataset(
     if media == "multipart/form-data":
         row = await _from_form(request, session=session, owner=owner, settings=settings)
     elif declares_json(content_type):
-        body = _parse_json(await request.body())
+        # Parsed and validated in a thread: a body at the size limit takes a second or more.
+        body = await run_in_threadpool(_parse_json, await request.body())
         row = await run_in_threadpool(
             service.create_from_json, session, owner=owner, body=body, settings=settings
         )
@@ -184,17 +185,19 @@ async def _from_form(request: Request, **kwargs: Any) -> Any:
                 f"task {task!r} is not known; use classification or regression (or leave it out)",
                 loc=("body", "task"),
             )
-        data = await upload.read()
-    return await run_in_threadpool(
-        service.create_from_csv,
-        kwargs["session"],
-        owner=kwargs["owner"],
-        name=name,
-        data=data,
-        target=target,
-        task=task or None,
-        settings=kwargs["settings"],
-    )
+        # The upload is spooled (to disk past 1 MB); it is parsed from there, row by row, in a
+        # thread, and refused the moment it passes the cell limit.
+        await upload.seek(0)
+        return await run_in_threadpool(
+            service.create_from_csv,
+            kwargs["session"],
+            owner=kwargs["owner"],
+            name=name,
+            data=upload.file,
+            target=target,
+            task=task or None,
+            settings=kwargs["settings"],
+        )
 
 
 @router.get(

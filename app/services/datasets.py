@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from sqlalchemy import and_, exists, func, or_, select, text
@@ -24,7 +24,7 @@ from app.dataset_codec import (
 )
 from app.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from app.job_status import ACTIVE
-from app.parquet import is_parquet, parse_parquet
+from app.parquet import MAGIC, is_parquet, parse_parquet
 from app.schemas import DatasetCreate
 from app.services import is_id, owned_by
 from app.tables import Dataset, Job, Model
@@ -132,19 +132,35 @@ def create_from_csv(
     *,
     owner: str | None,
     name: str,
-    data: bytes,
+    data: bytes | IO[bytes],
     target: str,
     task: str | None,
     settings: Settings,
 ) -> Dataset:
     check_text(name, "name")
+    whole = _read_if_parquet(data)
     parsed = (
-        parse_parquet(data, target=target, task=task, max_bytes=_max_table_bytes(settings))
-        if is_parquet(data)
-        else parse_csv(data, target=target, task=task)
+        parse_parquet(whole, target=target, task=task, max_bytes=_max_table_bytes(settings))
+        if whole is not None
+        else parse_csv(data, target=target, task=task, max_cells=settings.max_dataset_cells)
     )
     _check_size(parsed, settings)
     return _store(session, owner=owner, name=name, parsed=parsed)
+
+
+def _read_if_parquet(data: bytes | IO[bytes]) -> bytes | None:
+    """The whole upload when it is a Parquet file (read from memory, footer first); None for a
+    CSV, which is read row by row from where it is instead."""
+    if isinstance(data, bytes):
+        return data if is_parquet(data) else None
+    data.seek(0)
+    if data.read(len(MAGIC)) != MAGIC:
+        data.seek(0)
+        return None
+    data.seek(0)
+    whole = data.read()
+    data.seek(0)
+    return whole if is_parquet(whole) else None
 
 
 def _max_table_bytes(settings: Settings) -> int:

@@ -238,9 +238,9 @@ async def test_dataset_cell_limit_is_a_413(database_url: str) -> None:
     app = create_app(Settings(database_url=database_url, max_dataset_cells=100))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             response = await upload_csv(client, iris_csv(), target="species")
-            assert_error(response, 413, "750", "limit is 100")
+            assert_error(response, 413, "more than 100 values", "data row 21 of 5 columns")
 
 
 def test_concurrent_registration_stores_each_builtin_once(database_url: str) -> None:

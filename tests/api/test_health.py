@@ -34,7 +34,7 @@ async def test_health_is_503_when_the_database_is_down(
     app = create_app(Settings(database_url=url))
     async with app.router.lifespan_context(app):  # starts anyway, and says why in the log
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             assert_error(await client.get("/health"), 503, "database")
             # Any route that needs the database answers 503 too, never a 500.
             body = assert_error(await client.get("/v1/datasets"), 503, "database")
@@ -63,5 +63,5 @@ async def test_create_app_reads_settings_from_the_environment(
     async with app.router.lifespan_context(app):
         assert app.state.model_cache.capacity == 3
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             assert (await client.get("/health")).json()["database"] == "sqlite"

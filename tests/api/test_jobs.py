@@ -204,7 +204,7 @@ async def test_queued_job_limit_per_key(database_url: str) -> None:
     app = create_app(Settings(database_url=database_url, max_queued_jobs_per_key=2))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             await submit(client)
             await submit(client)
             body = assert_error(

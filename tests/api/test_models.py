@@ -146,7 +146,7 @@ async def test_predict_refuses_bad_inputs(database_url: str) -> None:
         db = Rows(app.state.sessionmaker)
         model_id = store_model(db)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             url = f"/v1/models/{model_id}/predict"
             body = assert_error(
                 await client.post(url, json={"inputs": [[1, 2, 3, 4], [1, 2, 3]]}),

@@ -87,6 +87,6 @@ async def test_the_parameter_limit_is_the_configured_one(sqlite_url: str) -> Non
     app = create_app(Settings(database_url=sqlite_url, max_params=100))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             response = await client.post("/v1/networks/summary", json=IRIS)
             assert_error(response, 422, "1.4e2 parameters", "limit is 1.0e2", "FITSERVE_MAX_PARAMS")

@@ -67,7 +67,7 @@ class InProcess:
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
         transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             return await http.post(path, **kwargs)
 
 

@@ -55,7 +55,7 @@ async def test_other_keys_rows_are_not_found(keyed_app: Any) -> None:
         job_id, model_id = job.id, model.id
 
     transport = httpx.ASGITransport(app=keyed_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         bob = {"Authorization": f"Bearer {bob_secret}"}
         for method, path, body in (
             ("GET", f"/v1/jobs/{job_id}/events", None),

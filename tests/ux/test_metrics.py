@@ -76,7 +76,7 @@ async def test_metrics_needs_a_key_when_keys_are_required(keyed_app: Any) -> Non
     with keyed_app.state.sessionmaker.begin() as session:
         _, secret = create_key(session, name="prometheus")
     transport = httpx.ASGITransport(app=keyed_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         refused = await client.get("/metrics")
         assert refused.status_code == 401
         allowed = await client.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
