@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_params: int = 50_000_000
     max_predict_rows: int = 10_000
     max_queued_jobs_per_key: int = 100
+    # Fair share: jobs one API key may have on workers at once, so one key can't hold every
+    # worker (`fitserve serve --workers N` lowers it to half its N workers, at least 1, unless
+    # set). Keyless local jobs are not capped.
+    max_running_jobs_per_key: int = 2
 
     # API keys: None = required exactly when the server binds a non-loopback address.
     require_api_keys: bool | None = None

@@ -152,6 +152,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.workers and settings.cpu_threads is None:
         env["FITSERVE_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    if args.workers and "FITSERVE_MAX_RUNNING_JOBS_PER_KEY" not in env:
+        # One key gets at most half of these workers: the rest stay for the other keys.
+        env["FITSERVE_MAX_RUNNING_JOBS_PER_KEY"] = str(max(1, args.workers // 2))
     api = _Child(
         "api",
         [

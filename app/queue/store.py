@@ -35,12 +35,14 @@ from sqlalchemy import (
     CursorResult,
     Executable,
     Float,
+    Integer,
     String,
     Table,
     and_,
     bindparam,
     case,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -69,6 +71,10 @@ def _or_cancelled(otherwise: Any, *, if_cancelling: Any = JobStatus.CANCELLED) -
     """`otherwise`, except for a cancelling job (`if_cancelling`: by default the status it ends
     in). Every statement that ends an attempt goes through this: a cancel always wins."""
     return case((_cancelling, if_cancelling), else_=otherwise)
+
+
+# Jobs one API key may have on workers at once, unless the caller says otherwise (Settings).
+DEFAULT_MAX_RUNNING_PER_KEY = 2
 
 
 class QueueError(Exception):
@@ -219,12 +225,36 @@ def _claimable(t: Any) -> Any:
 
 def _claim_statement() -> Any:
     candidate = jobs.alias("candidate")
+    others = jobs.alias("others")
+    same_key = and_(others.c.owner_id == candidate.c.owner_id, others.c.id != candidate.c.id)
+    # A key's share: its jobs on workers (the candidate aside: a lease-expired job being taken
+    # over is still `running`), plus its claimable jobs older than the candidate. Counting the
+    # older ones makes concurrent claimers, which all see the same running counts and skip each
+    # other's locked rows, take one job per key in turn and stop at the cap, instead of all
+    # taking the oldest key's next jobs.
+    share = (
+        select(func.count())
+        .select_from(others)
+        .where(
+            same_key,
+            or_(
+                others.c.status.in_(LEASED),
+                and_(_claimable(others), others.c.created_at < candidate.c.created_at),
+            ),
+        )
+        .scalar_subquery()
+    )
+    keyless = candidate.c.owner_id.is_(None)  # the one local user's jobs: not capped
     next_id = (
         select(candidate.c.id)
-        .where(_claimable(candidate))
-        .order_by(candidate.c.available_at, candidate.c.created_at)
+        .where(
+            _claimable(candidate),
+            or_(keyless, share < bindparam("max_running_per_key", type_=Integer())),
+        )
+        # Fair share: the key with the fewest jobs on workers first, then the oldest job.
+        .order_by(case((keyless, 0), else_=share), candidate.c.available_at, candidate.c.created_at)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=candidate, skip_locked=True)
         .scalar_subquery()
     )
     return (
@@ -261,12 +291,28 @@ def _claim_statement() -> Any:
 CLAIM_NEXT_JOB = _claim_statement()
 
 
-def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Claim | None:
-    """Take the oldest claimable job with one UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
+def claim_next_job(
+    session: Session,
+    *,
+    worker: str,
+    lease_seconds: float,
+    max_running_per_key: int = DEFAULT_MAX_RUNNING_PER_KEY,
+) -> Claim | None:
+    """Take the next claimable job with one UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
     LOCKED LIMIT 1): Postgres claimers skip each other's locked row; on SQLite the lock clause
-    drops out, BEGIN IMMEDIATE already made this transaction the only writer."""
+    drops out, BEGIN IMMEDIATE already made this transaction the only writer.
+
+    Fair share between API keys: a key with `max_running_per_key` jobs on workers gets no more,
+    and among the rest the key with the fewest running jobs goes first (then the oldest job).
+    Two Postgres claims racing for the same key's last slot may both win, so a key can pass
+    the cap by at most the number of workers claiming at that instant, never for long."""
     row = session.execute(
-        CLAIM_NEXT_JOB, {"worker": worker, "lease_seconds": float(lease_seconds)}
+        CLAIM_NEXT_JOB,
+        {
+            "worker": worker,
+            "lease_seconds": float(lease_seconds),
+            "max_running_per_key": max_running_per_key,
+        },
     ).one_or_none()
     if row is None:
         return None
@@ -567,13 +613,16 @@ def stop_owner_jobs(session: Session, *, owner_id: str, error: str, error_code: 
     """Stop everything a key has in the queue, recording why on each job (a revoked key): its
     queued jobs end `cancelled` in this statement, its running ones become `cancelling` and
     their workers stop them at the next batch, as with a cancel. Returns the jobs touched."""
-    queued = jobs.c.status == "queued"
+    queued = jobs.c.status == JobStatus.QUEUED
     return list(
         session.execute(
             update(jobs)
-            .where(jobs.c.owner_id == owner_id, jobs.c.status.in_(("queued", "running")))
+            .where(
+                jobs.c.owner_id == owner_id,
+                jobs.c.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            )
             .values(
-                status=case((queued, "cancelled"), else_="cancelling"),
+                status=case((queued, JobStatus.CANCELLED), else_=JobStatus.CANCELLING),
                 finished_at=case((queued, db_now()), else_=None),
                 error=error,
                 error_code=error_code,

@@ -175,7 +175,10 @@ class Worker:
                     conduct.advance_running(session, settings=self.settings)
                     self._next_reap = now + REAP_INTERVAL_SECONDS
                 claim = store.claim_next_job(
-                    session, worker=self.name, lease_seconds=self.settings.lease_seconds
+                    session,
+                    worker=self.name,
+                    lease_seconds=self.settings.lease_seconds,
+                    max_running_per_key=self.settings.max_running_jobs_per_key,
                 )
                 if claim is None:
                     return None

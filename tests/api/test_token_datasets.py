@@ -102,7 +102,7 @@ async def test_the_limit_counts_token_ids(database_url: str) -> None:
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         # 14 ids: over the limit though the dense matrix would be 5 x 3268 cells either way
         assert_error(await upload(client), 413, "14 token ids", "FITSERVE_MAX_DATASET_TOKENS")
