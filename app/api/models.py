@@ -254,9 +254,15 @@ def _validated(body: bytes, content_type: str | None) -> PredictRequest:
         },
         **UNAUTHORIZED,
         404: {"model": ErrorResponse, "description": "No such model (or not yours)."},
-        413: {"model": ErrorResponse, "description": "Body over FITSERVE_MAX_BODY_BYTES."},
+        413: {
+            "model": ErrorResponse,
+            "description": "Over FITSERVE_MAX_BODY_BYTES or FITSERVE_MAX_PREDICT_ROWS.",
+        },
         415: {"model": ErrorResponse, "description": "A multipart form instead of CSV text."},
-        422: {"model": ErrorResponse, "description": "A missing column or a bad cell."},
+        422: {
+            "model": ErrorResponse,
+            "description": "A missing or repeated column, a bad cell, or a non-finite output.",
+        },
     },
 )
 async def predict_csv(
@@ -278,15 +284,17 @@ async def predict_csv(
         text = (await request.body()).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise Unprocessable("the CSV must be UTF-8 text", loc=("body",)) from None
+    max_rows = request.app.state.settings.max_predict_rows
     x: np.ndarray | TokenLists = (
         await run_in_threadpool(batch.parse_token_lines, text, model)
         if model.predictor.takes_tokens
-        else await run_in_threadpool(batch.parse_csv, text, model.feature_names)
+        else await run_in_threadpool(batch.parse_csv, text, model.feature_names, max_rows=max_rows)
     )
     batch.check_width(model, x)
+    outputs = await run_in_threadpool(batch.predict_all, model, x)
     ndjson = accept is not None and batch.NDJSON in accept
     return StreamingResponse(
-        batch.stream_predictions(model, x, ndjson=ndjson),
+        batch.stream_predictions(model, outputs, ndjson=ndjson),
         media_type=batch.NDJSON if ndjson else "text/csv; charset=utf-8",
     )
 

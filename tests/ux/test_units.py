@@ -18,7 +18,7 @@ from fitserve_client.client_types import EventParser, error_from_response
 import models
 from app.errors import Unprocessable
 from app.inference import ServedModel
-from app.services.batch import CHUNK_ROWS, parse_csv, stream_predictions
+from app.services.batch import CHUNK_ROWS, parse_csv, predict_all, stream_predictions
 
 
 def test_event_parser_follows_the_sse_rules() -> None:
@@ -89,16 +89,16 @@ def test_spec_files(tmp_path: Path) -> None:
 
 def test_batch_csv_parsing_names_the_problem() -> None:
     names = ["a", "b"]
-    x = parse_csv("b,target,a\n2,x,1\n\n4,y,3\n", names)
+    x = parse_csv("b,target,a\n2,x,1\n\n4,y,3\n", names, max_rows=10)
     assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]]  # by name, in the model's order
     with pytest.raises(Unprocessable, match="lacks 'b'"):
-        parse_csv("a,c\n1,2\n", names)
-    with pytest.raises(Unprocessable, match="line 3, column 'b': 'inf' is not a finite number"):
-        parse_csv("a,b\n1,2\n1,inf\n", names)
+        parse_csv("a,c\n1,2\n", names, max_rows=10)
+    with pytest.raises(Unprocessable, match="line 3, column 'b': 'inf' is not a finite float32"):
+        parse_csv("a,b\n1,2\n1,inf\n", names, max_rows=10)
     with pytest.raises(Unprocessable, match="line 2 has 3 cells"):
-        parse_csv("a,b\n1,2,3\n", names)
+        parse_csv("a,b\n1,2,3\n", names, max_rows=10)
     with pytest.raises(Unprocessable, match="no rows"):
-        parse_csv("a,b\n", names)
+        parse_csv("a,b\n", names, max_rows=10)
 
 
 def test_batch_output_streams_in_chunks_matching_one_big_predict() -> None:
@@ -120,7 +120,7 @@ def test_batch_output_streams_in_chunks_matching_one_big_predict() -> None:
         feature_names=["a", "b", "c"], target_names=["label"], predictor=predictor,
     )  # fmt: skip
     big = np.tile(x, (13, 1))  # 2600 rows: three chunks
-    chunks = list(stream_predictions(model, big, ndjson=False))
+    chunks = list(stream_predictions(model, predict_all(model, big), ndjson=False))
     assert len(chunks) == -(-len(big) // CHUNK_ROWS)
     rows = list(csv.reader(io.StringIO("".join(chunks))))
     assert rows[0] == ["prediction", "p_neg", "p_pos"]
