@@ -28,6 +28,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from app.errors import PayloadTooLarge, Unprocessable, shown
+from app.schemas import MAX_NAME
 from models import SpecError
 from models.tokens import TokenLists, inputs_from_bytes, to_bytes
 
@@ -43,6 +44,7 @@ _CSV_BLOCK_ROWS = 4096
 
 _INT_LABEL = re.compile(r"^[+-]?\d{1,18}$")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what app.schemas' Name refuses
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,30 @@ class EncodedDataset:
 
 
 def check_text(value: str, what: str) -> str:
-    """Names end up in the database and in JSON: no control characters or lone surrogates."""
+    """Labels end up in the database and in JSON: no control characters or lone surrogates."""
     if _BAD_TEXT.search(value):
-        raise Unprocessable(f"{what} {value!r} contains a control character; remove it")
+        raise Unprocessable(f"{what} {shown(value)} contains a control character; remove it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise Unprocessable(f"{what} contains an invalid (lone surrogate) character") from None
     return value
+
+
+def check_name(value: str, what: str) -> str:
+    """A name (of a dataset, a column, a feature, a target): the rule of the JSON API's `Name`,
+    whichever way it arrives (JSON, a CSV header, a form field, a Parquet schema): 1 to
+    MAX_NAME characters, no control characters at all, valid Unicode."""
+    if not 1 <= len(value) <= MAX_NAME:
+        raise Unprocessable(
+            f"{what} {shown(value)} has {len(value):,} characters; names take 1 to {MAX_NAME}"
+        )
+    if _CONTROL.search(value):
+        raise Unprocessable(
+            f"{what} {shown(value)} contains a control character (such as NUL, a tab or a "
+            "newline); remove it"
+        )
+    return check_text(value, what)
 
 
 # ------------------------------------------------------------------ encode / decode
@@ -255,7 +273,7 @@ def build_dataset(
             "column(s); give one name per target column (or leave target_names out)"
         )
     for name in target_names:
-        check_text(name, "target name")
+        check_name(name, "target name")
     return ParsedDataset(
         task=task,
         x=x.astype(np.float32),
@@ -313,7 +331,7 @@ def check_feature_names(names: list[str], n_features: int) -> list[str]:
         )
     if len(set(names)) != len(names):
         raise Unprocessable("feature_names must be unique")
-    return [check_text(n, "feature name") for n in names]
+    return [check_name(n, "feature name") for n in names]
 
 
 # ------------------------------------------------------------------ CSV
@@ -378,7 +396,7 @@ def _parse_csv_rows(
         raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
     header = [c.strip() for c in first]
     for name in header:
-        check_text(name, "column name")
+        check_name(name, "column name")
     if any(not name for name in header):
         raise Unprocessable(f"{where}'s header row has an empty column name; name every column")
     if len(set(header)) != len(header):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from app.dataset_codec import ParsedDataset, build_dataset, check_text, token_lists
+from app.dataset_codec import ParsedDataset, build_dataset, check_name, token_lists
 from app.errors import PayloadTooLarge, Unprocessable
 from models.tokens import TokenLists
 
@@ -46,7 +46,7 @@ def parse_parquet(
         raise Unprocessable(f"{where} could not be read as Parquet ({exc})") from None
     names = table.column_names
     for name in names:
-        check_text(name, "column name")
+        check_name(name, "column name")
     if len(set(names)) != len(names):
         raise Unprocessable(f"{where} repeats column names")
     targets = [t.strip() for t in target.split(",") if t.strip()]

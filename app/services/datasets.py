@@ -15,7 +15,7 @@ from app.dataset_codec import (
     ParsedDataset,
     build_dataset,
     check_feature_names,
-    check_text,
+    check_name,
     default_feature_names,
     encode_arrays,
     features_array,
@@ -137,7 +137,7 @@ def create_from_csv(
     task: str | None,
     settings: Settings,
 ) -> Dataset:
-    check_text(name, "name")
+    check_name(name, "name")
     whole = _read_if_parquet(data)
     parsed = (
         parse_parquet(whole, target=target, task=task, max_bytes=_max_table_bytes(settings))
