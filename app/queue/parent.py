@@ -377,7 +377,12 @@ class Attempt:
                 if beat:
                     status = self.write(
                         "heartbeat",
-                        lambda s: store.heartbeat(s, **fence, lease_seconds=settings.lease_seconds),
+                        lambda s: store.heartbeat(
+                            s,
+                            **fence,
+                            lease_seconds=settings.lease_seconds,
+                            max_job_seconds=settings.max_job_seconds,
+                        ),
                         patience=settings.heartbeat_seconds,
                     )
                     next_beat = time.monotonic() + settings.heartbeat_seconds

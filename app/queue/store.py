@@ -342,13 +342,40 @@ def claim_next_job(
     )
 
 
-def heartbeat(session: Session, *, job_id: str, lease_token: int, lease_seconds: float) -> str:
+TIME_LIMIT_ERROR = (
+    "the job ran past the time limit of {seconds:,.0f} s per attempt (FITSERVE_MAX_JOB_SECONDS); "
+    "train for fewer epochs, or on less data, or ask for a higher limit"
+)
+
+
+def heartbeat(
+    session: Session,
+    *,
+    job_id: str,
+    lease_token: int,
+    lease_seconds: float,
+    max_job_seconds: float | None = None,
+) -> str:
     """Extend the lease; returns the status so the worker learns of a cancel request.
-    Raises LeaseLost when the job is no longer ours."""
+    An attempt running for longer than `max_job_seconds` becomes `cancelling` here with
+    error_code `time_limit`: the worker stops it at the next batch as it stops a cancel, and
+    `finish_cancelled` ends it `failed`. Raises LeaseLost when the job is no longer ours."""
+    values: dict[str, Any] = {}
+    if max_job_seconds is not None:
+        overdue = and_(
+            jobs.c.status == JobStatus.RUNNING, jobs.c.started_at < db_now(-max_job_seconds)
+        )
+        values = {
+            "status": case((overdue, JobStatus.CANCELLING), else_=jobs.c.status),
+            "error_code": case((overdue, "time_limit"), else_=jobs.c.error_code),
+            "error": case(
+                (overdue, TIME_LIMIT_ERROR.format(seconds=max_job_seconds)), else_=jobs.c.error
+            ),
+        }
     status = session.execute(
         update(jobs)
         .where(_fenced(job_id, lease_token))
-        .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now())
+        .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now(), **values)
         .returning(jobs.c.status)
     ).scalar_one_or_none()
     if status is None:
@@ -514,13 +541,16 @@ def finish_job(
 
 
 def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None:
-    """The worker stopped a cancelling job: it ends `cancelled`, keeping the metrics so far."""
+    """The worker stopped a cancelling job: it ends `cancelled`, keeping the metrics so far;
+    or `failed` when what stopped it was the time limit (see `heartbeat`)."""
     _update_fenced(
         session,
         job_id=job_id,
         lease_token=lease_token,
         statuses=(JobStatus.CANCELLING,),
-        status=JobStatus.CANCELLED,
+        status=case(
+            (jobs.c.error_code == "time_limit", JobStatus.FAILED), else_=JobStatus.CANCELLED
+        ),
         lease_expires_at=None,
         finished_at=db_now(),
         updated_at=db_now(),

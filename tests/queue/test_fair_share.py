@@ -130,3 +130,26 @@ def test_one_key_cannot_hold_every_worker(
                 store.cancel_job(session, job_id=job_id)
         for worker in workers:
             worker.stop()
+
+
+def test_a_job_past_the_time_limit_is_stopped_and_fails(
+    sessions: sessionmaker[Session], iris_id: str, start_worker: StartWorker
+) -> None:
+    """A 100,000-epoch job (hours) on a worker with a 2 s limit: stopped at a batch, `failed`
+    with error_code time_limit and a message naming the setting, its metrics so far kept."""
+    job_id = _enqueue(sessions, iris_id, _key(sessions), epochs=100_000)
+    worker = start_worker(max_job_seconds=2.0)
+
+    def ended() -> Job | None:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job if job.finished_at is not None else None
+
+    try:
+        job = wait_for(ended, timeout=60, what="the time limit to stop the job")
+    finally:
+        worker.stop()
+    assert (job.status, job.error_code) == ("failed", "time_limit"), job.error
+    assert "FITSERVE_MAX_JOB_SECONDS" in (job.error or "")
+    assert 0 < job.epoch < 100_000
