@@ -34,7 +34,7 @@ ROWS = iris().x.tolist()
 async def _client(app: FastAPI) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             yield app, client
 
 
