@@ -140,7 +140,7 @@ class AccessMiddleware:
                 )
                 return
             except Unauthorized as exc:
-                await send_error(send, 401, exc.message, exc.code, headers=exc.headers, close=True)
+                await send_error(send, 401, exc.message, exc.code, headers=exc.headers)
                 # Then read and drop a little of the body, briefly, so a client still sending
                 # sees the 401 rather than a reset; one waiting for 100 Continue sends nothing.
                 if not expects_continue(scope):

@@ -272,20 +272,23 @@ async def send_error(
     close: bool = False,
     **extra: Any,
 ) -> None:
-    """Answer with the service's error shape from a middleware. `close` for a request whose
-    body is left unread (a 413, or a 401 before the body): the connection can't be reused."""
-    body = json.dumps(error_body(detail, code, **extra)).encode()
+    """Answer with the service's error shape from a middleware, byte for byte what the app's
+    own handlers send (Starlette's JSONResponse rendering and header order). `close` for a
+    413, whose body is left unread: the connection can't be reused."""
+    body = json.dumps(
+        error_body(detail, code, **extra), ensure_ascii=False, separators=(",", ":")
+    ).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
                 *(
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
                     for k, v in (headers or {}).items()
                 ),
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
                 *([(b"connection", b"close")] if close or status == 413 else []),
             ],
         }
