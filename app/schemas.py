@@ -503,10 +503,13 @@ class KerasImport(BaseModel):
 class PredictRequest(_Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_ROWS}]})
 
-    inputs: list[Annotated[list[float], Field(min_length=1)]] = Field(
+    # a row may be empty: a document with no token ids is Keras' all-zero vector for a
+    # category_encoding model; for a feature model it is a row of the wrong width (422)
+    inputs: list[list[float]] = Field(
         min_length=1,
         description="Rows of features, each as long as the model's input_dim; for a model whose "
-        "first layer is category_encoding, one list of token ids per document, of any length.",
+        "first layer is category_encoding, one list of token ids per document, of any length "
+        "([] is an empty document).",
         examples=[IRIS_ROWS],
     )
 
