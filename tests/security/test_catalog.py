@@ -114,7 +114,7 @@ CATALOG: list[Case] = [
     # ---------------------------------------------------------------- datasets, JSON
     Case("dataset-misspelt-field", "POST", D, 422, ("feature", "extra"),
          json={**dataset(features=None), "feature": [[1.0]]}),
-    Case("dataset-missing-features", "POST", D, 422, ("features", "required"),
+    Case("dataset-missing-features", "POST", D, 422, ("features", "sequences", "exactly one"),
          json=dataset(features=None)),
     Case("dataset-string-for-number", "POST", D, 422, ("features[0][1]", "number"),
          json=dataset(features=[[0.1, "1.0"], [0.2, 2.0], [0.3, 3.0]])),
