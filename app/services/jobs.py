@@ -40,10 +40,10 @@ def metrics_view(row: JobMetric | None) -> EpochMetrics | None:
         return None
     values = finite_or_none(dict(row.values or {}))
     values["epoch"] = row.epoch
-    # what the epoch's steps ran as, recorded beside its values by the worker
-    values.update(
-        step_mode=row.step_mode, step_mode_reason=row.step_mode_reason, precision=row.precision
-    )
+    # what the epoch's steps ran as, recorded beside its values by the worker (a model's final
+    # metrics, shaped like a row by app/services/models.py, carry the values alone)
+    for column in ("step_mode", "step_mode_reason", "precision"):
+        values[column] = getattr(row, column, None)
     return EpochMetrics.model_validate(values)
 
 
