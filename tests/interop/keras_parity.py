@@ -267,10 +267,14 @@ def cases() -> list[Case]:
              "categorical_crossentropy", MLP,
              {"optimizer": sgd_fast, "epochs": 40, "validation_split": 0.3,
               "early_stopping": {"patience": 3, "restore_best_weights": True}}),
+        # lr 0.2, not 0.3: at 0.3 the shuffled iris' validation loss drifts to 2e-5 relative by
+        # epoch 12 from float32 rounding alone (weights agree to 1.5e-6), which tests chaos
+        # rather than the baseline rule.
         Case("early_stopping_baseline",
-             "val_loss, baseline 0.05 never beaten, patience 4, sgd lr 0.3 momentum 0.9",
+             "val_loss, baseline 0.05 never beaten, patience 4, sgd lr 0.2 momentum 0.9",
              "categorical_crossentropy", MLP,
-             {"optimizer": sgd_fast, "epochs": 40, "validation_split": 0.2,
+             {"optimizer": {**sgd_fast, "learning_rate": 0.2}, "epochs": 40,
+              "validation_split": 0.2,
               "early_stopping": {"patience": 4, "baseline": 0.05}}),
         Case("early_stopping_start_from_epoch", "accuracy (max), start_from_epoch 8, patience 1",
              "binary_crossentropy", MLP,
