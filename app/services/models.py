@@ -66,12 +66,8 @@ class _MetricsRow:
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
         self.epoch = int(values.get("epoch", 0))
-        # A JobMetric's columns that metrics_view reads; the final epoch's dict may carry them.
-        self.step_mode = values.get("step_mode")
-        self.step_mode_reason = values.get("step_mode_reason")
-        self.precision = values.get("precision")
-        # what the steps ran as lives on the job's epoch rows, not in the model's final dict
-        self.step_mode = self.step_mode_reason = self.precision = None
+        # no step_mode/precision: what the steps ran as lives on the job's epoch rows, and
+        # metrics_view reads those columns only where a row has them
 
 
 def _final_metrics(row: Model) -> Any:
