@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -17,6 +16,7 @@ from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import NotFound, Unprocessable
 from app.schemas import UNAUTHORIZED, ErrorResponse, sse_event_schema
 from app.services import studies as service
+from app.services.events import KEEPALIVE_SECONDS, POLL_SECONDS, sse_event
 from app.studies.schemas import StudyCreate, StudyList, StudyRead
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -88,8 +88,6 @@ def cancel_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyRe
     return service.cancel_study(session, owner=owner, study_id=study_id)
 
 
-POLL_SECONDS = 0.5
-KEEPALIVE_SECONDS = 15.0
 _EVENT_ID = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() takes "²" too
 
 
@@ -115,7 +113,7 @@ async def _stream(
         ended = False
         for seq, kind, data in events:
             after = seq
-            chunks.append(f"event: {kind}\nid: {seq}\ndata: {json.dumps(data)}\n\n")
+            chunks.append(sse_event(kind, seq, data))
             ended = kind == "status" and data.get("status") in ("completed", "cancelled")
         now = asyncio.get_running_loop().time()
         if chunks:

@@ -112,7 +112,7 @@ def _poll(
         return status, read_epochs_after(session, job_id=job_id, after=after)
 
 
-def _event(kind: str, event_id: int, data: dict[str, Any]) -> str:
+def sse_event(kind: str, event_id: int, data: dict[str, Any]) -> str:
     return f"event: {kind}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
@@ -151,13 +151,13 @@ async def stream_events(
             terminal = status["status"] in TERMINAL
             chunks = []
             if status["status"] != sent_status and not terminal:
-                chunks.append(_event("status", after, status))
+                chunks.append(sse_event("status", after, status))
                 sent_status = status["status"]
             for row in rows:
                 after = row["epoch"]
-                chunks.append(_event("epoch", after, row))
+                chunks.append(sse_event("epoch", after, row))
             if terminal and len(rows) < BATCH_ROWS:
-                chunks.append(_event("status", after, status))
+                chunks.append(sse_event("status", after, status))
             if chunks:
                 yield "".join(chunks)
                 last_write = time.monotonic()
