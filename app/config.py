@@ -8,6 +8,8 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# The most text one cell of a numeric CSV takes: any float64 written in full with its separator.
+BYTES_PER_CSV_CELL = 32
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     # Limits (issue: every input checked). Generous for teaching-size work, small enough to stay up.
     max_body_bytes: int = 64 * 1024 * 1024
     max_dataset_cells: int = 20_000_000
+    # A file upload (multipart) is spooled to disk and parsed block by block, never held whole:
+    # None derives its cap from the cell cap (`upload_bytes_limit`), so that every dataset under
+    # the cell cap can be uploaded as CSV.
+    max_upload_bytes: int | None = None
     # Token-list datasets count token ids, not the cells of the dense matrix they stand for:
     # Reuters is 1.3 M ids (89.8 M dense cells); 20 M ids is 160 MB stored as int64.
     max_dataset_tokens: int = 20_000_000
@@ -69,6 +75,14 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def upload_bytes_limit(self) -> int:
+        """The file upload cap: 32 bytes a cell holds any float64 written in full, with its
+        separator ("-1.2345678901234567e-308," is 25), and never below the JSON body cap."""
+        if self.max_upload_bytes is not None:
+            return self.max_upload_bytes
+        return max(self.max_body_bytes, BYTES_PER_CSV_CELL * self.max_dataset_cells)
 
     @property
     def is_postgres(self) -> bool:

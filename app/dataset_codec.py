@@ -1,5 +1,6 @@
-"""The dataset codec: parse what users upload (JSON arrays or a CSV file), encode it for the
-database, decode it for the worker. (The dataset use cases are app/services/datasets.py.)
+"""The dataset codec: the rules of a dataset whatever way it arrives (JSON arrays here; files
+through app/uploads.py and app/table_builder.py, which call these), encode it for the database,
+decode it for the worker. (The dataset use cases are app/services/datasets.py.)
 
 Stored format (see app/tables.py): `features` is safetensors {"x": float32 (rows, n_features)},
 or for a token-list (`sequences`) dataset {"values": int64 (tokens,), "offsets": int64 (rows + 1,)}
@@ -13,15 +14,13 @@ followed by the targets bytes, so equal data hashes equally.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -38,9 +37,6 @@ MAX_INFERRED_CLASSES = 20
 MAX_CLASSES = 10_000
 # Integers beyond this lose digits in float64-based JSON clients (JavaScript).
 MAX_INT_LABEL = 2**53
-
-# CSV rows converted to float64 at a time: the cell strings of one block are all that is held.
-_CSV_BLOCK_ROWS = 4096
 
 _INT_LABEL = re.compile(r"^[+-]?\d{1,18}$")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -117,7 +113,9 @@ def encode_arrays(parsed: ParsedDataset) -> EncodedDataset:
     )
     y_dtype = np.int64 if parsed.task == "classification" else np.float32
     targets = st_save({"y": np.ascontiguousarray(parsed.y, dtype=y_dtype)})
-    return EncodedDataset(features, targets, hashlib.sha256(features + targets).hexdigest())
+    digest = hashlib.sha256(features)
+    digest.update(targets)  # the same hash as over features + targets, without that copy
+    return EncodedDataset(features, targets, digest.hexdigest())
 
 
 def decode_arrays(row: Any) -> tuple[np.ndarray | TokenLists, np.ndarray]:
@@ -136,23 +134,23 @@ def decode_arrays(row: Any) -> tuple[np.ndarray | TokenLists, np.ndarray]:
 
 def _label_sort_key(labels: Sequence[Any]) -> Any:
     """Numbers (and text that spells numbers: "1.5", "10.0") sort by value, other text as text."""
-    if all(isinstance(v, (int, float)) or _is_number(v) for v in labels):
+    if all(isinstance(v, (int, float)) or is_number(v) for v in labels):
         # the text breaks ties between spellings of one value ("1" and "1.0"): a stable order
         return lambda v: (float(v), str(v))
     return str
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         return math.isfinite(float(text))
     except ValueError:
         return False
 
 
-def _infer_task(values: Sequence[Any]) -> str:
+def infer_task(values: Sequence[Any]) -> str:
     """Text labels are classes; numbers with a fraction are a regression target; integers are
     classes when there are few distinct values (<= MAX_INFERRED_CLASSES)."""
-    if any(isinstance(v, str) and not _is_number(v) for v in values):
+    if any(isinstance(v, str) and not is_number(v) for v in values):
         return "classification"
     numbers = [float(v) for v in values]
     if any(not n.is_integer() for n in numbers):
@@ -221,9 +219,15 @@ def _regression_targets(values: Sequence[Any], *, where: str) -> np.ndarray:
                     f"{where}[{i}] is the text {v!r}; regression targets must be numbers "
                     '(for class labels use "task": "classification")'
                 )
-    y = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(y).all():
-        bad = int(np.argwhere(~np.isfinite(y))[0][0])
+    return regression_array(np.asarray(rows, dtype=np.float64), where=where)
+
+
+def regression_array(y: np.ndarray, *, where: str) -> np.ndarray:
+    """float64 (rows, n_outputs) regression targets -> float32, naming the first row that is
+    not a finite number or is past float32's range."""
+    finite = np.isfinite(y)
+    if not finite.all():
+        bad = int(np.argwhere(~finite)[0][0])
         raise Unprocessable(f"{where}[{bad}] is not a finite number; remove NaN/Infinity values")
     if np.abs(y).max(initial=0.0) > np.finfo(np.float32).max:
         raise Unprocessable(f"{where} holds a value too large for float32 (|v| > 3.4e38)")
@@ -254,7 +258,7 @@ def build_dataset(
         raise Unprocessable("features hold a value too large for float32 (|v| > 3.4e38)")
     multi = any(isinstance(v, list) for v in targets)
     if task is None:
-        task = "regression" if multi else _infer_task(targets)
+        task = "regression" if multi else infer_task(targets)
     if task == "classification":
         if multi:
             raise Unprocessable(
@@ -264,6 +268,29 @@ def build_dataset(
         y, classes = encode_classes(list(targets), where=where)
     else:
         y, classes = _regression_targets(targets, where=where), None
+    return finish_dataset(
+        x=x,
+        y=y,
+        task=task,
+        classes=classes,
+        feature_names=feature_names,
+        target_names=target_names,
+        tokens=tokens,
+    )
+
+
+def finish_dataset(
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    classes: list[Any] | None,
+    feature_names: list[str],
+    target_names: list[str] | None,
+    tokens: TokenLists | None = None,
+) -> ParsedDataset:
+    """Encoded targets (int64 class indices, or float32 (rows, n_outputs)) beside finite
+    features: the target names checked, x kept as float32 (no copy when it is already)."""
     n_outputs = 1 if task == "classification" else int(y.shape[1])
     if target_names is None:
         target_names = [f"target_{i}" for i in range(n_outputs)] if n_outputs > 1 else ["target"]
@@ -276,7 +303,7 @@ def build_dataset(
         check_name(name, "target name")
     return ParsedDataset(
         task=task,
-        x=x.astype(np.float32),
+        x=x.astype(np.float32, copy=False),
         y=y,
         feature_names=feature_names,
         target_names=target_names,
@@ -334,43 +361,6 @@ def check_feature_names(names: list[str], n_features: int) -> list[str]:
     return [check_name(n, "feature name") for n in names]
 
 
-# ------------------------------------------------------------------ CSV
-
-
-def parse_csv(
-    data: bytes | IO[bytes],
-    *,
-    target: str,
-    task: str | None = None,
-    where: str = "file",
-    max_cells: int | None = None,
-) -> ParsedDataset:
-    """A CSV with a header row; `target` names the target column(s), comma-separated.
-
-    `data` may be a binary file (an upload spooled to disk): it is read row by row, features are
-    converted to numbers a block at a time, and a table past `max_cells` (rows x columns) is
-    refused the moment it passes, so memory holds numbers, not millions of cell strings.
-    """
-    stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    try:
-        return _parse_csv_rows(
-            csv.reader(text), target=target, task=task, where=where, max_cells=max_cells
-        )
-    except UnicodeDecodeError:
-        raise Unprocessable(
-            f"{where} is not UTF-8 text (a byte can't be decoded); save the CSV as UTF-8"
-        ) from None
-    except csv.Error as exc:
-        raise Unprocessable(f"{where} is not valid CSV: {exc}") from None
-    finally:
-        text.detach()  # the caller owns the file
-
-
-def _has_nul(row: list[str]) -> bool:
-    return any("\x00" in cell for cell in row)
-
-
 def too_many_cells(rows: int, columns: int, limit: int) -> PayloadTooLarge:
     """Refused while reading: the rows after `rows` were never read, so the total is unknown."""
     return PayloadTooLarge(
@@ -378,120 +368,3 @@ def too_many_cells(rows: int, columns: int, limit: int) -> PayloadTooLarge:
         f"columns passes them); the limit is {limit:,} (FITSERVE_MAX_DATASET_CELLS): upload "
         "fewer rows or columns"
     )
-
-
-def _parse_csv_rows(
-    reader: Iterator[list[str]],
-    *,
-    target: str,
-    task: str | None,
-    where: str,
-    max_cells: int | None,
-) -> ParsedDataset:
-    rows = (row for row in reader if any(c.strip() for c in row))
-    first = next(rows, None)
-    if first is None:
-        raise Unprocessable(f"{where} is empty; send a CSV with a header row and data rows")
-    if _has_nul(first):
-        raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
-    header = [c.strip() for c in first]
-    for name in header:
-        check_name(name, "column name")
-    if any(not name for name in header):
-        raise Unprocessable(f"{where}'s header row has an empty column name; name every column")
-    if len(set(header)) != len(header):
-        dupes = sorted({n for n in header if header.count(n) > 1})
-        raise Unprocessable(f"{where}'s header repeats column names: {', '.join(dupes)}")
-    target_cols = [t.strip() for t in target.split(",") if t.strip()]
-    if not target_cols:
-        raise Unprocessable("target is empty; give the name of the target column")
-    missing = [t for t in target_cols if t not in header]
-    if missing:
-        raise Unprocessable(
-            f"target column {missing[0]!r} is not in the header; the columns are: "
-            + ", ".join(header)
-        )
-    if len(set(target_cols)) != len(target_cols):
-        raise Unprocessable("target names a column twice")
-    feature_cols = [i for i, name in enumerate(header) if name not in target_cols]
-    if not feature_cols:
-        raise Unprocessable("every column is a target; leave at least one feature column")
-    target_idx = [header.index(t) for t in target_cols]
-    numeric_targets = task == "regression" or len(target_cols) > 1
-    x_blocks: list[np.ndarray] = []
-    y_blocks: list[np.ndarray] = []
-    labels: list[str] = []
-    block: list[list[str]] = []
-    count = 0
-
-    def flush() -> None:
-        offset = count - len(block)
-        x_blocks.append(_numeric_columns(block, feature_cols, header, where=where, offset=offset))
-        if numeric_targets:
-            y_blocks.append(_numeric_columns(block, target_idx, header, where=where, offset=offset))
-        block.clear()
-
-    for row in rows:
-        count += 1
-        if len(row) != len(header):
-            raise Unprocessable(
-                f"{where} data row {count} has {len(row)} values but the header has "
-                f"{len(header)} columns; every row needs one value per column"
-            )
-        if max_cells is not None and count * len(header) > max_cells:
-            raise too_many_cells(count, len(header), max_cells)
-        if _has_nul(row):
-            raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
-        if not numeric_targets:
-            label = row[target_idx[0]].strip()
-            if not label:
-                raise Unprocessable(f"{where} data row {count} has no value in column {target!r}")
-            labels.append(label)
-        block.append(row)
-        if len(block) == _CSV_BLOCK_ROWS:
-            flush()
-    if count == 0:
-        raise Unprocessable(f"{where} has a header row but no data rows")
-    if block:
-        flush()
-    x = np.concatenate(x_blocks)
-    targets: list[Any]
-    if numeric_targets:
-        y_num = np.concatenate(y_blocks)
-        targets = y_num.tolist() if len(target_cols) > 1 else y_num[:, 0].tolist()
-        task = task or "regression"
-    else:
-        targets = list(labels)
-        if task is None and _infer_task(targets) == "regression":
-            task = "regression"
-            targets = [float(v) for v in targets]
-    return build_dataset(
-        x=x,
-        targets=targets,
-        task=task,
-        feature_names=[header[i] for i in feature_cols],
-        target_names=target_cols,
-        where=f"column {target!r}",
-    )
-
-
-def _numeric_columns(
-    body: list[list[str]], cols: list[int], header: list[str], *, where: str, offset: int = 0
-) -> np.ndarray:
-    cells = [[row[c] for c in cols] for row in body]
-    try:
-        out = np.array(cells, dtype=np.float64)
-    except ValueError:
-        out = None
-    if out is not None and np.isfinite(out).all():
-        return out
-    # Slow path, only to name the first bad cell.
-    for i, row in enumerate(cells):
-        for j, cell in enumerate(row):
-            if not _is_number(cell):
-                raise Unprocessable(
-                    f"{where} data row {offset + i + 1}, column {shown(header[cols[j]])}: "
-                    f"{shown(cell)} is not a finite number; features (and regression targets) "
-                    "must be numbers — encode categories as numbers or drop the column"
-                )
-    raise Unprocessable(f"{where} holds a value that is not a finite number")

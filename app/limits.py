@@ -3,11 +3,12 @@
 `RequestLimitsMiddleware` is a pure ASGI middleware (no Starlette request objects, no buffering
 beyond what it checks):
 
-- a body whose Content-Length exceeds `max_body_bytes` is answered 413 before any of it is
-  parsed or kept; a chunked body (no Content-Length) is counted as it streams and refused the
-  moment it passes the limit. The rest of a refused body is read and dropped (up to a bound) so a
-  client still sending reads the 413 rather than a connection reset; a client that asked for
-  "Expect: 100-continue" is answered before it sends anything;
+- a body whose Content-Length exceeds `max_body_bytes` (for a multipart file upload, which is
+  spooled to disk and parsed block by block, `Settings.upload_bytes_limit`) is answered 413
+  before any of it is parsed or kept; a chunked body (no Content-Length) is counted as it
+  streams and refused the moment it passes the limit. The rest of a refused body is read and
+  dropped (up to a bound) so a client still sending reads the 413 rather than a connection
+  reset; a client that asked for "Expect: 100-continue" is answered before it sends anything;
 - a JSON body is scanned for NaN, Infinity and numbers too large for a float64 (1e999). Python's
   json module accepts all three and pydantic would meet them as floats deep inside arrays, so they
   are refused here once, for every route, with the place where they occur. So is text holding
@@ -217,6 +218,11 @@ def is_json(scope: Scope) -> bool:
     return value is None or declares_json(value.decode("latin-1"))
 
 
+def is_multipart(scope: Scope) -> bool:
+    value = content_type(scope)
+    return value is not None and value.split(b";")[0].strip().lower() == b"multipart/form-data"
+
+
 def content_type(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
@@ -296,9 +302,9 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def too_large_message(limit: int) -> str:
+def too_large_message(limit: int, setting: str = "FITSERVE_MAX_BODY_BYTES") -> str:
     return (
-        f"the request body is larger than the limit of {limit:,} bytes (FITSERVE_MAX_BODY_BYTES); "
+        f"the request body is larger than the limit of {limit:,} bytes ({setting}); "
         "send a smaller dataset or split it, or raise the limit on the server"
     )
 
@@ -318,7 +324,16 @@ class RequestLimitsMiddleware:
     def _limit(self, scope: Scope) -> int:
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return int(scope["app"].state.settings.max_body_bytes)
+        settings = scope["app"].state.settings
+        if is_multipart(scope):  # a file upload: spooled to disk and parsed block by block
+            return int(settings.upload_bytes_limit)
+        return int(settings.max_body_bytes)
+
+    def _setting(self, scope: Scope) -> str:
+        """The setting that sizes this body's limit, for the 413's message."""
+        if self.max_body_bytes is None and is_multipart(scope):
+            return "FITSERVE_MAX_UPLOAD_BYTES"
+        return "FITSERVE_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -336,7 +351,7 @@ class RequestLimitsMiddleware:
             # already sending; read and drop what they send, or they may see a reset, not a 413.
             if not expects_continue(scope):
                 await drain(receive, _drain_budget(limit))
-            await send_error(send, 413, too_large_message(limit), "too_large")
+            await send_error(send, 413, too_large_message(limit, self._setting(scope)), "too_large")
             return
         if is_json(scope):
             await self._check_json(scope, receive, send, limit)
@@ -414,7 +429,7 @@ class RequestLimitsMiddleware:
         if rejected and not started:
             if more_body:
                 await drain(receive, _drain_budget(limit))
-            await send_error(send, 413, too_large_message(limit), "too_large")
+            await send_error(send, 413, too_large_message(limit, self._setting(scope)), "too_large")
 
 
 def expects_continue(scope: Scope) -> bool:

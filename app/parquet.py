@@ -1,12 +1,16 @@
-"""Parquet uploads: a table read from memory (never a path) into a ParsedDataset.
+"""Parquet and Arrow IPC uploads, read from the spooled file (never a path) into a ParsedDataset.
 
 A `list<integer>` column (list or large_list of any integer type) is a token-list dataset: its
 Arrow offsets and values become the stored values + offsets as they are, never a dense matrix.
-Without one, the numeric columns other than the target(s) are the feature matrix, as a CSV's are.
-The target column(s) are read like a CSV's: labels for classification, numbers for regression.
+Without one, the numeric columns other than the target(s) are the feature matrix, as a CSV's are:
+the schema is checked first (every feature a number), the cell cap from the footer's row count
+before any column is decoded, then each row group (each record batch of an Arrow file) goes to a
+`TableBuilder` as it is read, so memory holds float32 numbers and one row group's columns.
 """
 
 from __future__ import annotations
+
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -15,80 +19,171 @@ import pyarrow.parquet as pq
 
 from app.dataset_codec import ParsedDataset, build_dataset, check_name, token_lists
 from app.errors import PayloadTooLarge, Unprocessable
+from app.table_builder import TableBuilder, target_columns
 from models.tokens import TokenLists
 
 MAGIC = b"PAR1"  # a Parquet file starts and ends with it
-
-
-def is_parquet(data: bytes) -> bool:
-    return len(data) >= 12 and data[:4] == MAGIC and data[-4:] == MAGIC
+ARROW_MAGIC = b"ARROW1"  # an Arrow IPC file (Feather v2) starts and ends with it
 
 
 def parse_parquet(
-    data: bytes, *, target: str, task: str | None, max_bytes: int, where: str = "file"
+    file: IO[bytes],
+    *,
+    target: str,
+    task: str | None,
+    max_bytes: int,
+    max_cells: int | None = None,
+    where: str = "file",
 ) -> ParsedDataset:
     """`target` names the target column(s), comma-separated; `max_bytes` bounds the table's
-    uncompressed size (read from the footer before any column is decoded)."""
+    uncompressed size and `max_cells` its rows x columns, both read from the footer before any
+    column is decoded."""
+    file.seek(0)
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(data))
+        parquet = pq.ParquetFile(file)
         meta = parquet.metadata
+        schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as exc:
-        raise Unprocessable(f"{where} is not a readable Parquet file ({exc})") from None
+        raise Unprocessable(
+            f"{where} is not a readable Parquet file ({exc}); a file cut short loses the footer "
+            "that Parquet reads first: upload it whole"
+        ) from None
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     if size > max_bytes:
         raise PayloadTooLarge(
             f"{where} holds {size:,} bytes of uncompressed data; the limit is {max_bytes:,}: "
             "upload fewer rows"
         )
+    names, targets, lists = _columns(schema, target, where=where)
+    if meta.num_rows == 0:
+        raise Unprocessable(f"{where} has no rows")
+    if lists:
+        return _token_dataset(_read_whole(parquet, where), targets, lists[0], task, where=where)
+    table = _builder(names, targets, task, max_cells=max_cells, where=where)
+    table.check_cells(meta.num_rows)
+    for group in range(meta.num_row_groups):
+        try:
+            batch = parquet.read_row_group(group)
+        except (pa.ArrowException, OSError) as exc:
+            raise Unprocessable(
+                f"{where}'s row group {group + 1} of {meta.num_row_groups} (from row "
+                f"{table.rows}) could not be read as Parquet ({exc})"
+            ) from None
+        table.add(batch)
+    return table.finish()
+
+
+def parse_arrow_file(
+    file: IO[bytes],
+    *,
+    target: str,
+    task: str | None,
+    max_cells: int | None = None,
+    where: str = "file",
+) -> ParsedDataset:
+    """An Arrow IPC file (Feather v2), record batch by record batch, numeric features only."""
+    file.seek(0)
     try:
-        table = parquet.read()
+        reader = pa.ipc.open_file(file)
     except (pa.ArrowException, OSError) as exc:
-        raise Unprocessable(f"{where} could not be read as Parquet ({exc})") from None
-    names = table.column_names
+        raise Unprocessable(f"{where} is not a readable Arrow IPC file ({exc})") from None
+    names, targets, lists = _columns(reader.schema, target, where=where)
+    if lists:
+        raise Unprocessable(
+            f"{where} has the list column {lists[0]!r}: token lists are taken as Parquet or JSON"
+        )
+    table = _builder(names, targets, task, max_cells=max_cells, where=where)
+    for index in range(reader.num_record_batches):
+        try:
+            batch = reader.get_batch(index)
+        except (pa.ArrowException, OSError) as exc:
+            raise Unprocessable(
+                f"{where}'s record batch {index + 1} of {reader.num_record_batches} (from row "
+                f"{table.rows}) could not be read ({exc})"
+            ) from None
+        table.add(batch)
+    if table.rows == 0:
+        raise Unprocessable(f"{where} has no rows")
+    return table.finish()
+
+
+def _columns(
+    schema: pa.Schema, target: str, *, where: str
+) -> tuple[list[str], list[str], list[str]]:
+    """Names, target names and list columns, every input column's type checked."""
+    names = list(schema.names)
     for name in names:
         check_name(name, "column name")
     if len(set(names)) != len(names):
         raise Unprocessable(f"{where} repeats column names")
-    targets = [t.strip() for t in target.split(",") if t.strip()]
-    missing = [t for t in targets if t not in names]
-    if not targets or missing:
-        raise Unprocessable(
-            f"target column {(missing or [''])[0]!r} is not in the table; its columns are: "
-            + ", ".join(names)
-        )
+    targets = target_columns(target, names, container="table")
     inputs = [n for n in names if n not in targets]
-    lists = [n for n in inputs if _is_list(table.schema.field(n).type)]
-    if table.num_rows == 0:
-        raise Unprocessable(f"{where} has no rows")
-    y = _targets(table, targets, task, where=where)
-    if lists:
-        if len(inputs) != 1:
+    lists = [n for n in inputs if _is_list(schema.field(n).type)]
+    if lists and len(inputs) != 1:
+        raise Unprocessable(
+            f"{where} has the list column {lists[0]!r} beside other input columns "
+            f"({', '.join(n for n in inputs if n != lists[0])}); a token-list dataset is one "
+            "list<int> column of token ids and the target column(s)"
+        )
+    for name in names if not lists else targets:
+        kind = schema.field(name).type
+        if name in targets and len(targets) == 1:
+            kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if not (_is_number(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise Unprocessable(
+                    f"{where} column {name!r} holds {kind}; targets are labels (strings or "
+                    "integers) or numbers"
+                )
+        elif not _is_number(kind):
             raise Unprocessable(
-                f"{where} has the list column {lists[0]!r} beside other input columns "
-                f"({', '.join(n for n in inputs if n != lists[0])}); a token-list dataset is one "
-                "list<int> column of token ids and the target column(s)"
+                f"{where} column {name!r} is {kind}; features must be numbers (or one "
+                "list<int> column of token ids)"
             )
-        tokens = _tokens(table.column(lists[0]), lists[0], where=where)
-        x = np.zeros((table.num_rows, 0), dtype=np.float64)
-        return build_dataset(
-            x=x, targets=y, task=task, feature_names=[lists[0]], target_names=targets,
-            where=f"column {target!r}", tokens=tokens,
-        )  # fmt: skip
-    if not inputs:
-        raise Unprocessable("every column is a target; leave at least one feature column")
-    x = np.column_stack([_numbers(table.column(n), n, where=where) for n in inputs])
-    return build_dataset(
-        x=x, targets=y, task=task, feature_names=inputs, target_names=targets,
-        where=f"column {target!r}",
-    )  # fmt: skip
+    return names, targets, lists
+
+
+def _builder(
+    names: list[str], targets: list[str], task: str | None, *, max_cells: int | None, where: str
+) -> TableBuilder:
+    return TableBuilder(
+        names=names,
+        targets=targets,
+        task=task,
+        max_cells=max_cells,
+        where=where,
+        row_label=lambda i: f"row {i}",
+    )
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
 
 
 def _is_list(kind: pa.DataType) -> bool:
     return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind))
 
 
+def _read_whole(parquet: pq.ParquetFile, where: str) -> pa.Table:
+    try:
+        return parquet.read()
+    except (pa.ArrowException, OSError) as exc:
+        raise Unprocessable(f"{where} could not be read as Parquet ({exc})") from None
+
+
 def _first_null(column: pa.Array) -> int:
     return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def _token_dataset(
+    table: pa.Table, targets: list[str], name: str, task: str | None, *, where: str
+) -> ParsedDataset:
+    y = _targets(table, targets, where=where)
+    tokens = _tokens(table.column(name), name, where=where)
+    x = np.zeros((table.num_rows, 0), dtype=np.float64)
+    return build_dataset(
+        x=x, targets=y, task=task, feature_names=[name], target_names=targets,
+        where=f"column {','.join(targets)!r}", tokens=tokens,
+    )  # fmt: skip
 
 
 def _tokens(column: pa.ChunkedArray, name: str, *, where: str) -> TokenLists:
@@ -114,12 +209,6 @@ def _tokens(column: pa.ChunkedArray, name: str, *, where: str) -> TokenLists:
 
 
 def _numbers(column: pa.ChunkedArray, name: str, *, where: str) -> np.ndarray:
-    kind = column.type
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        raise Unprocessable(
-            f"{where} column {name!r} is {kind}; features must be numbers (or one list<int> "
-            "column of token ids)"
-        )
     if column.null_count:
         raise Unprocessable(f"{where} column {name!r}: row {_first_null(column)} is null")
     values = column.to_numpy().astype(np.float64)
@@ -129,7 +218,7 @@ def _numbers(column: pa.ChunkedArray, name: str, *, where: str) -> np.ndarray:
     return values
 
 
-def _targets(table: pa.Table, targets: list[str], task: str | None, *, where: str) -> list[object]:
+def _targets(table: pa.Table, targets: list[str], *, where: str) -> list[object]:
     columns = [table.column(t) for t in targets]
     for name, column in zip(targets, columns, strict=True):
         if column.null_count:

@@ -89,8 +89,8 @@ def free_port() -> int:
 
 
 def iris() -> tuple[np.ndarray, np.ndarray]:
+    from app.csv_ingest import parse_csv
     from app.data import BUILTINS
-    from app.dataset_codec import parse_csv
 
     builtin = BUILTINS["iris"]
     data = parse_csv(builtin.read_bytes(), target=builtin.target, task=builtin.task)

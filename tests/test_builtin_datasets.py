@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
 from app.data.shuffle import main as shuffle_main
-from app.dataset_codec import parse_csv
 from models.training_spec import split_rows
 
 

@@ -1,4 +1,5 @@
-"""/v1/datasets: upload (JSON arrays or a multipart CSV), list, read, delete."""
+"""/v1/datasets: upload (JSON arrays or a multipart CSV / Parquet / Arrow file), list, read,
+delete."""
 
 from __future__ import annotations
 
@@ -36,15 +37,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 MAX_FORM_FILES, MAX_FORM_FIELDS = 1, 10
 _CSV_FORM = {
     "type": "object",
-    "description": "A CSV upload: the file and up to three text fields (no others: unknown "
-    f"fields, more than {MAX_FORM_FILES} file or more than {MAX_FORM_FIELDS} fields are a 422).",
+    "description": "A dataset file and up to three text fields (no others: unknown "
+    f"fields, more than {MAX_FORM_FILES} file or more than {MAX_FORM_FIELDS} fields are a 422). "
+    "The file is read block by block with Apache Arrow; its size is bounded by "
+    "FITSERVE_MAX_UPLOAD_BYTES (by default 32 bytes per cell of FITSERVE_MAX_DATASET_CELLS, "
+    "so any dataset under the cell cap fits as CSV) and its rows x columns by "
+    "FITSERVE_MAX_DATASET_CELLS, checked as blocks arrive (413 at the first block past it).",
     "required": ["file", "target", "name"],
     "additionalProperties": False,
     "properties": {
         "file": {
             "type": "string",
             "format": "binary",
-            "description": "A UTF-8 CSV file with a header row.",
+            "description": "A UTF-8 CSV file with a header row, a gzip'd CSV, a Parquet file "
+            "(numeric columns, or one list<int> column of token ids) or an Arrow IPC file; the "
+            "format is read from the file's first bytes, and a file name or Content-Type that "
+            "says another format is a 422.",
         },
         "target": {
             "type": "string",
@@ -76,7 +84,7 @@ def _json_body_schema() -> dict[str, Any]:
     "",
     status_code=201,
     response_model=DatasetRead,
-    summary="Upload a dataset: JSON arrays, or a CSV file as multipart/form-data",
+    summary="Upload a dataset: JSON arrays, or a CSV / Parquet / Arrow file as multipart/form-data",
     responses={
         **_ERRORS,
         413: {"model": ErrorResponse, "description": "Over the size limits."},
@@ -175,7 +183,8 @@ async def _from_form(request: Request, **kwargs: Any) -> Any:
                 loc=("body", "target"),
             )
         if not name:
-            name = (upload.filename or "").rsplit("/", 1)[-1].removesuffix(".csv")
+            name = (upload.filename or "").rsplit("/", 1)[-1]
+            name = name.removesuffix(".gz").rsplit(".", 1)[0] if "." in name else name
         if not name or len(name) > MAX_NAME:
             raise Unprocessable(
                 f"the form needs a name field of 1 to {MAX_NAME} characters", loc=("body", "name")
@@ -185,8 +194,9 @@ async def _from_form(request: Request, **kwargs: Any) -> Any:
                 f"task {task!r} is not known; use classification or regression (or leave it out)",
                 loc=("body", "task"),
             )
-        # The upload is spooled (to disk past 1 MB); it is parsed from there, row by row, in a
-        # thread, and refused the moment it passes the cell limit.
+        # The upload is spooled (to an unnamed temporary file past 1 MB, gone when the form is
+        # closed); it is parsed from there block by block, in a thread, and refused at the
+        # first block that passes the cell limit.
         await upload.seek(0)
         return await run_in_threadpool(
             service.create_from_csv,
@@ -197,6 +207,8 @@ async def _from_form(request: Request, **kwargs: Any) -> Any:
             target=target,
             task=task or None,
             settings=kwargs["settings"],
+            filename=upload.filename,
+            content_type=upload.content_type,
         )
 
 

@@ -1,4 +1,5 @@
-"""Dataset use cases: create (JSON or CSV), list, read, delete, resolve, and the built-ins."""
+"""Dataset use cases: create (JSON, or an uploaded CSV / Parquet / Arrow file), list, read,
+delete, resolve, and the built-ins."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
 from app.dataset_codec import (
     ParsedDataset,
@@ -19,15 +21,14 @@ from app.dataset_codec import (
     default_feature_names,
     encode_arrays,
     features_array,
-    parse_csv,
     sequences_tokens,
 )
 from app.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from app.job_status import ACTIVE
-from app.parquet import MAGIC, is_parquet, parse_parquet
 from app.schemas import DatasetCreate
 from app.services import is_id, owned_by
 from app.tables import Dataset, Job, Model
+from app.uploads import UploadLimits, parse_upload
 
 # Any constant shared by every fitserve process: serializes built-in registration on Postgres.
 _BUILTIN_LOCK_KEY = 0x66697473  # "fits"
@@ -83,7 +84,8 @@ def _store(
     )
     session.add(row)
     session.flush()
-    session.refresh(row)  # created_at comes from the database
+    # created_at comes from the database; the arrays are not read back
+    session.refresh(row, attribute_names=["created_at"])
     return row
 
 
@@ -132,35 +134,27 @@ def create_from_csv(
     *,
     owner: str | None,
     name: str,
-    data: bytes | IO[bytes],
+    data: IO[bytes],
     target: str,
     task: str | None,
     settings: Settings,
+    filename: str | None = None,
+    content_type: str | None = None,
 ) -> Dataset:
+    """A dataset from an uploaded file — CSV (or gzip'd CSV), Parquet or an Arrow IPC file — read
+    block by block from where it lies (app/uploads.py)."""
     check_name(name, "name")
-    whole = _read_if_parquet(data)
-    parsed = (
-        parse_parquet(whole, target=target, task=task, max_bytes=_max_table_bytes(settings))
-        if whole is not None
-        else parse_csv(data, target=target, task=task, max_cells=settings.max_dataset_cells)
+    limits = UploadLimits(
+        max_cells=settings.max_dataset_cells,
+        max_table_bytes=_max_table_bytes(settings),
+        max_text_bytes=settings.upload_bytes_limit,
     )
+    parsed = parse_upload(
+        data, filename=filename, content_type=content_type, target=target, task=task,
+        limits=limits,
+    )  # fmt: skip
     _check_size(parsed, settings)
     return _store(session, owner=owner, name=name, parsed=parsed)
-
-
-def _read_if_parquet(data: bytes | IO[bytes]) -> bytes | None:
-    """The whole upload when it is a Parquet file (read from memory, footer first); None for a
-    CSV, which is read row by row from where it is instead."""
-    if isinstance(data, bytes):
-        return data if is_parquet(data) else None
-    data.seek(0)
-    if data.read(len(MAGIC)) != MAGIC:
-        data.seek(0)
-        return None
-    data.seek(0)
-    whole = data.read()
-    data.seek(0)
-    return whole if is_parquet(whole) else None
 
 
 def _max_table_bytes(settings: Settings) -> int:

@@ -16,8 +16,8 @@ from sqlalchemy import select
 import models
 from app.auth import create_key
 from app.config import Settings
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
-from app.dataset_codec import parse_csv
 from app.main import create_app
 from app.tables import Dataset, Job, Model
 from tests.api.conftest import Rows, assert_error

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
-from app.dataset_codec import parse_csv
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.slow

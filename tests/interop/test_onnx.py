@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
-from app.dataset_codec import parse_csv
 from models import build
 from models.data import Standardization
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, to_onnx

@@ -24,8 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.csv_ingest import parse_csv
 from app.data import BUILTINS
-from app.dataset_codec import parse_csv
 from app.job_status import TERMINAL
 from app.parent_death import die_with_parent
 from app.queue.worker import run_worker

@@ -150,8 +150,9 @@ class FitserveClient:
         task: str | None = None,
         feature_names: Sequence[str] | None = None,
     ) -> Dataset:
-        """Upload a CSV file (a path or a binary file, with `target` naming its target column or
-        columns) or arrays (`data` = features, rows of numbers, with `targets` beside them)."""
+        """Upload a CSV file — or a gzip'd CSV, Parquet or Arrow IPC file — (a path or a binary
+        file, with `target` naming its target column or columns) or arrays (`data` = features,
+        rows of numbers, with `targets` beside them)."""
         if targets is None:
             return self._upload_csv(data, name=name, target=target, task=task)
         if target is not None:
@@ -184,14 +185,15 @@ class FitserveClient:
             filename, default_name = path.name, path.stem
         else:
             content = source.read()
-            filename, default_name = "data.csv", "dataset"
+            # no extension: the server reads the format (CSV, gzip, Parquet, Arrow) from the bytes
+            filename, default_name = "data", "dataset"
         form = {
             "target": target if isinstance(target, str) else ",".join(target),
             "name": name or default_name,
         }
         if task is not None:
             form["task"] = task
-        files = {"file": (filename, content, "text/csv")}
+        files = {"file": (filename, content)}  # the type guessed from the name, if it says
         return Dataset.model_validate(self._json("POST", "/v1/datasets", data=form, files=files))
 
     def list_datasets(self) -> list[Dataset]:

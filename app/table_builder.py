@@ -1,0 +1,268 @@
+"""Blocks of a table — CSV blocks, Parquet row groups, Arrow record batches — into a ParsedDataset.
+
+The rules every tabular upload follows, whatever its format: column names (`check_name`, none
+empty, none repeated), the target column(s), features as finite numbers, class labels. Each block
+is converted as it arrives: its features become a float32 (rows, n_features) array (float64 only
+while the block is checked), its labels stay Arrow strings or numbers until the end, where the
+distinct labels alone decide the task and the classes by the JSON path's rules
+(`dataset_codec.infer_task`, `dataset_codec.encode_classes`). The cell cap is checked per block,
+so a table past it is refused at the first block that passes it, the rest never read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from app.dataset_codec import (
+    ParsedDataset,
+    check_name,
+    encode_classes,
+    finish_dataset,
+    infer_task,
+    regression_array,
+    too_many_cells,
+)
+from app.errors import Unprocessable, shown
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_header(names: list[str], *, where: str) -> None:
+    """A header's names: NUL first (a binary file, not a CSV), then the name rule, then
+    empty and repeated names."""
+    if any("\x00" in name for name in names):
+        raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
+    for name in names:
+        check_name(name, "column name")
+    if any(not name for name in names):
+        raise Unprocessable(f"{where}'s header row has an empty column name; name every column")
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise Unprocessable(f"{where}'s header repeats column names: {', '.join(dupes)}")
+
+
+def target_columns(target: str, names: list[str], *, container: str = "header") -> list[str]:
+    """The comma-separated `target` field -> the target column names, each in `names`."""
+    targets = [t.strip() for t in target.split(",") if t.strip()]
+    if not targets:
+        raise Unprocessable("target is empty; give the name of the target column")
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise Unprocessable(
+            f"target column {missing[0]!r} is not in the {container}; the columns are: "
+            + ", ".join(names)
+        )
+    if len(set(targets)) != len(targets):
+        raise Unprocessable("target names a column twice")
+    if len(targets) == len(names):
+        raise Unprocessable("every column is a target; leave at least one feature column")
+    return targets
+
+
+class TableBuilder:
+    """Collects a table's blocks (Arrow record batches with the header's columns).
+
+    `row_label(i)` names the table's row i (0-based) in messages the way the format counts
+    ("data row 1" under a CSV header, "row 0" of a Parquet file); `numeric_targets` reads the
+    target(s) as numbers (a regression target given as such, or several targets) rather than
+    labels.
+    """
+
+    def __init__(
+        self,
+        *,
+        names: list[str],
+        targets: list[str],
+        task: str | None,
+        max_cells: int | None,
+        where: str,
+        row_label: Callable[[int], str],
+    ) -> None:
+        self.names = names
+        self.targets = targets
+        self.features = [n for n in names if n not in targets]
+        self.task = task
+        self.max_cells = max_cells
+        self.where = where
+        self.row_label = row_label
+        self.numeric_targets = task == "regression" or len(targets) > 1
+        self.rows = 0
+        self._x: list[np.ndarray] = []  # float32 (block rows, n_features) each
+        self._y: list[np.ndarray] = []  # float64 (block rows, n_targets), numeric targets
+        self._labels: list[pa.Array] = []  # one label per row, as the file spelled it
+
+    def check_cells(self, rows: int) -> None:
+        """Refuses a table whose first `rows` rows already pass the cell cap."""
+        columns = len(self.names)
+        if self.max_cells is not None and rows * columns > self.max_cells:
+            raise too_many_cells(self.max_cells // columns + 1, columns, self.max_cells)
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        start = self.rows
+        self.check_cells(start + batch.num_rows)
+        self.rows += batch.num_rows
+        if batch.num_rows == 0:
+            return
+        x = np.empty((batch.num_rows, len(self.features)), dtype=np.float32)
+        for j, name in enumerate(self.features):
+            x[:, j] = self._numbers(batch.column(name), name, start)
+        self._x.append(x)
+        if self.numeric_targets:
+            self._y.append(
+                np.column_stack([self._numbers(batch.column(t), t, start) for t in self.targets])
+            )
+        else:
+            self._labels.append(self._label_column(batch.column(self.targets[0]), start))
+
+    def _numbers(self, column: pa.Array | pa.ChunkedArray, name: str, start: int) -> np.ndarray:
+        """One column of a block -> finite float64 numbers within float32's range."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if column.null_count:
+            row = _first_true(column.is_null())
+            raise Unprocessable(
+                f"{self.where} {self.row_label(start + row)}, column {shown(name)} is null; "
+                "give every row a number in every feature column"
+            )
+        values = _float64(column)
+        if values is None:
+            row = _first_not_number(column)
+            cell = column[row].as_py()
+            raise Unprocessable(
+                f"{self.where} {self.row_label(start + row)}, column {shown(name)}: {shown(cell)} "
+                "is not a finite number; features (and regression targets) must be numbers — "
+                "encode categories as numbers or drop the column"
+            )
+        finite = np.isfinite(values)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            cell = column[row].as_py()
+            raise Unprocessable(
+                f"{self.where} {self.row_label(start + row)}, column {shown(name)}: "
+                f"{shown(cell if isinstance(cell, str) else str(cell))} is not a finite number; "
+                "features (and regression targets) must be finite numbers — remove or impute it"
+            )
+        if values.size and np.abs(values).max() > FLOAT32_MAX:
+            raise Unprocessable(
+                f"{self.where} column {shown(name)} holds a value too large for float32 "
+                "(|v| > 3.4e38)"
+            )
+        return values
+
+    def _label_column(self, column: pa.Array | pa.ChunkedArray, start: int) -> pa.Array:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        name = self.targets[0]
+        if column.null_count:
+            row = _first_true(column.is_null())
+            raise Unprocessable(
+                f"{self.where} {self.row_label(start + row)} has no value in column {name!r}"
+            )
+        if pa.types.is_dictionary(column.type):  # a categorical column (pandas writes them)
+            column = column.dictionary_decode()
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            column = pc.utf8_trim_whitespace(column)
+            empty = pc.equal(column, "")
+            if pc.any(empty).as_py():
+                row = _first_true(empty)
+                raise Unprocessable(
+                    f"{self.where} {self.row_label(start + row)} has no value in column {name!r}"
+                )
+        elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise Unprocessable(
+                f"{self.where} column {name!r} holds {kind}; targets are labels (strings or "
+                "integers) or numbers"
+            )
+        return column
+
+    def finish(self) -> ParsedDataset:
+        if self.rows == 0:
+            raise Unprocessable(f"{self.where} has a header row but no data rows")
+        x = np.concatenate(self._x) if len(self._x) > 1 else self._x[0]
+        self._x.clear()
+        where = f"column {','.join(self.targets)!r}"
+        if self.numeric_targets:
+            y64 = np.concatenate(self._y)
+            self._y.clear()
+            if self.task == "classification":  # several targets asked to be classes
+                raise Unprocessable(
+                    f"{where} has several values per row; classification takes one label per row "
+                    '(use "task": "regression" for several numeric outputs)'
+                )
+            task, y, classes = "regression", y64.astype(np.float32), None
+        else:
+            task, y, classes = self._labels_to_targets(where)
+        return finish_dataset(
+            x=x,
+            y=y,
+            task=task,
+            classes=classes,
+            feature_names=self.features,
+            target_names=self.targets,
+        )
+
+    def _labels_to_targets(self, where: str) -> tuple[str, np.ndarray, list[Any] | None]:
+        """The distinct labels decide the task and the classes; each row's label is then an
+        index into them, computed in Arrow, not in a Python loop over rows."""
+        labels = pa.chunked_array(self._labels).combine_chunks()
+        self._labels.clear()
+        encoded = labels.dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        task = self.task or infer_task(distinct)
+        if task == "classification":
+            codes, classes = encode_classes(distinct, where=where)
+            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            return task, codes[indices], classes
+        if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
+            numbers = _float64(labels)
+            if numbers is None:  # infer_task saw numbers only; numpy's parse is the fallback
+                numbers = np.asarray([float(v) for v in distinct])[
+                    encoded.indices.to_numpy(zero_copy_only=False)
+                ]
+        else:
+            numbers = labels.to_numpy(zero_copy_only=False).astype(np.float64)
+        return task, regression_array(numbers[:, None], where=where), None
+
+
+def _float64(column: pa.Array) -> np.ndarray | None:
+    """Numbers as float64, or None when some cell is not a number. Text is cast by Arrow (C
+    speed); what Arrow's parser refuses but Python reads as a number (" 1.5", "1_000") goes
+    through numpy, as the CSV reader before Arrow did."""
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return None
+    try:
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
+        return np.array(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _first_not_number(column: pa.Array) -> int:
+    for i, cell in enumerate(column.to_pylist()):
+        if not (isinstance(cell, (int, float)) or (isinstance(cell, str) and _parses(cell))):
+            return i
+    return 0
+
+
+def _parses(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_true(mask: pa.Array) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
