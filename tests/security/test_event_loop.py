@@ -3,7 +3,9 @@ answers in under 100 ms at p99, through real HTTP on uvicorn.
 
 Each kind is what stalled the event loop before: a JSON body of 308-digit runs (the body scan's
 regex retried every run at every position: ~0.64 s per MB, before even the key was checked), a
-big valid JSON dataset, a CSV over the cell limit (parsed whole before the limit was checked),
+big valid JSON dataset, a CSV over the cell limit (parsed whole before the limit was checked;
+with csv.reader in a thread /health still waited 0.7-1 s behind it, the parse holding the GIL),
+CSV and Parquet uploads at the cell limit (read with Arrow, which parses with the GIL released),
 and batch prediction at the row limit. Bodies are 256 KB, so the test runs in seconds on two
 cores; the old body scan alone stalled /health for ~0.15-0.5 s at this size. (A single C-level parse
 step still holds the GIL for time linear in its input, ~25 ms per MB for json.loads, on the
@@ -12,6 +14,7 @@ thread that runs it: that is what bounds bodies at FITSERVE_MAX_BODY_BYTES.)
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,6 +28,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from tests.security.conftest import TEST_LIMITS, Api
@@ -59,6 +65,27 @@ def _json_dataset(limit: int) -> bytes:
 def _csv_over_cells(limit: int) -> bytes:
     line = b"1,2,3,4,5,6,7,8,9,0\n"
     return b"a,b,c,d,e,f,g,h,i,target\n" + line * ((limit - 100) // len(line))
+
+
+def _table_at_cells(cells: int) -> pa.Table:
+    """Random floats (as a CSV writes them in full) and a 3-class label, just under the cell cap."""
+    rng = np.random.default_rng(1)
+    rows = cells // 21
+    x = rng.normal(size=(rows, 20))
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, rows)]
+    return pa.table({**{f"f{i}": x[:, i] for i in range(20)}, "target": labels})
+
+
+def _csv_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pa_csv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=500)
+    return sink.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +124,10 @@ def server(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=20)
 
 
-def _while_in_flight(url: str, send: Callable[[httpx.Client], httpx.Response]) -> list[float]:
-    """/health latencies, one probe every ~5 ms, while a client sends `send`'s request ROUNDS
+def _while_in_flight(
+    url: str, send: Callable[[httpx.Client], httpx.Response], rounds: int = ROUNDS
+) -> list[float]:
+    """/health latencies, one probe every ~5 ms, while a client sends `send`'s request `rounds`
     times back to back (after one unmeasured round, so lazy imports and caches are warm)."""
     latencies: list[float] = []
     done = threading.Event()
@@ -107,7 +136,7 @@ def _while_in_flight(url: str, send: Callable[[httpx.Client], httpx.Response]) -
     def sender() -> None:
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
-                for _ in range(ROUNDS):
+                for _ in range(rounds):
                     responses.append(send(http))
         finally:
             done.set()
@@ -139,6 +168,9 @@ def kinds(api: Api, trained: dict[str, str]) -> dict[str, Callable[[httpx.Client
     digits = _digit_runs(limit)
     dataset = _json_dataset(limit)
     csv_cells = _csv_over_cells(limit)
+    at_cells = _table_at_cells(api.settings.max_dataset_cells)
+    csv_at_cells, parquet_at_cells = _csv_bytes(at_cells), _parquet_bytes(at_cells)
+    parquet_over_cells = _parquet_bytes(pa.concat_tables([at_cells] * 2))
     rows = api.settings.max_predict_rows
     predict = {"rows": [[5.1, 3.5, 1.4, 0.2]] * rows}
     batch = b"sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n" + (
@@ -160,6 +192,24 @@ def kinds(api: Api, trained: dict[str, str]) -> dict[str, Callable[[httpx.Client
             data={"target": "target", "name": "big"},
             headers=api.a,
         ),
+        "CSV at the cell limit": lambda h: h.post(
+            "/v1/datasets",
+            files={"file": ("full.csv", csv_at_cells, "text/csv")},
+            data={"target": "target", "name": "full"},
+            headers=api.a,
+        ),
+        "Parquet at the cell limit": lambda h: h.post(
+            "/v1/datasets",
+            files={"file": ("full.parquet", parquet_at_cells, "application/vnd.apache.parquet")},
+            data={"target": "target", "name": "full"},
+            headers=api.a,
+        ),
+        "Parquet over the cell limit": lambda h: h.post(
+            "/v1/datasets",
+            files={"file": ("big.parquet", parquet_over_cells, "application/vnd.apache.parquet")},
+            data={"target": "target", "name": "big"},
+            headers=api.a,
+        ),
         "predict at the row limit": lambda h: h.post(
             f"/v1/models/{model}/predict", json=predict, headers=api.a
         ),
@@ -177,8 +227,6 @@ def test_health_stays_fast_while_heavy_requests_are_in_flight(
     pooled: list[float] = []
     figures = {}
     for name, send in kinds.items():
-        if name == "CSV over the cell limit":
-            continue  # test_health_while_a_csv_over_the_cell_limit_is_refused
         latencies = _while_in_flight(server, send)
         pooled += latencies
         figures[name] = f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} probes"
@@ -186,12 +234,14 @@ def test_health_stays_fast_while_heavy_requests_are_in_flight(
     assert p99 < BUDGET, f"/health p99 {p99 * 1000:.0f} ms; per kind: {figures}"
 
 
-def test_health_while_a_csv_over_the_cell_limit_is_refused(
+def test_dataset_uploads_alone_keep_health_fast(
     server: str, kinds: dict[str, Callable[[httpx.Client], httpx.Response]]
 ) -> None:
-    """The CSV upload refused at the cell limit: parsed row by row in a thread now (it was
-    parsed whole on the way to a 413, 876 ms of stall at this size), but on a loaded machine
-    /health still waited 0.7-1 s behind it in some runs, cause not yet found: kept apart, and
-    its bound is the stall the old code showed, until it is."""
-    latencies = _while_in_flight(server, kinds["CSV over the cell limit"])
-    assert _p99(latencies) < 1.5, f"max {max(latencies) * 1000:.0f} ms"
+    """The CSV and Parquet uploads by themselves, 12 rounds each (a p99 over enough probes that
+    one scheduling hiccup of this shared machine isn't the whole figure): in the pooled figure
+    above, the probes taken during the other kinds could hide a stall behind an upload."""
+    uploads = [name for name in kinds if "CSV" in name or "Parquet" in name]
+    latencies = [t for name in uploads for t in _while_in_flight(server, kinds[name], rounds=12)]
+    assert _p99(latencies) < BUDGET, (
+        f"p99 {_p99(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
