@@ -28,4 +28,6 @@ EXPOSE 8000
 # Inside a container the API must listen on all interfaces; fitserve then requires API keys
 # (create one with `docker compose run --rm migrate fitserve keys create NAME`).
 ENV FITSERVE_HOST=0.0.0.0
+# CPU-bound prediction traffic: add "--api-processes", "N" (about one per core the container gets;
+# each process holds its own model cache). Migrations still run once, before the processes start.
 CMD ["fitserve", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]

@@ -1,4 +1,5 @@
-# fitserve: `make run` serves the API with a worker on 127.0.0.1:8000; `make test` passes the tests.
+# fitserve: `make run` serves the API with a worker on 127.0.0.1:8000 (`make run API_PROCESSES=2
+# WORKERS=0`: two API processes, no worker); `make test` passes the tests.
 # Both install into .venv first (only when pyproject.toml changed since the last install).
 
 PYTHON ?= python3
@@ -8,6 +9,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
+# API processes on one port (one per core for CPU-bound prediction traffic; see README).
+API_PROCESSES ?= 1
 
 .PHONY: install run test test-gpu lint bench clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/fitserve serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(BIN)/fitserve serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --api-processes $(API_PROCESSES)
 
 test: install
 	$(BIN)/python -m pytest

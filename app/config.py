@@ -8,6 +8,12 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+# prometheus_client's own variable, not a setting: where it is set as a process starts, that
+# process' metrics live in files there (app/prometheus.py). `fitserve serve` sets it, for its API
+# processes alone, to a directory of its own; never to one a user names.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 # The most text one cell of a numeric CSV takes: any float64 written in full with its separator.
 BYTES_PER_CSV_CELL = 32
 

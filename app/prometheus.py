@@ -5,12 +5,20 @@ they are right however many API processes and workers share the database, and su
 Two figures live in this process: the prediction latency histogram, observed around
 `Predictor.predict` (see `observe_prediction`), and the number of open event streams.
 
+With several API processes (`fitserve serve --api-processes N`), the histogram and the event
+stream gauge are prometheus_client's multiprocess kind: each process writes its own values to a
+file in the directory MULTIPROCESS_DIR_ENV names (private to one `serve`, which makes it before
+the processes start and removes it when they have stopped), and /metrics in any process reads all
+of them and reports their totals. The database collector is not per process: the process that
+answers the scrape reports it, once.
+
 Like every route, /metrics needs a key unless the server runs keyless on loopback; the figures it
 shows are totals across all keys (counts and timings, never a row's content).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,10 +32,12 @@ from prometheus_client import (
     Histogram,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.config import MULTIPROCESS_DIR_ENV
 from app.job_status import LEASED, JobStatus
 from app.queue.clock import db_now
 from app.tables import FALLBACK_STEP_MODE, Job, JobMetric
@@ -44,11 +54,13 @@ PREDICTION_SECONDS = Histogram(
     registry=None,
 )
 
-# In this process: an event stream that outlives its client would show here as a leak.
+# An event stream that outlives its client would show here as a leak. Several API processes:
+# the sum over the running ones ("livesum"; a stopped process' streams are closed).
 EVENT_STREAMS = Gauge(
     "fitserve_event_streams_open",
-    "Job event streams (GET /v1/jobs/{id}/events) being served by this process.",
+    "Job event streams (GET /v1/jobs/{id}/events) being served by the API processes.",
     registry=None,
+    multiprocess_mode="livesum",
 )
 
 
@@ -170,6 +182,10 @@ def install_metrics(app: FastAPI) -> None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(lambda: app.state.sessionmaker()))
-    registry.register(PREDICTION_SECONDS)
-    registry.register(EVENT_STREAMS)
+    if multiprocess_dir := os.environ.get(MULTIPROCESS_DIR_ENV):
+        # Every API process' histogram and gauge, this one's included, from their files.
+        MultiProcessCollector(registry, path=multiprocess_dir)
+    else:
+        registry.register(PREDICTION_SECONDS)
+        registry.register(EVENT_STREAMS)
     app.state.metrics_registry = registry

@@ -1,9 +1,17 @@
 """`fitserve serve | worker | migrate`: run the service, one standalone worker, or the migrations.
 
-`serve` is a small supervisor: it upgrades the schema, starts uvicorn on the app factory and N
-worker processes beside it (each in its own process group, so one Ctrl-C reaches the supervisor
-alone and every child gets exactly one SIGTERM), restarts a worker that exits, and on Ctrl-C or
-SIGTERM stops them all, giving workers their grace period to hand running jobs back.
+`serve` is a small supervisor: it upgrades the schema (once, before anything starts), binds the
+listening socket, starts N API processes on it (`--api-processes`: uvicorn on the app factory,
+each accepting from the one inherited socket, as uvicorn's and gunicorn's own workers do) and N
+worker processes beside them (each child in its own process group, so one Ctrl-C reaches the
+supervisor alone and every child gets exactly one SIGTERM), restarts a worker that exits, and on
+Ctrl-C or SIGTERM stops them all, giving workers their grace period to hand running jobs back.
+An API process that exits stops the service (exit code: its own, or 1); a deployment's process
+manager restarts the whole.
+
+With more than one API process, each keeps its own model cache and verified-keys cache and
+everything shared lives in the database; their Prometheus figures are gathered in a private
+directory this supervisor makes and removes (app/prometheus.py).
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
-from app.config import Settings
+from app.config import MULTIPROCESS_DIR_ENV, Settings
 from app.parent_death import die_with_parent
 
 log = logging.getLogger("fitserve.serve")
@@ -27,6 +39,8 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 # A worker that exits sooner than this after starting is restarted after a growing delay.
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 _WORKER_MAIN = "import sys; from app.cli import main; sys.exit(main())"
+_API_MAIN = "import sys; from app.cli.server import run_api; sys.exit(run_api(int(sys.argv[1])))"
+UVICORN_STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--workers", type=_non_negative, default=1, help="workers (0: none)")
+    serve.add_argument(
+        "--api-processes",
+        type=_positive,
+        default=1,
+        help="API processes sharing the port and the database (default 1; about one per core "
+        "for CPU-bound prediction traffic, each with its own model cache)",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = subparsers.add_parser(
@@ -66,6 +87,13 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
     return value
 
 
@@ -114,15 +142,21 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name, self.argv, self.env = name, argv, env
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()
+    ) -> None:
+        self.name, self.argv, self.env, self.pass_fds = name, argv, env, pass_fds
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.restart_delay = 1.0
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
+            self.argv,
+            env=self.env,
+            pass_fds=self.pass_fds,
+            process_group=0,
+            preexec_fn=_die_with_parent,
         )
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -135,6 +169,31 @@ class _Child:
             self.process.send_signal(signal.SIGTERM)
 
 
+def run_api(fd: int) -> int:
+    """One API process: uvicorn serving the app factory (settings from the environment) on the
+    listening socket `serve` bound and handed down as descriptor `fd`."""
+    import uvicorn
+
+    listener = socket.socket(fileno=fd)  # family and type are read from the descriptor
+    server = uvicorn.Server(uvicorn.Config("app.main:create_app", factory=True))
+    server.run(sockets=[listener])
+    return 0 if server.started else UVICORN_STARTUP_FAILURE
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The socket every API process accepts from, bound as uvicorn binds its own (listen() is
+    left to the processes, so a connection is refused, not queued, until one of them is up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def _serve(args: argparse.Namespace) -> int:
     _logging()
     from app.db import upgrade_head
@@ -143,6 +202,50 @@ def _serve(args: argparse.Namespace) -> int:
     upgrade_head(settings.database_url)
     if not _keys_in_place(settings):
         return 2
+    try:
+        listener = _listen(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"fitserve serve: can't listen on {settings.host} port {settings.port}: "
+            f"{exc.strerror or exc} (is another server using it? pick another with --port)",
+            file=sys.stderr,
+        )
+        return 1
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("%s: stopping", signal.Signals(signum).name)
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    metrics_dir = tempfile.mkdtemp(prefix="fitserve-metrics-") if args.api_processes > 1 else None
+    try:
+        apis, workers = _children(args, settings, listener, metrics_dir)
+        for child in (*apis, *workers):
+            child.start()
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        log.info(
+            "serving http://%s:%d with %d API process(es)",
+            host,
+            listener.getsockname()[1],
+            len(apis),
+        )
+        listener.close()  # the API processes hold it: the port is free again once they stop
+        code = _supervise(apis, workers, lambda: stopping)
+        return _stop_all([*apis, *workers], settings.shutdown_grace_seconds) or code
+    finally:
+        listener.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _children(
+    args: argparse.Namespace, settings: Settings, listener: socket.socket, metrics_dir: str | None
+) -> tuple[list[_Child], list[_Child]]:
+    """The API processes (each given the listening socket) and the workers, not yet started."""
     env = dict(os.environ)
     # The children read their settings from the environment, as any deployment's would.
     env.update(
@@ -150,53 +253,46 @@ def _serve(args: argparse.Namespace) -> int:
         FITSERVE_HOST=settings.host,
         FITSERVE_PORT=str(settings.port),
     )
+    for name in (MULTIPROCESS_DIR_ENV, MULTIPROCESS_DIR_ENV.lower()):
+        env.pop(name, None)  # prometheus_client writes wherever this points: only ours, below
     if args.workers and settings.cpu_threads is None:
         env["FITSERVE_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     if args.workers and "FITSERVE_MAX_RUNNING_JOBS_PER_KEY" not in env:
         # One key gets at most half of these workers: the rest stay for the other keys.
         env["FITSERVE_MAX_RUNNING_JOBS_PER_KEY"] = str(max(1, args.workers // 2))
-    api = _Child(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            settings.host,
-            "--port",
-            str(settings.port),
-        ],
-        env,
-    )
+    api_env = dict(env)
+    if metrics_dir is not None:
+        api_env[MULTIPROCESS_DIR_ENV] = metrics_dir
+        log.info("the API processes' metrics are gathered in %s", metrics_dir)
+    fd = listener.fileno()
+    count = args.api_processes
+    apis = [
+        _Child(
+            "api" if count == 1 else f"api {i + 1}",
+            [sys.executable, "-c", _API_MAIN, str(fd)],
+            api_env,
+            pass_fds=(fd,),
+        )
+        for i in range(count)
+    ]
     workers = [
         _Child(f"worker {i + 1}", [sys.executable, "-c", _WORKER_MAIN, "worker"], env)
         for i in range(args.workers)
     ]
-    stopping = False
+    return apis, workers
 
-    def stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:
-            log.info(
-                "%s: stopping the API and %d worker(s)", signal.Signals(signum).name, len(workers)
-            )
-        stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for child in (api, *workers):
-        child.start()
-    code = 0
+def _supervise(apis: list[_Child], workers: list[_Child], stopping: Callable[[], bool]) -> int:
+    """Restart workers that exit until asked to stop; an API process that exits ends the service
+    (its exit code, or 1, is the supervisor's)."""
     pending: dict[_Child, float] = {}  # worker -> when to restart it
-    while not stopping:
+    while not stopping():
         time.sleep(0.2)
-        api_code = api.exit_code()
-        if api_code is not None:
-            log.error("the API exited with code %d; stopping", api_code)
-            code = api_code or 1
-            break
+        for api in apis:
+            code = api.exit_code()
+            if code is not None:
+                log.error("%s exited with code %d; stopping", api.name, code)
+                return code or 1
         now = time.monotonic()
         for child in workers:
             exited = child.exit_code()
@@ -216,7 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
             if now >= when:
                 del pending[child]
                 child.start()
-    return _stop_all([api, *workers], settings.shutdown_grace_seconds) or code
+    return 0
 
 
 def _keys_in_place(settings: Settings) -> bool:
