@@ -271,6 +271,10 @@ class Study(Base):
     pruner: Mapped[str] = mapped_column(String(30))
     seed: Mapped[int | None]
     status: Mapped[str] = mapped_column(String(20), default="running")
+    # The model name its best trial's model is registered under when it completes, and the
+    # version that made (None until then, or when no trial completed).
+    register_as: Mapped[str | None] = mapped_column(String(63))
+    registered_version: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
 

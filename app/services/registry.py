@@ -14,6 +14,7 @@ Another key's names read as absent (404).
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -42,6 +43,18 @@ def check_name(name: str, *, loc: tuple[str | int, ...] = ("path", "name")) -> s
             f"model name {name!r} reads as a model id (32 hex characters); pick another name",
             loc=loc,
         )
+    return name
+
+
+def name_for(label: str) -> str | None:
+    """The model name a free-form label (a study's name) registers under: accents dropped,
+    lower-cased, each run of other characters one '-', trimmed of '-', '.' and '_' at both ends,
+    at most 63 characters ("Iris Search v2" -> "iris-search-v2"). None when nothing valid is
+    left, or it reads as a model id."""
+    ascii_text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^a-z0-9._-]+", "-", ascii_text.lower()).strip("-._")[:63].rstrip("-._")
+    if not name or is_id(name):
+        return None
     return name
 
 

@@ -14,7 +14,7 @@ from app.config import Settings
 from app.errors import NotFound, Unprocessable
 from app.queue import store
 from app.queue.clock import db_now
-from app.services import is_id, owned_by
+from app.services import is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
 from app.services.jobs import check_trainable
 from app.studies import conduct
@@ -36,6 +36,13 @@ _TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", 
 def create_study(
     session: Session, *, owner: str | None, body: StudyCreate, settings: Settings
 ) -> StudyRead:
+    register_as = registry.name_for(body.name)
+    if register_as is None:
+        raise Unprocessable(
+            f"study name {body.name!r} leaves no model name to register the best model under: "
+            "use at least one letter a-z or digit 0-9 (and not 32 hex characters)",
+            loc=("body", "name"),
+        )
     dataset = resolve_dataset(session, owner=owner, ref=body.dataset)
     check_trainable(body.network, body.training, dataset=dataset, settings=settings)
     try:
@@ -79,6 +86,7 @@ def create_study(
         pruner=body.pruner,
         seed=body.seed,
         status="running",
+        register_as=register_as,
     )
     session.add(study)
     session.flush()
@@ -168,14 +176,6 @@ def _trial_views(session: Session, study: Study) -> list[TrialRead]:
     ]
 
 
-def best_trial(study: Study, trials: list[TrialRead]) -> TrialRead | None:
-    done = [t for t in trials if t.state == "complete" and t.value is not None]
-    if not done:
-        return None
-    sign = -1.0 if study.direction == "maximize" else 1.0
-    return min(done, key=lambda t: (sign * (t.value or 0.0), t.number))
-
-
 def _summary_fields(study: Study, trials: list[TrialRead]) -> dict[str, Any]:
     counts = Counter(t.state for t in trials)
     return {
@@ -190,7 +190,9 @@ def _summary_fields(study: Study, trials: list[TrialRead]) -> dict[str, Any]:
         "pruner": study.pruner,
         "seed": study.seed,
         "counts": StudyCounts.model_validate(dict(counts)),
-        "best_trial": best_trial(study, trials),
+        "best_trial": conduct.best_of(study.direction, trials),
+        "register_as": study.register_as,
+        "registered_version": study.registered_version,
         "created_at": study.created_at,
         "finished_at": study.finished_at,
     }

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ from app.errors import Unprocessable
 from app.job_status import TERMINAL, JobStatus
 from app.queue import store
 from app.queue.clock import db_now
+from app.services import registry
 from app.services.jobs import check_trainable, new_job
 from app.studies import tuner
 from app.studies.space import Dimension, SpaceError, apply, parse_space
@@ -182,6 +184,43 @@ def tell(session: Session, study: Study, trials: list[StudyTrial]) -> None:
         emit(session, study, "trial", trial_event(trial, epochs_run=job.epoch))
 
 
+class _Judged(Protocol):
+    @property
+    def number(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def value(self) -> float | None: ...
+
+
+T = TypeVar("T", bound=_Judged)
+
+
+def best_of(direction: str, trials: Sequence[T]) -> T | None:
+    """The study's best trial: the complete one with the best objective, the earliest on ties."""
+    done = [t for t in trials if t.state == "complete" and t.value is not None]
+    if not done:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(done, key=lambda t: (sign * (t.value or 0.0), t.number))
+
+
+def register_best(session: Session, study: Study, trials: list[StudyTrial]) -> None:
+    """A completed study's best model, as the next version of its model name (MLflow users
+    register a tuning run's best model under one name; each study of that name adds one)."""
+    best = best_of(study.direction, trials)
+    if best is None or study.register_as is None:  # no trial completed; or made before 0011
+        return
+    model_id = session.scalar(select(Job.model_id).where(Job.id == best.job_id))
+    if model_id is None:
+        log.warning("study %s: the best trial's model was deleted; nothing registered", study.id)
+        return
+    version = registry.register(
+        session, owner=study.owner_id, name=study.register_as, model_id=model_id
+    )
+    study.registered_version = version.version
+
+
 def _epoch_told(session: Session, study: Study, number: int, epoch: int) -> bool:
     told = session.scalars(
         select(StudyEvent.data).where(StudyEvent.study_id == study.id, StudyEvent.kind == "epoch")
@@ -228,6 +267,7 @@ def advance(session: Session, *, study_id: str, settings: Settings) -> None:
     if len(trials) >= study.n_trials and all(t.state != "running" for t in trials):
         study.status = "completed"
         study.finished_at = db_now()  # type: ignore[assignment]
+        register_best(session, study, trials)
         emit(session, study, "status", status_event(study))
         log.info("study %s completed with %d trials", study.id, len(trials))
 

@@ -78,7 +78,17 @@ class StudyCreate(_Request):
         }
     )
 
-    name: Name = Field(description="A label for the study.", examples=["iris-search"])
+    name: Name = Field(
+        description="A label for the study. When the study completes, its best trial's model is "
+        "registered under a model name made from it, as that name's next version (as MLflow "
+        "users register a tuning run's best model): accents dropped, lower-cased, each run of "
+        "characters other than a-z, 0-9, '.', '_' and '-' made one '-', trimmed of '-', '.' "
+        "and '_' at both ends, at most 63 characters ('Iris Search v2' registers as "
+        "'iris-search-v2'). Studies of one name add versions to one model name. A name that "
+        "leaves nothing (no letter or digit) or 32 hex characters (a model id) is refused "
+        "with 422.",
+        examples=["iris-search"],
+    )
     dataset: Name = Field(
         description="Dataset id or name (built-ins: iris, wine, ...).", examples=["iris"]
     )
@@ -154,6 +164,21 @@ class StudySummary(BaseModel):
     counts: StudyCounts = Field(description="Trials by state.")
     best_trial: TrialRead | None = Field(
         None, description="The complete trial with the best objective (earliest on ties)."
+    )
+    register_as: str | None = Field(
+        None,
+        description="The model name (made from `name`) the best trial's model is registered "
+        "under when the study completes: GET /v1/registered-models/{register_as}; predict "
+        "with /v1/models/{register_as}@{registered_version}/predict. null for a study made "
+        "before model names existed.",
+        examples=["iris-search"],
+    )
+    registered_version: int | None = Field(
+        None,
+        description="The version of `register_as` the best model became when the study "
+        "completed; null while it runs, when no trial completed, or when it was cancelled "
+        "(a cancelled study registers nothing).",
+        examples=[3],
     )
     created_at: Timestamp = Field(examples=[EXAMPLE_TIME])
     finished_at: Timestamp | None = None

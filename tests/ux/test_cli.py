@@ -233,3 +233,11 @@ def test_tune_follows_the_trials_and_prints_the_best_model(
     listed = httpx.get(f"{live_server.url}/v1/studies").json()["items"]
     study = next(s for s in listed if s["name"] == "search")
     assert study["best_trial"]["model_id"] == model_id
+    # the best model is the next version of the model name "search"
+    version = study["registered_version"]
+    assert study["register_as"] == "search" and version >= 1
+    assert f"registered as search@{version}" in result.stderr
+    named = httpx.get(f"{live_server.url}/v1/registered-models/search").json()
+    assert {"version": version, "model_id": model_id} in [
+        {"version": v["version"], "model_id": v["model_id"]} for v in named["versions"]
+    ]

@@ -305,9 +305,14 @@ def _tune(args: argparse.Namespace) -> int:
     best = study.best_trial
     if best is None or best.model_id is None:
         return _fail(f"study {study.id} {study.status} with no complete trial")
+    registered = (
+        f", registered as {study.register_as}@{study.registered_version}"
+        if study.registered_version is not None
+        else ""
+    )
     print(
         f"study {study.id} {study.status}: best trial {best.number}, "
-        f"{study.objective['metric']} {best.value:.4f}",
+        f"{study.objective['metric']} {best.value:.4f}{registered}",
         file=sys.stderr,
     )
     print(best.model_id)

@@ -217,6 +217,9 @@ class Study(_Result):
     objective: dict[str, Any]
     trials: list[Trial] = []
     best_trial: Trial | None = None
+    # the model name the best model is registered under when the study completes, and its version
+    register_as: str | None = None
+    registered_version: int | None = None
 
     @property
     def done(self) -> bool:
