@@ -17,6 +17,7 @@ import re
 import unicodedata
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound, Unprocessable
@@ -68,18 +69,38 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def find(session: Session, *, owner: str | None, name: str) -> RegisteredModel | None:
-    return session.scalar(
-        select(RegisteredModel).where(
-            RegisteredModel.name == name, owned_by(RegisteredModel.owner_id, owner)
-        )
+def find(
+    session: Session, *, owner: str | None, name: str, lock: bool = False
+) -> RegisteredModel | None:
+    """The caller's name, or None. `lock`: FOR UPDATE on Postgres, so writers of one name's
+    versions and aliases take turns (SQLite's BEGIN IMMEDIATE already makes them)."""
+    query = select(RegisteredModel).where(
+        RegisteredModel.name == name, owned_by(RegisteredModel.owner_id, owner)
     )
+    return session.scalar(query.with_for_update() if lock else query)
 
 
-def _get(session: Session, *, owner: str | None, name: str) -> RegisteredModel:
-    registered = find(session, owner=owner, name=name)
+def _get(session: Session, *, owner: str | None, name: str, lock: bool = False) -> RegisteredModel:
+    registered = find(session, owner=owner, name=name, lock=lock)
     if registered is None:
         raise NotFound(f"model name {name!r} not found; GET /v1/registered-models lists yours")
+    return registered
+
+
+def _find_or_make(session: Session, *, owner: str | None, name: str) -> RegisteredModel:
+    """The name's row, locked; made when new. Two transactions making one new name at once: the
+    second waits on the unique index, fails inside its savepoint, and takes the first's row."""
+    registered = find(session, owner=owner, name=name, lock=True)
+    if registered is not None:
+        return registered
+    try:
+        with session.begin_nested():
+            registered = RegisteredModel(owner_id=owner, name=name)
+            session.add(registered)
+    except IntegrityError:
+        registered = find(session, owner=owner, name=name, lock=True)
+        if registered is None:  # made and deleted again in between: never happens today
+            raise
     return registered
 
 
@@ -91,11 +112,7 @@ def register(session: Session, *, owner: str | None, name: str, model_id: str) -
     )
     if not is_id(model_id) or model is None:
         raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
-    registered = find(session, owner=owner, name=name)
-    if registered is None:
-        registered = RegisteredModel(owner_id=owner, name=name)
-        session.add(registered)
-        session.flush()
+    registered = _find_or_make(session, owner=owner, name=name)
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(
             ModelVersion.registered_model_id == registered.id
@@ -147,7 +164,7 @@ def set_alias(
 ) -> RegisteredModel:
     """Point `alias` at `version`, in one statement: a request sees the old or the new version."""
     check_alias(alias)
-    registered = _get(session, owner=owner, name=name)
+    registered = _get(session, owner=owner, name=name, lock=True)
     exists = session.scalar(
         select(ModelVersion.version).where(
             ModelVersion.registered_model_id == registered.id, ModelVersion.version == version
@@ -167,7 +184,7 @@ def set_alias(
 
 
 def delete_alias(session: Session, *, owner: str | None, name: str, alias: str) -> None:
-    registered = _get(session, owner=owner, name=name)
+    registered = _get(session, owner=owner, name=name, lock=True)
     row = session.get(ModelAlias, (registered.id, alias))
     if row is None:
         raise NotFound(f"model name {name!r} has no alias {alias!r}")

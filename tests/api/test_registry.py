@@ -4,6 +4,7 @@ time and afterwards, address a model by name, version or alias on /v1 and /v2, m
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.auth import create_key
+from app.services import registry
 from app.tables import ModelAlias, ModelVersion, RegisteredModel
 from tests.interop.conftest import IRIS_NETWORK, IRIS_TRAINING, train_queued_job
 
@@ -134,3 +136,42 @@ async def test_unknown_and_invalid_names_are_refused_and_store_nothing(
         message = response.json().get("detail") or response.json()["error"]
         assert words in message, (url, message)
     assert _counts(app) == before
+
+
+async def test_concurrent_writers_of_one_name_take_turns(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """Two transactions registering under one name (new or existing) or making one alias at
+    once: the second waits for the first (the name's row locked, or its unique index) and then
+    builds on it, instead of failing on a duplicate version, name or alias."""
+    model = await _train(app, client, {})
+    sessions = app.state.sessionmaker
+
+    def concurrently(write: Any) -> list[Any]:
+        """`write` in a transaction held open while a second thread runs it too."""
+        results: list[Any] = []
+
+        def second() -> None:
+            with sessions.begin() as session:
+                results.append(write(session))
+
+        with sessions.begin() as session:
+            results.append(write(session))
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join(0.5)  # on Postgres it is waiting on our lock now; SQLite: on BEGIN
+        thread.join(30)
+        return results
+
+    def register(name: str) -> Any:
+        return lambda s: registry.register(s, owner=None, name=name, model_id=model).version
+
+    assert concurrently(register("fresh")) == [1, 2]
+    assert concurrently(register("fresh")) == [3, 4]
+    alias = concurrently(
+        lambda s: registry.aliases(
+            s, registry.set_alias(s, owner=None, name="fresh", alias="production", version=2)
+        )
+    )
+    assert alias == [{"production": 2}, {"production": 2}]
+    assert _counts(app) == (1, 4, 1)
