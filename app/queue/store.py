@@ -23,7 +23,10 @@ A job's status (JobStatus, app/job_status.py) changes only here, only these ways
                              they never retry, requeue or fail a cancelling job (`_or_cancelled`)
     cancelling  failed       fail_job: the attempt hit an error no retry fixes before it stopped
 
-succeeded, failed and cancelled are final (`finished_at` is set exactly for them).
+succeeded, failed and cancelled are final (`finished_at` is set exactly for them). A job's
+checkpoint (weights and optimizer state, hundreds of MB for a big network) exists only to resume
+it: every statement that can end a job deletes it in the same transaction (`_drop_checkpoints`);
+its metrics, and a succeeded job's model, stay.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.job_status import LEASED, JobStatus
+from app.job_status import LEASED, TERMINAL, JobStatus
 from app.queue.clock import db_now
 from app.services import registry
 from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
@@ -147,6 +150,13 @@ def _update_fenced(
         raise LeaseLost(job_id)
 
 
+def _drop_checkpoints(session: Session, job_ids: list[str]) -> None:
+    """Delete the checkpoints of those of `job_ids` that have ended: a statement that may or may
+    not end a job (a retry, a release, a cancel) calls this after it, with the same result."""
+    ended = select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.in_(TERMINAL))
+    session.execute(delete(checkpoints).where(checkpoints.c.job_id.in_(ended)))
+
+
 def _close_claim(session: Session, *, job_id: str, lease_token: int, outcome: str) -> None:
     """End the audit row of this attempt, so claims can be checked for overlap."""
     session.execute(
@@ -208,6 +218,7 @@ def reap_expired_jobs(session: Session) -> int:
             .where(claims.c.job_id.in_(reaped), claims.c.ended_at.is_(None))
             .values(ended_at=db_now(), outcome="lease_expired")
         )
+        _drop_checkpoints(session, list(reaped))
     return len(reaped)
 
 
@@ -538,6 +549,7 @@ def finish_job(
     if job is not None and job.register_as is not None:  # submitted with register_as
         registry.register(session, owner=job.owner_id, name=job.register_as, model_id=model.id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="succeeded")
+    _drop_checkpoints(session, [job_id])
 
 
 def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None:
@@ -556,6 +568,7 @@ def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None
         updated_at=db_now(),
     )
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="cancelled")
+    _drop_checkpoints(session, [job_id])
 
 
 def fail_job(
@@ -575,6 +588,7 @@ def fail_job(
         updated_at=db_now(),
     )
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="failed")
+    _drop_checkpoints(session, [job_id])
 
 
 def retry_job(
@@ -613,6 +627,7 @@ def retry_job(
     if row is None:
         raise LeaseLost(job_id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="crashed")
+    _drop_checkpoints(session, [job_id])  # attempts used up, or cancelled: ended
     return str(row)
 
 
@@ -636,6 +651,7 @@ def release_job(session: Session, *, job_id: str, lease_token: int) -> str:
     if status is None:
         raise LeaseLost(job_id)
     _close_claim(session, job_id=job_id, lease_token=lease_token, outcome="released")
+    _drop_checkpoints(session, [job_id])  # a cancelling job ends here; a queued one keeps it
     return str(status)
 
 
@@ -644,7 +660,7 @@ def stop_owner_jobs(session: Session, *, owner_id: str, error: str, error_code: 
     queued jobs end `cancelled` in this statement, its running ones become `cancelling` and
     their workers stop them at the next batch, as with a cancel. Returns the jobs touched."""
     queued = jobs.c.status == JobStatus.QUEUED
-    return list(
+    touched = list(
         session.execute(
             update(jobs)
             .where(
@@ -663,6 +679,8 @@ def stop_owner_jobs(session: Session, *, owner_id: str, error: str, error_code: 
         .scalars()
         .all()
     )
+    _drop_checkpoints(session, touched)  # a queued job handed back earlier may hold one
+    return touched
 
 
 def cancel_job(session: Session, *, job_id: str) -> Job:
@@ -684,6 +702,8 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
         )
         .returning(jobs.c.status)
     ).scalar_one_or_none()
+    if status == JobStatus.CANCELLED:  # a queued job handed back earlier may hold one
+        _drop_checkpoints(session, [job_id])
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(job_id)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from safetensors.numpy import save as st_save
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -29,7 +29,7 @@ from app.data import BUILTINS
 from app.job_status import TERMINAL
 from app.parent_death import die_with_parent
 from app.queue.worker import run_worker
-from app.tables import Dataset, Job, JobClaim, JobMetric
+from app.tables import Dataset, Job, JobCheckpoint, JobClaim, JobMetric
 
 # A job with this name kills its training process on every attempt (app/queue/child.py's hook).
 POISON_JOB_NAME = "fitserve-test-poison"
@@ -130,6 +130,15 @@ def metrics_of(sessions: sessionmaker[Session], job_id: str) -> list[JobMetric]:
     with sessions() as session:
         query = select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
         return list(session.scalars(query))
+
+
+def checkpoints_of(sessions: sessionmaker[Session], job_id: str) -> int:
+    """How many checkpoint rows the job has (one while it can resume, none once it ended)."""
+    with sessions() as session:
+        query = (
+            select(func.count()).select_from(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+        )
+        return session.scalar(query) or 0
 
 
 def claims_of(sessions: sessionmaker[Session], job_id: str) -> list[JobClaim]:

@@ -24,6 +24,7 @@ from queue_kit import (
     StartWorker,
     WorkerHandle,
     assert_no_overlapping_claims,
+    checkpoints_of,
     claims_of,
     finished,
     iris_dataset_row,
@@ -127,6 +128,8 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(
     assert [c.outcome for c in claims] == ["lease_expired", "succeeded"]
     assert_no_overlapping_claims(claims)
     assert_same_training(sessions, victim, reference, epochs=EPOCHS)
+    # It resumed from its checkpoint (above); ended, neither job keeps one.
+    assert checkpoints_of(sessions, victim) == checkpoints_of(sessions, reference) == 0
 
 
 def test_a_stalled_worker_is_fenced_out_after_another_takes_over(

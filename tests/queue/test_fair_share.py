@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from queue_kit import IRIS_NETWORK, StartWorker, iris_training, wait_for
+from queue_kit import IRIS_NETWORK, StartWorker, checkpoints_of, iris_training, wait_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -153,3 +153,4 @@ def test_a_job_past_the_time_limit_is_stopped_and_fails(
     assert (job.status, job.error_code) == ("failed", "time_limit"), job.error
     assert "FITSERVE_MAX_JOB_SECONDS" in (job.error or "")
     assert 0 < job.epoch < 100_000
+    assert checkpoints_of(sessions, job_id) == 0  # metrics kept, checkpoint deleted

@@ -11,6 +11,7 @@ from queue_kit import (
     JobState,
     MakeJob,
     StartWorker,
+    checkpoints_of,
     claims_of,
     finished,
     iris_training,
@@ -58,6 +59,7 @@ def test_a_worker_trains_a_queued_job_and_stores_the_model(
     assert [(c.outcome, c.ended_at is not None) for c in claims_of(sessions, job_id)] == [
         ("succeeded", True)
     ]
+    assert checkpoints_of(sessions, job_id) == 0  # deleted with `succeeded`; the model stays
     assert worker.stop() == 0  # SIGTERM while idle: a clean exit
 
 
@@ -105,6 +107,7 @@ def test_cancelling_a_running_job_stops_it_at_a_batch_boundary(
     long_job = make_job("long", training=iris_training(epochs=2000, batch_size=5))
     worker = start_worker(heartbeat_seconds=5.0, lease_seconds=15.0)  # production-like
     wait_for(lambda: job_state(long_job).epoch >= 1, timeout=60, what="the first epoch")
+    assert checkpoints_of(sessions, long_job) == 1
 
     with sessions.begin() as session:
         assert store.cancel_job(session, job_id=long_job).status == "cancelling"
@@ -118,6 +121,7 @@ def test_cancelling_a_running_job_stops_it_at_a_batch_boundary(
     assert len(kept) >= 1 and [m.epoch for m in kept] == list(range(1, len(kept) + 1))
     assert len(kept) < 2000
     assert [c.outcome for c in claims_of(sessions, long_job)] == ["cancelled"]
+    assert checkpoints_of(sessions, long_job) == 0  # its metrics stay, its checkpoint doesn't
     # The worker carries on with the next job.
     next_job = make_job("next")
     assert wait_for(finished(job_state, next_job), timeout=60, what="the next job").status == (
@@ -208,6 +212,7 @@ def test_sigterm_hands_the_job_back_without_penalty_and_another_worker_resumes_i
     tokens = [(m.epoch, m.lease_token) for m in metrics_of(sessions, job_id)]
     assert tokens == [(e, 1 if e <= handed_back_at else 2) for e in range(1, epochs + 1)]
     assert [c.outcome for c in claims_of(sessions, job_id)] == ["released", "succeeded"]
+    assert checkpoints_of(sessions, job_id) == 0
 
 
 def test_a_worker_trains_a_token_list_dataset_through_the_encoding_layer(
