@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # Reuters is 1.3 M ids (89.8 M dense cells); 20 M ids is 160 MB stored as int64.
     max_dataset_tokens: int = 20_000_000
     max_params: int = 50_000_000
+    # One training step's activations, as models/memory.py estimates them from the spec at
+    # submit: 8 GiB fits beside a 50 M-parameter network's weights and Adam state on a 16 GB GPU
+    # or a 16 GB CPU worker; a job past it would die on the worker with an allocator error.
+    max_activation_bytes: int = 8 * 1024**3
     max_predict_rows: int = 10_000
     max_queued_jobs_per_key: int = 100
     # Fair share: jobs one API key may have on workers at once, so one key can't hold every

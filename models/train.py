@@ -25,6 +25,7 @@ from models.build import as_network, as_training, build, check_compatible, count
 from models.early_stopping import EarlyStopping
 from models.errors import SpecError, StopTraining, TrainingError
 from models.losses import make_objective
+from models.memory import widest
 from models.optim import make_optimizer
 from models.results import EpochRecord, FitResult
 from models.resume import check_resume, make_checkpoint, restore
@@ -33,7 +34,9 @@ from models.step import EpochInputs, EpochTotals, TrainRows, TrainStep
 from models.tokens import TokenLists, as_tokens, batch_rows
 from models.weights import Checkpoint
 
-_EVAL_CHUNK_ELEMENTS = 1 << 24  # rows * features per validation forward pass: bounds its memory
+# rows * the widest tensor's width per validation forward pass: bounds its memory (sized by the
+# input alone, a 2 -> 65,536 network evaluated 8 M rows at once: 2 TB)
+_EVAL_CHUNK_ELEMENTS = 1 << 24
 # Below this many multiply-adds per step (6 * batch * params: forward + backward), CPU training
 # runs on one thread: the ops are too small to split, and on a busy machine every OpenMP barrier
 # waits for a descheduled thread — measured 10x slower steps for the iris model on 2 shared cores.
@@ -383,7 +386,7 @@ class Trainer:
         module.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        chunk = max(1, _EVAL_CHUNK_ELEMENTS // self.network.input_dim)
+        chunk = max(1, _EVAL_CHUNK_ELEMENTS // widest(self.network)[0])
         rows = x.rows if isinstance(x, TokenLists) else x.shape[0]
         for start in range(0, rows, chunk):
             out = fwd(batch_rows(x, slice(start, start + chunk)))

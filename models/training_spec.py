@@ -195,6 +195,15 @@ class TrainingConfig(StrictModel):
     epochs: int = Field(
         1, ge=1, le=100_000, description="Passes over the training rows (Keras default 1)."
     )
+    max_seconds: float | None = Field(
+        None,
+        gt=0.0,
+        le=366 * 24 * 3600.0,
+        description="A time budget (seconds) for each attempt at training, beside epochs: a job "
+        "still training after it is stopped at its next batch and fails with error_code "
+        "time_limit, its metrics kept. At most the server's limit (FITSERVE_MAX_JOB_SECONDS); "
+        "enforced by the service's workers, not by models.fit. null: the server's limit.",
+    )
     shuffle: bool = Field(True, description="Shuffle the training rows every epoch.")
     validation_split: float = Field(
         0.0,

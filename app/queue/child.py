@@ -48,6 +48,7 @@ from app.queue.protocol import (
     AttemptInput,
     encode,
 )
+from models.memory import widest
 from models.tokens import inputs_from_bytes
 from models.train import resolve_device
 
@@ -131,37 +132,60 @@ class _FaultAtFirstBatch(models.Callback):
         raise self.fault()
 
 
-def _oom_message(job: AttemptInput) -> str:
+def _oom_message(job: AttemptInput, exc: BaseException) -> str:
+    """What ran out, the job's figures, what to shrink; the allocator's own words last, cut
+    short (alone they say only "can't allocate memory: you tried to allocate 78643200000 bytes")."""
+    text = str(exc)
+    # by its words: torch raises OutOfMemoryError for the CPU's allocator too
+    gpu = any(word in text for word in ("CUDA", "CUBLAS", "cuDNN"))
     batch = job.training.get("batch_size", 32)
     if batch == "full":
         batch = "full (every training row in one batch)"
     try:
         params = f"{models.count_params(job.network):,}"
-    except models.ModelsError:
-        params = "?"
+        width, layer = widest(job.network)
+        where = "the input" if layer is None else f"network.layers[{layer}]"
+        widest_text = f"; the widest tensor, {where}, is {width:,} wide"
+    except (models.ModelsError, ValueError):  # a spec that doesn't validate: figures unknown
+        params, widest_text = "?", ""
+    what = "the GPU" if gpu else "the training process (host memory)"
+    fix = "lower batch_size or the units of the widest layer" + (
+        ", or set precision to bf16" if gpu else ""
+    )
+    said = " ".join(text.split())
+    said = said if len(said) <= 300 else said[:297] + "..."
     return (
-        f"the GPU ran out of memory training {params} parameters with batch_size {batch}; "
-        "lower batch_size, use a smaller network, or set precision to bf16"
+        f"{what} ran out of memory training {params} parameters with batch_size {batch}"
+        f"{widest_text}: {fix} (this fails the same way on every attempt, so it was not "
+        f"retried; the allocator said: {said})"
     )
 
 
 # RuntimeError texts of failures that repeat on every attempt (torch words them so; there is no
 # narrower exception class): the allocator's, bf16 on a GPU without it, and mixed dtypes.
-_OUT_OF_MEMORY = ("out of memory", "STATUS_ALLOC_FAILED", "CUDA_ERROR_OUT_OF_MEMORY")
+# The CPU's: torch's "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
+_OUT_OF_MEMORY = (
+    "out of memory",
+    "STATUS_ALLOC_FAILED",
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "can't allocate memory",
+    "DefaultCPUAllocator",
+)
 _BF16_UNSUPPORTED = ("does not support bfloat16", "CUBLAS_STATUS_NOT_SUPPORTED")
 _DTYPE = ("expected scalar type", "same dtype", "expected dtype", "dtype mismatch")
 
 
 def classify(exc: BaseException, job: AttemptInput) -> dict[str, Any]:
     """The error frame for what ended an attempt: deterministic failures (the spec or data can't
-    train, out of GPU memory or an allocator failure, bf16 on a GPU without it, a dtype error)
+    train, out of GPU or host memory — an allocator failure or MemoryError —, bf16 on a GPU
+    without it, a dtype error)
     end the job at once with a message that says how to fix it; anything else may be the
     machine's fault and is retried (as are crashes and lost leases, which the parent sees)."""
     text = str(exc)
     if isinstance(exc, torch.OutOfMemoryError | MemoryError) or (
         isinstance(exc, RuntimeError) and any(s in text for s in _OUT_OF_MEMORY)
     ):
-        return _failed("out_of_memory", _oom_message(job))
+        return _failed("out_of_memory", _oom_message(job, exc))
     if isinstance(exc, models.SpecError) and exc.loc[-1:] == ("precision",):
         return _failed("precision_unsupported", text)
     if isinstance(exc, models.ModelsError | ValueError):

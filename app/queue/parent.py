@@ -370,6 +370,7 @@ class Attempt:
         so a cancel takes effect within about a second even with a long heartbeat."""
         claim, settings = self.claim, self.settings
         fence: dict[str, Any] = {"job_id": claim.job_id, "lease_token": claim.lease_token}
+        limit, limit_error = time_limit(claim.training, settings.max_job_seconds)
         next_beat = time.monotonic() + settings.heartbeat_seconds
         while not self.finished.wait(min(settings.heartbeat_seconds, CANCEL_CHECK_SECONDS)):
             beat = time.monotonic() >= next_beat
@@ -381,7 +382,8 @@ class Attempt:
                             s,
                             **fence,
                             lease_seconds=settings.lease_seconds,
-                            max_job_seconds=settings.max_job_seconds,
+                            max_job_seconds=limit,
+                            time_limit_error=limit_error,
                         ),
                         patience=settings.heartbeat_seconds,
                     )
@@ -397,6 +399,22 @@ class Attempt:
                 continue  # the database is away; the main thread's writes decide
             if status == JobStatus.CANCELLING and self.control.value == RUN:
                 self.control.value = CANCEL
+
+
+JOB_BUDGET_ERROR = (
+    "the job ran past its own time budget of {seconds:,.0f} s per attempt (training.max_seconds); "
+    "raise max_seconds (up to the server's limit, FITSERVE_MAX_JOB_SECONDS), or train for fewer "
+    "epochs or on less data"
+)
+
+
+def time_limit(training: dict[str, Any], server_limit: float | None) -> tuple[float | None, str]:
+    """The seconds an attempt may train — the job's training.max_seconds when it is the tighter,
+    else the server's FITSERVE_MAX_JOB_SECONDS — and the error that names which one ran out."""
+    budget = training.get("max_seconds")
+    if budget is not None and (server_limit is None or float(budget) < server_limit):
+        return float(budget), JOB_BUDGET_ERROR.format(seconds=float(budget))
+    return server_limit, store.TIME_LIMIT_ERROR.format(seconds=server_limit or 0.0)
 
 
 def prepare_worker_process() -> None:

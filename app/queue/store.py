@@ -366,11 +366,13 @@ def heartbeat(
     lease_token: int,
     lease_seconds: float,
     max_job_seconds: float | None = None,
+    time_limit_error: str | None = None,
 ) -> str:
     """Extend the lease; returns the status so the worker learns of a cancel request.
     An attempt running for longer than `max_job_seconds` becomes `cancelling` here with
-    error_code `time_limit`: the worker stops it at the next batch as it stops a cancel, and
-    `finish_cancelled` ends it `failed`. Raises LeaseLost when the job is no longer ours."""
+    error_code `time_limit` and `time_limit_error` (by default the server limit's message): the
+    worker stops it at the next batch as it stops a cancel, and `finish_cancelled` ends it
+    `failed`. Raises LeaseLost when the job is no longer ours."""
     values: dict[str, Any] = {}
     if max_job_seconds is not None:
         overdue = and_(
@@ -380,7 +382,8 @@ def heartbeat(
             "status": case((overdue, JobStatus.CANCELLING), else_=jobs.c.status),
             "error_code": case((overdue, "time_limit"), else_=jobs.c.error_code),
             "error": case(
-                (overdue, TIME_LIMIT_ERROR.format(seconds=max_job_seconds)), else_=jobs.c.error
+                (overdue, time_limit_error or TIME_LIMIT_ERROR.format(seconds=max_job_seconds)),
+                else_=jobs.c.error,
             ),
         }
     status = session.execute(

@@ -19,6 +19,7 @@ from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
 from app.tables import Dataset, Job, JobMetric, Model
+from models.memory import step_memory
 from models.spec import format_count
 from models.tokens import TokenLists, inputs_from_bytes
 from models.training_spec import validation_class_warning
@@ -69,6 +70,50 @@ def check_params(
         raise Unprocessable(_params_message(count, settings.max_params), loc=(*loc, "network"))
 
 
+def _bytes(n: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_activation_memory(
+    network: models.NetworkSpec,
+    training: models.TrainingConfig,
+    *,
+    rows: int,
+    settings: Settings,
+    loc: tuple[str | int, ...] = ("body",),
+) -> None:
+    """422 when one training step's activations (models/memory.py's estimate) pass
+    FITSERVE_MAX_ACTIVATION_BYTES, saying what to shrink: batch_size, or the widest layer."""
+    step = step_memory(network, training, rows=rows)
+    limit = settings.max_activation_bytes
+    if step.bytes <= limit:
+        return
+    widest = (
+        f"the input ({step.widest:,} wide: fewer features, or a smaller num_tokens)"
+        if step.widest_layer is None
+        else f"network.layers[{step.widest_layer}] ({step.widest:,} units)"
+    )
+    fits = limit // step.bytes_per_row
+    fix = (
+        f"lower batch_size to at most {fits:,}, or narrow {widest}"
+        if fits >= 1
+        else f"narrow {widest}: even one row per step is over the limit"
+    )
+    batch = training.batch_size
+    shown = f'"full" ({step.batch:,} training rows)' if batch == "full" else f"{step.batch:,}"
+    raise Unprocessable(
+        f"one training step would hold about {_bytes(step.bytes)} of activations (batch_size "
+        f"{shown} x {_bytes(step.bytes_per_row)} a row, forward and backward; the widest tensor "
+        f"is {step.widest:,} wide); the limit is {_bytes(limit)} "
+        f"(FITSERVE_MAX_ACTIVATION_BYTES): {fix}",
+        loc=(*loc, "training", "batch_size"),
+        code="activation_memory",
+    )
+
+
 def check_trainable(
     network: models.NetworkSpec,
     training: models.TrainingConfig,
@@ -77,7 +122,8 @@ def check_trainable(
     settings: Settings,
     loc: tuple[str | int, ...] = ("body",),
 ) -> None:
-    """422 unless the spec fits the parameter budget and can train on the dataset."""
+    """422 unless the spec fits the parameter and activation-memory budgets and can train on
+    the dataset."""
     check_params(network, settings, loc=loc)
     try:
         models.check_compatible(
@@ -94,6 +140,21 @@ def check_trainable(
         raise Unprocessable.from_spec_error(
             exc, under=loc, message=f"{exc.message} ({_dataset_text(dataset)})"
         ) from None
+    check_activation_memory(network, training, rows=dataset.rows, settings=settings, loc=loc)
+    check_time_budget(training, settings=settings, loc=loc)
+
+
+def check_time_budget(
+    training: models.TrainingConfig, *, settings: Settings, loc: tuple[str | int, ...] = ("body",)
+) -> None:
+    """422 for a training.max_seconds over the server's job time limit, which would never apply."""
+    budget, limit = training.max_seconds, settings.max_job_seconds
+    if budget is not None and limit is not None and budget > limit:
+        raise Unprocessable(
+            f"training.max_seconds is {budget:,.0f} s; this server stops every attempt after "
+            f"{limit:,.0f} s (FITSERVE_MAX_JOB_SECONDS): ask for at most {limit:,.0f}",
+            loc=(*loc, "training", "max_seconds"),
+        )
 
 
 def new_job(
