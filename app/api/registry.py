@@ -19,7 +19,6 @@ from app.schemas import (
     RegisterVersion,
 )
 from app.services import registry as service
-from app.tables import RegisteredModel
 
 router = APIRouter(prefix="/v1/registered-models", tags=["model names"])
 
@@ -33,22 +32,10 @@ AliasParam = Annotated[
 ]
 
 
-def _view(session: SessionDep, registered: RegisteredModel) -> RegisteredModelRead:
-    return RegisteredModelRead(
-        name=registered.name,
-        versions=[
-            ModelVersionRead(version=v.version, model_id=v.model_id, created_at=v.created_at)
-            for v in service.versions(session, registered)
-        ],
-        aliases=service.aliases(session, registered),
-        created_at=registered.created_at,
-    )
-
-
 @router.get("", response_model=RegisteredModelList, summary="Your model names", responses=_ERRORS)
 def list_names(session: SessionDep, owner: OwnerDep) -> RegisteredModelList:
     names = service.list_names(session, owner=owner)
-    return RegisteredModelList(items=[_view(session, r) for r in names])
+    return RegisteredModelList(items=[service.view(session, r) for r in names])
 
 
 @router.get(
@@ -58,7 +45,7 @@ def list_names(session: SessionDep, owner: OwnerDep) -> RegisteredModelList:
     responses=_ERRORS,
 )
 def get_name(name: NameParam, session: SessionDep, owner: OwnerDep) -> RegisteredModelRead:
-    return _view(session, service.get(session, owner=owner, name=name))
+    return service.view(session, service.get(session, owner=owner, name=name))
 
 
 @router.post(
@@ -94,7 +81,7 @@ def set_alias(
     registered = service.set_alias(
         session, owner=owner, name=name, alias=alias, version=body.version
     )
-    return _view(session, registered)
+    return service.view(session, registered)
 
 
 @router.delete(

@@ -3,7 +3,11 @@
 /dashboard                 jobs with their status (refreshes itself while any job is active)
 /dashboard/jobs/{id}       loss, accuracy and validation curves and per-layer gradient norms,
                            drawn as inline SVG and updated live from the job's event stream
-/dashboard/models/{id}     the Keras-style summary table and a predict form
+/dashboard/models/{id}     the Keras-style summary table, the names it is registered as (and a
+                           form to register it under one), a predict form
+/dashboard/names           the key's model names: each one's versions (model, job, final
+                           metric) and aliases, with buttons and a form that move an alias
+/dashboard/names/{name}    one model name, the same way
 /dashboard/compare?job=..  the loss and accuracy/MAE curves of the picked jobs overlaid
 /dashboard/studies         studies with their progress and best objective
 /dashboard/studies/{id}    every trial's objective curve overlaid, the objective against each
@@ -29,15 +33,15 @@ import models
 from app.api.deps import ModelCacheDep, SessionDep
 from app.auth import owner_for
 from app.config import Settings
-from app.dashboard import pages, study_pages
+from app.dashboard import name_pages, pages, study_pages
 from app.errors import NotFound, Unprocessable
-from app.schemas import EpochMetrics
+from app.schemas import EpochMetrics, RegisteredModelRead
 from app.services import jobs as job_service
-from app.services import predict
+from app.services import predict, registry
 from app.services import studies as study_service
 from app.services.jobs import finite_or_none
 from app.services.models import find_model
-from app.tables import JobMetric, Model
+from app.tables import Job, JobMetric, Model
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -137,9 +141,47 @@ def model_page(
         raise NotFound(f"model {model_id!r} not found; see your jobs at /dashboard")
     # the model the page's predict form will call, loaded (so its first prediction is a hit)
     served = predict.get_model(session, cache=cache, owner=owner, model_id=model_id)
-    return HTMLResponse(
-        pages.model_page(_ModelView(row), feature_names=served.feature_names, root=_root(request))
+    names = registry.names_of(session, owner=owner, model_id=row.id)
+    page = pages.model_page(
+        _ModelView(row), feature_names=served.feature_names, names=names, root=_root(request)
     )
+    return HTMLResponse(page)
+
+
+def _version_details(
+    session: Session, names: list[RegisteredModelRead]
+) -> dict[str, name_pages.VersionDetail]:
+    """Model id -> its job and final metrics, for every version of `names` (one query)."""
+    ids = {v.model_id for name in names for v in name.versions}
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Model.id, Model.job_id, Model.metrics, Job.name)
+        .outerjoin(Job, Job.id == Model.job_id)
+        .where(Model.id.in_(ids))
+    )
+    return {
+        model_id: name_pages.VersionDetail(job_id, job_name, finite_or_none(metrics or {}))
+        for model_id, job_id, metrics, job_name in rows
+    }
+
+
+@router.get("/names", response_class=HTMLResponse)
+def names_page(request: Request, session: SessionDep, owner: DashboardOwnerDep) -> HTMLResponse:
+    names = [registry.view(session, r) for r in registry.list_names(session, owner=owner)]
+    served = {name.name: registry.served_version(name) for name in names}
+    details = _version_details(session, names)
+    return HTMLResponse(name_pages.names_page(names, details, served, root=_root(request)))
+
+
+@router.get("/names/{name}", response_class=HTMLResponse)
+def name_page(
+    request: Request, name: str, session: SessionDep, owner: DashboardOwnerDep
+) -> HTMLResponse:
+    view = registry.view(session, registry.get(session, owner=owner, name=name))
+    details = _version_details(session, [view])
+    page = name_pages.name_page(view, details, registry.served_version(view), root=_root(request))
+    return HTMLResponse(page)
 
 
 @router.get("/studies", response_class=HTMLResponse)

@@ -7,6 +7,7 @@ through `esc` (text and attributes) or `json_island` (data for the page's script
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from importlib import resources
@@ -16,6 +17,7 @@ from app.job_status import TERMINAL
 
 LIVE_JS = resources.files("app.dashboard").joinpath("live.js").read_text(encoding="utf-8")
 AUTH_JS = resources.files("app.dashboard").joinpath("auth.js").read_text(encoding="utf-8")
+NAMES_JS = resources.files("app.dashboard").joinpath("names.js").read_text(encoding="utf-8")
 # Jobs a compare view overlays at most: two legend lines a job fill the chart at six.
 MAX_COMPARE = 6
 # Tableau's palette, one colour a job in the compare view.
@@ -38,6 +40,11 @@ code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
 .badge.cancelling, .badge.cancelled { background: #fbe7c6; }
 .badge.complete, .badge.completed { background: #c9f0d0; } .badge.pruned { background: #e0e0e0; }
 tr.best td { background: #fff0f0; font-weight: 600; }
+tr.served td { background: #eef7ee; }
+.badge.alias { background: #d8e4ff; margin-left: 4px; }
+td.aliases button { border: none; background: none; cursor: pointer; padding: 0 2px; }
+section.name { margin-bottom: 24px; }
+h1 code, h2 code { font-size: 0.9em; }
 .badge.warning { background: #fff0c0; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; background: #fff; border: 1px solid #e3e5e8; padding: 8px; }
@@ -83,6 +90,7 @@ def layout(title: str, body: str, *, root: str = "", refresh: int | None = None)
         f'<header><a href="{esc(root)}/dashboard">fitserve</a>'
         f'<a href="{esc(root)}/dashboard">jobs</a>'
         f'<a href="{esc(root)}/dashboard/studies">studies</a>'
+        f'<a href="{esc(root)}/dashboard/names">model names</a>'
         f'<a href="{esc(root)}/docs">API docs</a>'
         '<a href="#" id="sign-out" hidden>sign out</a>'
         f"</header><main>{body}</main></body></html>"
@@ -103,6 +111,16 @@ as <code>Authorization: Bearer</code> with the dashboard's requests.</p>
 </form>
 <p class="error" id="sign-in-error"></p>"""
     return layout("sign in", body, root=root)
+
+
+def names_script(*, root: str) -> str:
+    """The model-name buttons' and forms' script (names.js), where it sends its calls (the API
+    under `root`) and the line it reports refusals on."""
+    return (
+        '<p class="error" id="names-error"></p>'
+        f'<span id="names-api" data-api="{esc(root)}/v1/registered-models/" hidden></span>'
+        f"<script>{NAMES_JS}</script>"
+    )
 
 
 def badge(status: str) -> str:
@@ -240,7 +258,29 @@ def compare_page(jobs: list[tuple[Any, list[dict[str, Any]]]], *, root: str = ""
     return layout("compare", body, root=root)
 
 
-def model_page(model: Any, *, feature_names: list[str], root: str = "") -> str:
+def model_names(model_id: str, names: list[Any], *, root: str = "") -> str:
+    """The names and versions a model is registered as, and a form to register it under one."""
+    registered = ", ".join(
+        f'<a href="{esc(root)}/dashboard/names/{esc(r.name)}"><code>{esc(r.name)}</code></a> '
+        f"version {r.version}"
+        + "".join(f' <span class="badge alias">{esc(alias)}</span>' for alias in r.aliases)
+        for r in names
+    )
+    return f"""
+<h2>Names</h2>
+<p id="registered-as">{"Registered as " + registered if names else "Not registered under a name."}
+</p>
+<form data-action="register" data-model="{esc(model_id)}">
+<label>Register as the next version of <input name="name" required maxlength="63"
+ placeholder="iris" title="1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a-z or 0-9">
+</label> <button type="submit">Register</button>
+</form>
+{names_script(root=root)}"""
+
+
+def model_page(
+    model: Any, *, feature_names: list[str], names: Sequence[Any] = (), root: str = ""
+) -> str:
     summary = model.summary
     layer_rows = "".join(
         f"<tr><td>{esc(layer.name)}</td><td>{esc(layer.type)}</td>"
@@ -260,6 +300,7 @@ def model_page(model: Any, *, feature_names: list[str], root: str = "") -> str:
  <a class="id" href="{esc(root)}/dashboard/jobs/{esc(model.job_id)}">{esc(model.job_id)}</a>
  · classes: {classes}</p>
 <p>Final epoch: {metric_text or "-"}</p>
+{model_names(model.id, list(names), root=root)}
 <h2>Summary</h2>
 <table><tr><th>layer</th><th>type</th><th>output shape</th><th>params</th></tr>{layer_rows}
 <tr><th colspan="3">total params</th><th class="num">{summary.total_params:,}</th></tr>

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound, Unprocessable
-from app.schemas import ALIAS_PATTERN
+from app.schemas import ALIAS_PATTERN, ModelVersionRead, RegisteredModelRead
 from app.schemas import MODEL_NAME_PATTERN as NAME_PATTERN
 from app.services import is_id, owned_by
 from app.tables import Model, ModelAlias, ModelVersion, RegisteredModel
@@ -143,6 +144,56 @@ def aliases(session: Session, registered: RegisteredModel) -> dict[str, int]:
         .order_by(ModelAlias.alias)
     )
     return {alias: version for alias, version in rows}
+
+
+def view(session: Session, registered: RegisteredModel) -> RegisteredModelRead:
+    """A name as the API and the dashboard show it: its versions and aliases."""
+    return RegisteredModelRead(
+        name=registered.name,
+        versions=[
+            ModelVersionRead(version=v.version, model_id=v.model_id, created_at=v.created_at)
+            for v in versions(session, registered)
+        ],
+        aliases=aliases(session, registered),
+        created_at=registered.created_at,
+    )
+
+
+def served_version(name: RegisteredModelRead) -> int | None:
+    """The version the unversioned name answers with: its production alias, else its latest."""
+    if DEFAULT_ALIAS in name.aliases:
+        return name.aliases[DEFAULT_ALIAS]
+    return name.versions[-1].version if name.versions else None
+
+
+@dataclass
+class Registration:
+    """One version of one name that a model is, and the aliases pointing at that version."""
+
+    name: str
+    version: int
+    aliases: list[str] = field(default_factory=list)
+
+
+def names_of(session: Session, *, owner: str | None, model_id: str) -> list[Registration]:
+    """Every name and version the model is registered as (by name, then version)."""
+    rows = session.execute(
+        select(RegisteredModel.name, ModelVersion.version, ModelAlias.alias)
+        .join(ModelVersion, ModelVersion.registered_model_id == RegisteredModel.id)
+        .outerjoin(
+            ModelAlias,
+            (ModelAlias.registered_model_id == ModelVersion.registered_model_id)
+            & (ModelAlias.version == ModelVersion.version),
+        )
+        .where(ModelVersion.model_id == model_id, owned_by(RegisteredModel.owner_id, owner))
+        .order_by(RegisteredModel.name, ModelVersion.version, ModelAlias.alias)
+    )
+    found: dict[tuple[str, int], Registration] = {}
+    for name, version, alias in rows:
+        entry = found.setdefault((name, version), Registration(name, version))
+        if alias is not None:
+            entry.aliases.append(alias)
+    return list(found.values())
 
 
 def list_names(session: Session, *, owner: str | None) -> list[RegisteredModel]:

@@ -30,7 +30,14 @@ def owned_by_a(api: Any, trained: dict[str, str]) -> dict[str, str]:
     }
     r = api.http.post("/v1/jobs", json=job, headers=api.a)
     assert r.status_code == 202, r.text
-    return {**trained, "queued": r.json()["id"]}
+    # the model under a name of A's: B's names are another namespace
+    registered = api.http.post(
+        "/v1/registered-models/isolation/versions",
+        json={"model_id": trained["model"]},
+        headers=api.a,
+    )
+    assert registered.status_code == 201, registered.text
+    return {**trained, "queued": r.json()["id"], "name": "isolation"}
 
 
 # (method, path, request keyword arguments, what key A gets)
@@ -50,7 +57,10 @@ A_ROUTES: list[tuple[str, str, dict[str, Any], int]] = [
     ("POST", "/v2/models/{model}/infer", {"json": INFER}, 200),
     ("GET", "/dashboard/jobs/{job}", {}, 200),
     ("GET", "/dashboard/models/{model}", {}, 200),
+    ("GET", "/v1/registered-models/{name}", {}, 200),
+    ("GET", "/dashboard/names/{name}", {}, 200),
     # Changes last: B's attempt must leave them as they are, A's own then works.
+    ("PUT", "/v1/registered-models/{name}/aliases/production", {"json": {"version": 1}}, 200),
     ("POST", "/v1/jobs/{queued}/cancel", {}, 202),
     ("DELETE", "/v1/datasets/{dataset}", {}, 204),
 ]  # fmt: skip
@@ -70,6 +80,12 @@ def test_key_b_lists_none_of_key_a_rows(api: Any, owned_by_a: dict[str, str]) ->
         assert owned_by_a[ref] in ids_a
     page = api.http.get("/dashboard", headers=api.b).text
     assert owned_by_a["job"] not in page
+    names_b = api.http.get("/v1/registered-models", headers=api.b).json()["items"]
+    assert owned_by_a["name"] not in {n["name"] for n in names_b}
+    names_a = api.http.get("/v1/registered-models", headers=api.a).json()["items"]
+    assert owned_by_a["name"] in {n["name"] for n in names_a}
+    page = api.http.get("/dashboard/names", headers=api.b).text
+    assert owned_by_a["name"] not in page and owned_by_a["model"] not in page
 
 
 def test_key_b_cannot_train_on_key_a_dataset(api: Any, owned_by_a: dict[str, str]) -> None:

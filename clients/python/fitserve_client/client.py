@@ -216,14 +216,18 @@ class FitserveClient:
         *,
         name: str | None = None,
         epochs: int | None = None,
+        register_as: str | None = None,
     ) -> Job:
-        """Queue a training job; `dataset` is an id or a built-in name such as "iris"."""
+        """Queue a training job; `dataset` is an id or a built-in name such as "iris".
+        `register_as`: the model name its model becomes the next version of when it succeeds."""
         config = dict(training or {})
         if epochs is not None:
             config["epochs"] = epochs
         body: dict[str, Any] = {"network": dict(network), "dataset": dataset, "training": config}
         if name is not None:
             body["name"] = name
+        if register_as is not None:
+            body["register_as"] = register_as
         return Job.model_validate(self._json("POST", "/v1/jobs", json=body))
 
     # -- studies --
