@@ -4,8 +4,9 @@ A `list<integer>` column (list or large_list of any integer type) is a token-lis
 Arrow offsets and values become the stored values + offsets as they are, never a dense matrix.
 Without one, the numeric columns other than the target(s) are the feature matrix, as a CSV's are:
 the schema is checked first (every feature a number), the cell cap from the footer's row count
-before any column is decoded, then each row group (each record batch of an Arrow file) goes to a
-`TableBuilder` as it is read, so memory holds float32 numbers and one row group's columns.
+before any column is decoded, then each row group in batches of BATCH_ROWS (each record batch
+of an Arrow file) goes to a `TableBuilder` as it is read, so memory holds float32 numbers and
+one batch's columns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from models.tokens import TokenLists
 
 MAGIC = b"PAR1"  # a Parquet file starts and ends with it
 ARROW_MAGIC = b"ARROW1"  # an Arrow IPC file (Feather v2) starts and ends with it
+BATCH_ROWS = 65_536
 
 
 def parse_parquet(
@@ -40,7 +42,8 @@ def parse_parquet(
     column is decoded."""
     file.seek(0)
     try:
-        parquet = pq.ParquetFile(file)
+        # read as the batches need it, not a row group's column chunks buffered ahead
+        parquet = pq.ParquetFile(file, buffer_size=1 << 20, pre_buffer=False)
         meta = parquet.metadata
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as exc:
@@ -61,16 +64,29 @@ def parse_parquet(
         return _token_dataset(_read_whole(parquet, where), targets, lists[0], task, where=where)
     table = _builder(names, targets, task, max_cells=max_cells, where=where)
     table.check_cells(meta.num_rows)
-    for group in range(meta.num_row_groups):
+    # Batches of a row group rather than whole row groups: a 128k-row group of 20 float64
+    # columns is 21 MB decoded at once (+33 MB peak for 900k rows, measured).
+    batches = parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
+    while True:
         try:
-            batch = parquet.read_row_group(group)
+            batch = next(batches, None)
         except (pa.ArrowException, OSError) as exc:
+            group = _row_group_of(meta, table.rows)
             raise Unprocessable(
                 f"{where}'s row group {group + 1} of {meta.num_row_groups} (from row "
                 f"{table.rows}) could not be read as Parquet ({exc})"
             ) from None
+        if batch is None:
+            return table.finish()
         table.add(batch)
-    return table.finish()
+
+
+def _row_group_of(meta: pq.FileMetaData, row: int) -> int:
+    for group in range(meta.num_row_groups):
+        row -= meta.row_group(group).num_rows
+        if row < 0:
+            return group
+    return meta.num_row_groups - 1
 
 
 def parse_arrow_file(

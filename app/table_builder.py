@@ -92,7 +92,15 @@ class TableBuilder:
         self.row_label = row_label
         self.numeric_targets = task == "regression" or len(targets) > 1
         self.rows = 0
-        self._x: list[np.ndarray] = []  # float32 (block rows, n_features) each
+        # float32 (rows the cell cap allows, n_features), filled block by block: reserved, not
+        # touched, so only the rows written take memory, and no concatenation copies them
+        # (without a cap, the builtins, blocks are kept and concatenated)
+        self._x = (
+            np.empty((max_cells // len(names), len(self.features)), dtype=np.float32)
+            if max_cells is not None
+            else None
+        )
+        self._blocks: list[np.ndarray] = []
         self._y: list[np.ndarray] = []  # float64 (block rows, n_targets), numeric targets
         self._labels: list[pa.Array] = []  # one label per row, as the file spelled it
 
@@ -108,10 +116,13 @@ class TableBuilder:
         self.rows += batch.num_rows
         if batch.num_rows == 0:
             return
-        x = np.empty((batch.num_rows, len(self.features)), dtype=np.float32)
+        if self._x is not None:
+            x = self._x[start : self.rows]
+        else:
+            x = np.empty((batch.num_rows, len(self.features)), dtype=np.float32)
+            self._blocks.append(x)
         for j, name in enumerate(self.features):
             x[:, j] = self._numbers(batch.column(name), name, start)
-        self._x.append(x)
         if self.numeric_targets:
             self._y.append(
                 np.column_stack([self._numbers(batch.column(t), t, start) for t in self.targets])
@@ -184,8 +195,11 @@ class TableBuilder:
     def finish(self) -> ParsedDataset:
         if self.rows == 0:
             raise Unprocessable(f"{self.where} has a header row but no data rows")
-        x = np.concatenate(self._x) if len(self._x) > 1 else self._x[0]
-        self._x.clear()
+        if self._x is not None:
+            x, self._x = self._x[: self.rows], None
+        else:
+            x = np.concatenate(self._blocks) if len(self._blocks) > 1 else self._blocks[0]
+            self._blocks.clear()
         where = f"column {','.join(self.targets)!r}"
         if self.numeric_targets:
             y64 = np.concatenate(self._y)

@@ -10,8 +10,14 @@ group per 128k rows). Each upload goes to a fresh `uvicorn` process (so its peak
   --detach` into a temporary directory and run from there with this tree's virtualenv)
 - csv, parquet: this tree
 
-Per upload: rows/s (rows / seconds of the POST, upload included), the API's peak RSS above its
-idle RSS, and that increase over the stored float32 features (rows x 20 x 4 bytes). Rounds
+Two measures per file and variant, each in a fresh process:
+
+- parse: the parser alone (`parse_csv` / `parse_parquet` of the base tree, `parse_upload` of this
+  one) reading the file from disk, its peak RSS above the process's idle RSS;
+- api: the POST to uvicorn (multipart upload, spooling, parse, the SQLite insert and commit),
+  rows / seconds of the request, and the API process's VmHWM above its idle RSS.
+
+Both are also given as a multiple of the stored float32 features (rows x 20 x 4 bytes). Rounds
 interleave the variants, the order rotating each round, because the machine is shared.
 
     python bench/ingest.py [--rounds 3] [--sizes 100000,500000,900000] [--base COMMIT]
@@ -20,6 +26,8 @@ interleave the variants, the order rotating each round, because the machine is s
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import socket
@@ -116,6 +124,61 @@ def upload(tree: Path, tmp: Path, payload: Path, rows: int) -> dict[str, Any]:
         server.wait(30)
 
 
+PARSE_NEW = """
+from app.uploads import UploadLimits, parse_upload
+limits = UploadLimits(max_cells=100_000_000, max_table_bytes=2**40, max_text_bytes=2**40)
+with open(PATH, "rb") as f:
+    parsed = parse_upload(f, filename=None, content_type=None, target="species", task=None,
+                          limits=limits)
+"""
+PARSE_BASE = {
+    "csv": """
+from app.dataset_codec import parse_csv
+with open(PATH, "rb") as f:
+    parsed = parse_csv(f, target="species", max_cells=100_000_000)
+""",
+    # the old route read a Parquet upload whole into memory, then parsed it from there
+    "parquet": """
+from app.parquet import parse_parquet
+with open(PATH, "rb") as f:
+    parsed = parse_parquet(f.read(), target="species", task=None, max_bytes=2**40)
+""",
+}
+CHILD = """
+import json, sys, time
+from pathlib import Path
+PATH = sys.argv[1]
+def vm(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+import app.dataset_codec, app.parquet, numpy, pyarrow.csv, pyarrow.parquet  # not the parse's
+try:
+    import app.uploads
+except ImportError:  # the base tree has no app/uploads.py
+    pass
+idle = vm("VmRSS")
+t0 = time.perf_counter()
+{parse}
+seconds = time.perf_counter() - t0
+assert parsed.x.shape[0] == {rows}
+print(json.dumps({{"seconds": seconds, "idle_mb": idle, "peak_mb": vm("VmHWM")}}))
+"""
+
+
+def parse_only(tree: Path, payload: Path, rows: int, kind: str, base: bool) -> dict[str, Any]:
+    """The parser alone, in a fresh process: what each reads the same file with."""
+    parse = PARSE_BASE[kind] if base else PARSE_NEW
+    code = CHILD.format(parse=parse, rows=rows)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", code, str(payload)], env=env, cwd=tree,
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    run = json.loads(out.strip().splitlines()[-1])
+    run["rows_s"] = rows / run["seconds"]
+    run["above_idle_mb"] = run["peak_mb"] - run["idle_mb"]
+    return dict(run)
+
+
 def base_tree(commit: str, tmp: Path) -> Path:
     tree = tmp / "base"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
@@ -145,10 +208,15 @@ def main() -> None:
                     for variant in order:
                         loads.append(os.getloadavg()[0])
                         kind = variant.removeprefix("base-")
-                        where = tree if variant.startswith("base-") else ROOT
+                        base = variant.startswith("base-")
+                        where = tree if base else ROOT
+                        parse = parse_only(where, files[rows][kind], rows, kind, base)
+                        results.setdefault(("parse " + variant, rows), []).append(parse)
                         run = upload(where, tmp, files[rows][kind], rows)
-                        results.setdefault((variant, rows), []).append(run)
-                        print(variant, rows, {k: round(v, 2) for k, v in run.items()}, flush=True)
+                        results.setdefault(("api " + variant, rows), []).append(run)
+                        for what, got in (("parse", parse), ("api", run)):
+                            shown = {k: round(v, 2) for k, v in got.items()}
+                            print(what, variant, rows, shown, flush=True)
             sizes_mb = {(k, r): files[r][k].stat().st_size / 1e6 for r in sizes for k in files[r]}
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
@@ -168,25 +236,27 @@ def report(
     print(f"`python bench/ingest.py --rounds {args.rounds} --base {args.base[:12]}` "
           f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs; "
           f"1-min load before each upload {min(loads):.2f}-{max(loads):.2f}):")  # fmt: skip
-    print()
-    print("| rows | upload | file MB | rows/s (median) | spread (min-max) | vs base | "
-          "API peak above idle MB (median, max) | x stored float32 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for rows in sizes:
-        stored_mb = rows * FEATURES * 4 / 1e6
-        for variant in variants:
-            runs = results[(variant, rows)]
-            speed = [r["rows_s"] for r in runs]
-            above = [r["above_idle_mb"] for r in runs]
-            base = results.get(("base-" + variant.removeprefix("base-"), rows))
-            ratio = (statistics.median(speed) / statistics.median([r["rows_s"] for r in base])
-                     if base else float("nan"))  # fmt: skip
-            kind = variant.removeprefix("base-")
-            print(f"| {rows:,} | {variant} | {sizes_mb[(kind, rows)]:.0f} | "
-                  f"{statistics.median(speed):,.0f} | {min(speed):,.0f}-{max(speed):,.0f} | "
-                  f"{ratio:.1f}x | {statistics.median(above):,.0f} ({max(above):,.0f}) | "
-                  f"{statistics.median(above) / stored_mb:.1f}x (worst "
-                  f"{max(above) / stored_mb:.1f}x) |")  # fmt: skip
+    for mode in ("parse", "api"):
+        print()
+        print("| rows | " + mode + " | file MB | rows/s (median) | spread (min-max) | vs base "
+              "(median; worst pairing) | peak above idle MB (median, max) | x stored float32 "
+              "(median, worst) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for rows in sizes:
+            stored_mb = rows * FEATURES * 4 / 1e6
+            for variant in variants:
+                runs = results[(f"{mode} {variant}", rows)]
+                speed = [r["rows_s"] for r in runs]
+                above = [r["above_idle_mb"] for r in runs]
+                kind = variant.removeprefix("base-")
+                base = [r["rows_s"] for r in results.get((f"{mode} base-{kind}", rows), [])]
+                ratio = statistics.median(speed) / statistics.median(base) if base else math.nan
+                worst = min(speed) / max(base) if base else math.nan
+                print(f"| {rows:,} | {variant} | {sizes_mb[(kind, rows)]:.0f} | "
+                      f"{statistics.median(speed):,.0f} | {min(speed):,.0f}-{max(speed):,.0f} | "
+                      f"{ratio:.1f}x; {worst:.1f}x | {statistics.median(above):,.0f} "
+                      f"({max(above):,.0f}) | {statistics.median(above) / stored_mb:.1f}x, "
+                      f"{max(above) / stored_mb:.1f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -64,8 +64,14 @@ def _check_size(parsed: ParsedDataset, settings: Settings) -> None:
 def _store(
     session: Session, *, owner: str | None, name: str, parsed: ParsedDataset, builtin: bool = False
 ) -> Dataset:
+    return _insert(session, _new_row(parsed, owner=owner, name=name, builtin=builtin))
+
+
+def _new_row(
+    parsed: ParsedDataset, *, owner: str | None, name: str, builtin: bool = False
+) -> Dataset:
     encoded = encode_arrays(parsed)
-    row = Dataset(
+    return Dataset(
         owner_id=owner,
         name=name,
         builtin=builtin,
@@ -82,6 +88,9 @@ def _store(
         tokens=parsed.tokens.n_tokens if parsed.tokens is not None else None,
         max_token_id=_max_id(parsed),
     )
+
+
+def _insert(session: Session, row: Dataset) -> Dataset:
     session.add(row)
     session.flush()
     # created_at comes from the database; the arrays are not read back
@@ -154,7 +163,9 @@ def create_from_csv(
         limits=limits,
     )  # fmt: skip
     _check_size(parsed, settings)
-    return _store(session, owner=owner, name=name, parsed=parsed)
+    row = _new_row(parsed, owner=owner, name=name)
+    del parsed  # the arrays: the row holds their safetensors bytes, the insert copies those once
+    return _insert(session, row)
 
 
 def _max_table_bytes(settings: Settings) -> int:

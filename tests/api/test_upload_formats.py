@@ -17,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from safetensors.numpy import save as st_save
 
 from app.config import Settings
 from app.csv_ingest import BLOCK_BYTES
+from app.dataset_codec import save_float32
 from app.db import upgrade_head
 from app.main import create_app
 from app.tables import Dataset
@@ -189,6 +191,14 @@ async def test_cell_cap_refuses_at_the_first_block_past_it(database_url: str) ->
             response = await upload(c, parquet_bytes(table), filename="w.parquet",
                                     content_type=PARQUET)  # fmt: skip
             assert_error(response, 413, "more than 30,000 values", "FITSERVE_MAX_DATASET_CELLS")
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (3, 2), (150, 4), (12_345, 19), (7, 0)])
+def test_features_are_stored_as_safetensors_saves_them(shape: tuple[int, int]) -> None:
+    """encode_arrays writes the features file itself (one copy of the data, not three): the
+    same bytes as safetensors, so equal data still hashes equally whichever way it came."""
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    assert save_float32("x", x) == st_save({"x": x})
 
 
 def test_upload_cap_is_sized_from_the_cell_cap() -> None:
