@@ -312,6 +312,7 @@ class StudyEvent(Base):
     study 1, 2, 3 ... so its event stream resumes exactly from a Last-Event-ID."""
 
     __tablename__ = "study_events"
+    __table_args__ = (Index("ix_study_events_trial_epoch", "study_id", "trial_number", "epoch"),)
 
     study_id: Mapped[str] = mapped_column(
         ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
@@ -320,6 +321,10 @@ class StudyEvent(Base):
     # "status" (the study's), "trial" (a trial's state), "epoch" (a trial's objective per epoch)
     kind: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # An epoch event's trial and epoch (NULL for other kinds), so whether one was told is one
+    # indexed lookup (migration 0013).
+    trial_number: Mapped[int | None]
+    epoch: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

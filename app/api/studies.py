@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
-from app.errors import NotFound, Unprocessable
+from app.errors import Unprocessable
 from app.schemas import UNAUTHORIZED, ErrorResponse, sse_event_schema
 from app.services import studies as service
-from app.services.events import KEEPALIVE_SECONDS, POLL_SECONDS, sse_event
 from app.studies.schemas import StudyCreate, StudyList, StudyRead
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -91,44 +86,6 @@ def cancel_study(study_id: str, session: SessionDep, owner: OwnerDep) -> StudyRe
 _EVENT_ID = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() takes "²" too
 
 
-def _events_after(
-    make_session: Callable[[], Session], *, owner: str | None, study_id: str, after: int
-) -> list[tuple[int, str, dict[str, Any]]] | None:
-    with make_session() as session:
-        return service.study_events_after(session, owner=owner, study_id=study_id, after=after)
-
-
-async def _stream(
-    make_session: Callable[[], Session], *, owner: str | None, study_id: str, after: int
-) -> AsyncIterator[str]:
-    yield "retry: 1000\n\n"
-    quiet_since = asyncio.get_running_loop().time()
-    while True:
-        events = await run_in_threadpool(
-            _events_after, make_session, owner=owner, study_id=study_id, after=after
-        )
-        if events is None:  # gone while we watched
-            return
-        chunks = []
-        ended = False
-        for seq, kind, data in events:
-            after = seq
-            chunks.append(sse_event(kind, seq, data))
-            ended = kind == "status" and data.get("status") in ("completed", "cancelled")
-        now = asyncio.get_running_loop().time()
-        if chunks:
-            yield "".join(chunks)
-            quiet_since = now
-            if ended:
-                return
-            if len(events) == service.EVENT_BATCH:
-                continue
-        elif now - quiet_since >= KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            quiet_since = now
-        await asyncio.sleep(POLL_SECONDS)
-
-
 _EVENT_SCHEMA = sse_event_schema(
     ["status", "trial", "epoch"], "JSON: the study's status, a trial's start or end, or an epoch."
 )
@@ -178,14 +135,11 @@ async def study_events(
                 loc=("header", "Last-Event-ID"),
             )
         after = int(last_event_id.strip())
-    make_session = request.app.state.sessionmaker
-    first = await run_in_threadpool(
-        _events_after, make_session, owner=owner, study_id=study_id, after=after
+    stream = await service.open_event_stream(
+        request.app.state.sessionmaker, owner=owner, study_id=study_id, after=after
     )
-    if first is None:
-        raise NotFound(f"study {study_id!r} not found; list yours with GET /v1/studies")
     return StreamingResponse(
-        _stream(make_session, owner=owner, study_id=study_id, after=after),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

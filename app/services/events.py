@@ -21,6 +21,10 @@ stream survives API restarts and works with workers on other machines.
 Each poll opens its own short-lived session: a session held for the stream's lifetime would pin
 a pooled connection (and, on SQLite, a transaction) for minutes. When the client goes away the
 response is cancelled and the polling stops with it.
+
+`poll_stream` is that loop for every stream: a study's (app/services/studies.py) hands it its
+own `ReadBatch`, and gets the same pacing, keep-alives, database retries and the same end for a
+revoked key's stream.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -98,25 +103,117 @@ def _status(make_session: SessionFactory, *, owner: str | None, job_id: str) -> 
         return read_job_status(session, owner=owner, job_id=job_id)
 
 
-def _poll(
-    make_session: SessionFactory, *, owner: str | None, job_id: str, after: int
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    with make_session() as session:
-        if is_revoked(session, owner):  # revocation closes open streams, within a poll
-            return None, []
-        # Status first: the worker commits an epoch's row before it marks the job finished, so a
-        # terminal status read here guarantees the rows read next include the last epoch.
-        status = read_job_status(session, owner=owner, job_id=job_id)
-        if status is None:
-            return None, []
-        return status, read_epochs_after(session, job_id=job_id, after=after)
-
-
 def sse_event(kind: str, event_id: int, data: dict[str, Any]) -> str:
     return f"event: {kind}\nid: {event_id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def stream_events(
+@dataclass(frozen=True)
+class Batch:
+    """What one poll found: its events as SSE text (empty when nothing happened), the event id
+    the next poll resumes after, whether the stream's last event is among them, and whether the
+    batch was full (more is waiting: poll again at once)."""
+
+    text: str
+    after: int
+    last: bool = False
+    full: bool = False
+
+
+# One poll of a stream: (session, after) -> the Batch, or None when what it follows is gone or
+# not the caller's. Runs in the thread pool, one call at a time per stream.
+ReadBatch = Callable[[Session, int], Batch | None]
+
+
+def _poll(
+    make_session: SessionFactory, read: ReadBatch, *, owner: str | None, after: int
+) -> Batch | None:
+    with make_session() as session:
+        if is_revoked(session, owner):  # revocation closes open streams, within a poll
+            return None
+        return read(session, after)
+
+
+async def poll_stream(
+    make_session: SessionFactory,
+    read: ReadBatch,
+    *,
+    owner: str | None,
+    after: int,
+    what: str,
+    poll_seconds: float = POLL_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> AsyncIterator[str]:
+    """The loop behind every event stream (a job's, a study's): poll `read` in a short session
+    of its own, after checking the caller's key is still valid; send what it found, or a
+    keep-alive comment after `keepalive_seconds` of silence; ride out a database blip; end when
+    the batch says so, or when the key is revoked or the thing followed is gone."""
+    EVENT_STREAMS.inc()
+    try:
+        yield "retry: 1000\n\n"
+        last_write = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                batch = await run_in_threadpool(_poll, make_session, read, owner=owner, after=after)
+                failures = 0
+            except sa_exc.DBAPIError as exc:
+                # The database blinked (restart, failover): keep the client and try again; if it
+                # stays away, end the stream so the client reconnects and meets a clean 503.
+                failures += 1
+                log.warning("event stream for %s: database poll failed: %s", what, exc)
+                if failures >= MAX_POLL_FAILURES:
+                    return
+                await asyncio.sleep(poll_seconds * 2**failures)
+                continue
+            if batch is None:  # deleted while we watched, or the key was revoked
+                return
+            after = batch.after
+            if batch.text:
+                yield batch.text
+                last_write = time.monotonic()
+                if batch.last:
+                    return
+                if batch.full:
+                    continue  # more rows waiting: no pause
+            elif time.monotonic() - last_write >= keepalive_seconds:
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+            await asyncio.sleep(poll_seconds)
+    finally:
+        EVENT_STREAMS.dec()
+
+
+class _JobEvents:
+    """A job's stream: a status event when the status changes, then its new epochs; the last
+    event carries the terminal status, after the final epoch."""
+
+    def __init__(self, *, owner: str | None, job_id: str) -> None:
+        self.owner = owner
+        self.job_id = job_id
+        self.sent_status: str | None = None
+
+    def __call__(self, session: Session, after: int) -> Batch | None:
+        # Status first: the worker commits an epoch's row before it marks the job finished, so a
+        # terminal status read here guarantees the rows read next include the last epoch.
+        status = read_job_status(session, owner=self.owner, job_id=self.job_id)
+        if status is None:
+            return None
+        rows = read_epochs_after(session, job_id=self.job_id, after=after)
+        full = len(rows) == BATCH_ROWS
+        last = status["status"] in TERMINAL and not full
+        chunks = []
+        if status["status"] != self.sent_status and status["status"] not in TERMINAL:
+            chunks.append(sse_event("status", after, status))
+            self.sent_status = status["status"]
+        for row in rows:
+            after = row["epoch"]
+            chunks.append(sse_event("epoch", after, row))
+        if last:
+            chunks.append(sse_event("status", after, status))
+        return Batch("".join(chunks), after, last=last, full=full)
+
+
+def stream_events(
     make_session: SessionFactory,
     *,
     owner: str | None,
@@ -125,52 +222,16 @@ async def stream_events(
     poll_seconds: float = POLL_SECONDS,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
 ) -> AsyncIterator[str]:
-    EVENT_STREAMS.inc()
-    try:
-        yield "retry: 1000\n\n"
-        sent_status: str | None = None
-        last_write = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                status, rows = await run_in_threadpool(
-                    _poll, make_session, owner=owner, job_id=job_id, after=after
-                )
-                failures = 0
-            except sa_exc.DBAPIError as exc:
-                # The database blinked (restart, failover): keep the client and try again; if it
-                # stays away, end the stream so the client reconnects and meets a clean 503.
-                failures += 1
-                log.warning("event stream for job %s: database poll failed: %s", job_id, exc)
-                if failures >= MAX_POLL_FAILURES:
-                    return
-                await asyncio.sleep(poll_seconds * 2**failures)
-                continue
-            if status is None:  # deleted while we watched, or the key was revoked
-                return
-            terminal = status["status"] in TERMINAL
-            chunks = []
-            if status["status"] != sent_status and not terminal:
-                chunks.append(sse_event("status", after, status))
-                sent_status = status["status"]
-            for row in rows:
-                after = row["epoch"]
-                chunks.append(sse_event("epoch", after, row))
-            if terminal and len(rows) < BATCH_ROWS:
-                chunks.append(sse_event("status", after, status))
-            if chunks:
-                yield "".join(chunks)
-                last_write = time.monotonic()
-                if terminal and len(rows) < BATCH_ROWS:
-                    return
-                if len(rows) == BATCH_ROWS:
-                    continue  # more rows waiting: no pause
-            elif time.monotonic() - last_write >= keepalive_seconds:
-                yield ": keep-alive\n\n"
-                last_write = time.monotonic()
-            await asyncio.sleep(poll_seconds)
-    finally:
-        EVENT_STREAMS.dec()
+    """A job's event stream from epoch `after` on."""
+    return poll_stream(
+        make_session,
+        _JobEvents(owner=owner, job_id=job_id),
+        owner=owner,
+        after=after,
+        what=f"job {job_id}",
+        poll_seconds=poll_seconds,
+        keepalive_seconds=keepalive_seconds,
+    )
 
 
 def resume_after(last_event_id: str | None, after_query: int | None) -> int:

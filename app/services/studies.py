@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.errors import NotFound, Unprocessable
 from app.queue import store
 from app.queue.clock import db_now
-from app.services import is_id, owned_by, registry
+from app.services import events, is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
 from app.services.jobs import check_trainable
 from app.studies import conduct
@@ -152,28 +154,33 @@ def _get(session: Session, *, owner: str | None, study_id: str) -> Study:
     return study
 
 
-def _trial_views(session: Session, study: Study) -> list[TrialRead]:
+def _trial_views(session: Session, study_ids: list[str]) -> dict[str, list[TrialRead]]:
+    """The trials of these studies, by study, each study's in number order: one query."""
+    views: dict[str, list[TrialRead]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return views
     rows = session.execute(
         select(StudyTrial, Job.epoch, Job.model_id)
         .join(Job, Job.id == StudyTrial.job_id)
-        .where(StudyTrial.study_id == study.id)
-        .order_by(StudyTrial.number)
+        .where(StudyTrial.study_id.in_(study_ids))
+        .order_by(StudyTrial.study_id, StudyTrial.number)
     )
-    return [
-        TrialRead(
-            number=trial.number,
-            job_id=trial.job_id,
-            params=trial.params,
-            state=trial.state,  # type: ignore[arg-type]
-            value=trial.value,
-            epochs_run=epoch,
-            pruned_at_epoch=trial.pruned_at_epoch,
-            model_id=model_id if trial.state == "complete" else None,
-            created_at=trial.created_at,
-            finished_at=trial.finished_at,
+    for trial, epoch, model_id in rows:
+        views[trial.study_id].append(
+            TrialRead(
+                number=trial.number,
+                job_id=trial.job_id,
+                params=trial.params,
+                state=trial.state,  # type: ignore[arg-type]
+                value=trial.value,
+                epochs_run=epoch,
+                pruned_at_epoch=trial.pruned_at_epoch,
+                model_id=model_id if trial.state == "complete" else None,
+                created_at=trial.created_at,
+                finished_at=trial.finished_at,
+            )
         )
-        for trial, epoch, model_id in rows
-    ]
+    return views
 
 
 def _summary_fields(study: Study, trials: list[TrialRead]) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def _summary_fields(study: Study, trials: list[TrialRead]) -> dict[str, Any]:
 
 def get_study(session: Session, *, owner: str | None, study_id: str) -> StudyRead:
     study = _get(session, owner=owner, study_id=study_id)
-    trials = _trial_views(session, study)
+    trials = _trial_views(session, [study.id])[study.id]
     return StudyRead(
         **_summary_fields(study, trials),
         search_space=study.search_space,
@@ -213,14 +220,17 @@ def get_study(session: Session, *, owner: str | None, study_id: str) -> StudyRea
 def list_studies(
     session: Session, *, owner: str | None, limit: int = 100, offset: int = 0
 ) -> list[StudySummary]:
-    studies = session.scalars(
-        select(Study)
-        .where(owned_by(Study.owner_id, owner))
-        .order_by(Study.created_at.desc(), Study.id.desc())
-        .limit(limit)
-        .offset(offset)
+    studies = list(
+        session.scalars(
+            select(Study)
+            .where(owned_by(Study.owner_id, owner))
+            .order_by(Study.created_at.desc(), Study.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
     )
-    return [StudySummary(**_summary_fields(s, _trial_views(session, s))) for s in studies]
+    trials = _trial_views(session, [s.id for s in studies])  # all the page's trials at once
+    return [StudySummary(**_summary_fields(s, trials[s.id])) for s in studies]
 
 
 def cancel_study(session: Session, *, owner: str | None, study_id: str) -> StudyRead:
@@ -255,23 +265,60 @@ EVENT_BATCH = 500
 
 def study_events_after(
     session: Session, *, owner: str | None, study_id: str, after: int
-) -> list[tuple[int, str, dict[str, Any]]] | None:
-    """The study's events past `after` (seq, kind, data), at most EVENT_BATCH; None when the
-    study doesn't exist or isn't the caller's."""
-    study = None
-    if is_id(study_id):
-        study = session.scalar(
-            select(Study.id).where(Study.id == study_id, owned_by(Study.owner_id, owner))
-        )
-    if study is None:
+) -> events.Batch | None:
+    """The study's events past `after` (at most EVENT_BATCH) as one batch of its event stream;
+    None when the study doesn't exist or isn't the caller's. The study's final status event is
+    the last one its log ever gets."""
+    if not _is_theirs(session, owner=owner, study_id=study_id):
         return None
     rows = session.execute(
         select(StudyEvent.seq, StudyEvent.kind, StudyEvent.data)
         .where(StudyEvent.study_id == study_id, StudyEvent.seq > after)
         .order_by(StudyEvent.seq)
         .limit(EVENT_BATCH)
+    ).all()
+    if not rows:
+        return events.Batch("", after)
+    seq, kind, data = rows[-1]
+    return events.Batch(
+        "".join(events.sse_event(kind, seq, data) for seq, kind, data in rows),
+        seq,
+        last=kind == "status" and data.get("status") in _ENDED,
+        full=len(rows) == EVENT_BATCH,
     )
-    return [(seq, kind, data) for seq, kind, data in rows]
+
+
+_ENDED = ("completed", "cancelled")
+
+
+def _is_theirs(session: Session, *, owner: str | None, study_id: str) -> bool:
+    return is_id(study_id) and (
+        session.scalar(
+            select(Study.id).where(Study.id == study_id, owned_by(Study.owner_id, owner))
+        )
+        is not None
+    )
+
+
+async def open_event_stream(
+    make_session: events.SessionFactory, *, owner: str | None, study_id: str, after: int
+) -> AsyncIterator[str]:
+    """The caller's study's event stream from event `after` on (the job stream's loop: its
+    pacing, keep-alives, and its end for a revoked key); a 404 (before anything is sent) when
+    there is none."""
+
+    def read(session: Session, after: int) -> events.Batch | None:
+        return study_events_after(session, owner=owner, study_id=study_id, after=after)
+
+    def exists() -> bool:
+        with make_session() as session:
+            return _is_theirs(session, owner=owner, study_id=study_id)
+
+    if not await run_in_threadpool(exists):
+        raise NotFound(f"study {study_id!r} not found; list yours with GET /v1/studies")
+    return events.poll_stream(
+        make_session, read, owner=owner, after=after, what=f"study {study_id}"
+    )
 
 
 def objective_curves(session: Session, *, study: StudyRead) -> dict[int, list[tuple[int, float]]]:

@@ -97,7 +97,17 @@ def lock_study(session: Session, study_id: str) -> Study | None:
 def emit(session: Session, study: Study, kind: str, data: dict[str, Any]) -> None:
     """Append to the study's event log (the caller holds the study row's lock)."""
     last = session.scalar(select(func.max(StudyEvent.seq)).where(StudyEvent.study_id == study.id))
-    session.add(StudyEvent(study_id=study.id, seq=(last or 0) + 1, kind=kind, data=data))
+    epoch_of = (data["number"], data["epoch"]) if kind == "epoch" else (None, None)
+    session.add(
+        StudyEvent(
+            study_id=study.id,
+            seq=(last or 0) + 1,
+            kind=kind,
+            data=data,
+            trial_number=epoch_of[0],
+            epoch=epoch_of[1],
+        )
+    )
     session.flush()
 
 
@@ -222,10 +232,13 @@ def register_best(session: Session, study: Study, trials: list[StudyTrial]) -> N
 
 
 def _epoch_told(session: Session, study: Study, number: int, epoch: int) -> bool:
-    told = session.scalars(
-        select(StudyEvent.data).where(StudyEvent.study_id == study.id, StudyEvent.kind == "epoch")
+    """Whether the study's log has trial `number`'s epoch `epoch` (ix_study_events_trial_epoch)."""
+    told = select(StudyEvent.seq).where(
+        StudyEvent.study_id == study.id,
+        StudyEvent.trial_number == number,
+        StudyEvent.epoch == epoch,
     )
-    return any(d.get("number") == number and d.get("epoch") == epoch for d in told)
+    return session.scalar(told.limit(1)) is not None
 
 
 def advance(session: Session, *, study_id: str, settings: Settings) -> None:

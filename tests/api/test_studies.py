@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from app.auth import create_key
 from app.tables import Job, Study, StudyTrial
@@ -83,6 +84,29 @@ async def test_create_is_202_and_queues_max_parallel_trials(
     assert got["trials"] == body["trials"]
     listed = (await client.get("/v1/studies")).json()["items"]
     assert [s["id"] for s in listed] == [body["id"]]
+
+
+async def test_listing_studies_reads_all_their_trials_in_one_query(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    for seed in range(3):
+        r = await client.post("/v1/studies", json=study(seed=seed, n_trials=4, max_parallel=2))
+        assert r.status_code == 202, r.text
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.sessionmaker.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        listed = (await client.get("/v1/studies")).json()["items"]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(listed) == 3
+    assert all(s["counts"]["running"] == 2 for s in listed)
+    # one query for the page's trials, not one per study
+    assert sum("FROM study_trials" in s for s in statements) == 1, statements
 
 
 async def test_the_same_seed_samples_the_same_params(client: httpx.AsyncClient) -> None:

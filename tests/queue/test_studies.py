@@ -116,6 +116,12 @@ def test_a_study_fans_its_trials_over_two_workers_and_completes(
         )
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert sum(e.kind == "epoch" for e in events) == 6 * 6
+    # each epoch event names its trial and epoch in columns too (the indexed "told yet?" lookup)
+    assert all(
+        (e.trial_number, e.epoch) == (e.data["number"], e.data["epoch"])
+        for e in events
+        if e.kind == "epoch"
+    )
     assert sum(e.kind == "trial" and e.data["state"] == "complete" for e in events) == 6
     assert (events[-1].kind, events[-1].data["status"]) == ("status", "completed")
     # the dashboard's study page draws every trial's curve and marks the best

@@ -83,3 +83,58 @@ def test_revoking_a_key_ends_its_streams_and_stops_its_jobs(api: Api) -> None:
         job = session.get(Job, other)
         assert job is not None and job.status == "queued" and job.owner_id != owner
         store.cancel_job(session, job_id=other)
+
+
+def test_revoking_a_key_ends_its_study_streams(api: Api) -> None:
+    """A study's event stream runs on the job stream's loop: a revoked key's open study stream
+    ends at its next poll too (within a second), as the study's stream had no key check of its
+    own."""
+    name = f"revoked-study-{uuid.uuid4().hex[:8]}"
+    with Session(api.engine) as session, session.begin():
+        _, secret = create_key(session, name=name)
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {
+        "name": "doomed-search",
+        "dataset": "iris",
+        "network": IRIS_NETWORK,
+        "training": {**IRIS_TRAINING, "epochs": 5},
+        "search_space": {"training.optimizer.learning_rate": {"float": [1e-3, 0.1], "log": True}},
+        "objective": {"metric": "loss"},
+        "n_trials": 4,
+        "max_parallel": 2,
+    }
+    r = api.http.post("/v1/studies", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    study_id = r.json()["id"]
+
+    url = str(api.http.base_url).rstrip("/")
+    ended: list[float] = []
+    received: list[str] = []
+    opened = threading.Event()
+
+    def watch() -> None:
+        with httpx.stream(
+            "GET", f"{url}/v1/studies/{study_id}/events", headers=headers, timeout=30
+        ) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_text():
+                received.append(chunk)
+                opened.set()
+        ended.append(time.monotonic())
+
+    watchers = [threading.Thread(target=watch, daemon=True) for _ in range(2)]
+    for w in watchers:
+        w.start()
+    assert opened.wait(10)
+    time.sleep(0.6)  # the streams are polling
+    assert not ended
+    assert any("event: trial" in chunk for chunk in received)  # the study's own events
+
+    with Session(api.engine) as session, session.begin():
+        assert revoke_key(session, name=name) is not None
+    revoked_at = time.monotonic()
+    for w in watchers:
+        w.join(timeout=5)
+    assert len(ended) == 2, "a revoked key's study stream stayed open"
+    assert max(ended) - revoked_at < 1.5, max(ended) - revoked_at
+    assert api.http.get(f"/v1/studies/{study_id}/events", headers=headers).status_code == 401
