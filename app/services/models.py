@@ -8,7 +8,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, defer
 
 import models
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.inference import ModelCache
 from app.schemas import ModelList, ModelRead, NetworkSummary
 from app.services import is_id, owned_by, predict, registry
@@ -21,14 +21,12 @@ from models.onnx_export import to_onnx
 def find_model(
     session: Session, *, owner: str | None, model_id: str, weights: bool = False
 ) -> Model | None:
-    """The caller's model row, or None: another owner's model and a malformed id read as absent.
-    `model_id` may be a model name (`iris`, `iris@2`, `iris@staging`: app/services/registry.py),
-    resolved here on every call. The weights column is loaded only when asked for."""
+    """The caller's model row, or None: another owner's model reads as absent. `model_id` may be
+    a model name (`iris`, `iris@2`, `iris@staging`: app/services/registry.py), resolved here on
+    every call; one that names nothing raises NotFound saying which name, version or alias is
+    missing. The weights column is loaded only when asked for."""
     if not is_id(model_id):
-        try:
-            model_id, _ = registry.resolve(session, owner=owner, ref=model_id)
-        except NotFound:
-            return None
+        model_id, _ = registry.resolve(session, owner=owner, ref=model_id)
     query = select(Model).where(Model.id == model_id, owned_by(Model.owner_id, owner))
     if not weights:
         query = query.options(defer(Model.weights))

@@ -262,6 +262,12 @@ def resolve(
     query = select(ModelVersion.version, ModelVersion.model_id).where(
         ModelVersion.registered_model_id == registered.id
     )
+    number = _version_number(wanted)
+    if wanted is not None and number is None and not _ALIAS.fullmatch(wanted):
+        raise NotFound(
+            f"model name {name!r} has no version or alias {wanted!r}: a version is a number "
+            "(1, 2, ...), an alias starts with a letter a-z"
+        )
     if wanted is None:
         alias = session.scalar(
             select(ModelAlias.version).where(
@@ -272,19 +278,31 @@ def resolve(
             query = query.where(ModelVersion.version == alias)
         else:
             query = query.order_by(ModelVersion.version.desc()).limit(1)
-    elif wanted.isdigit():
-        query = query.where(ModelVersion.version == int(wanted))
+    elif number is not None:
+        query = query.where(ModelVersion.version == number)
     else:
         query = query.join(
             ModelAlias,
             (ModelAlias.registered_model_id == ModelVersion.registered_model_id)
             & (ModelAlias.version == ModelVersion.version),
         ).where(ModelAlias.alias == wanted)
-    found = session.execute(query).first()
+    found = session.execute(query).first() if number != NO_VERSION else None
     if found is None:
-        what = "version" if wanted is not None and wanted.isdigit() else "alias"
+        what = "alias" if wanted is not None and number is None else "version"
         raise NotFound(f"model name {name!r} has no {what} {wanted!r}")
     return found.model_id, str(found.version)
+
+
+# What `_version_number` answers for digits past any version (none is above AliasMove's bound).
+NO_VERSION = -1
+
+
+def _version_number(wanted: str | None) -> int | None:
+    """A version as a URL writes it, ASCII digits ('²'.isdigit() too, and int() can't read it);
+    NO_VERSION for digits too many for the column. None when `wanted` isn't digits."""
+    if wanted is None or not (wanted.isascii() and wanted.isdigit()):
+        return None
+    return int(wanted) if len(wanted) <= 10 else NO_VERSION
 
 
 def aliases_pointing_at(session: Session, *, model_id: str) -> list[str]:
