@@ -345,6 +345,9 @@ class RegisteredModel(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     name: Mapped[str] = mapped_column(String(63))
+    # The last version number given: a deleted version's number is never given again (MLflow's
+    # rule), so `name@3` never comes to mean another model.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

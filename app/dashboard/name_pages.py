@@ -85,6 +85,12 @@ def _name_section(
     link = (
         f'<a href="{esc(root)}/dashboard/names/{esc(name.name)}"><code>{esc(name.name)}</code></a>'
     )
+    if served is None:
+        return f"""
+<section class="name" data-name="{esc(name.name)}">
+<{heading}>Model name {link}</{heading}>
+<p>No versions left: their models were deleted. Register a model from its page.</p>
+</section>"""
     return f"""
 <section class="name" data-name="{esc(name.name)}">
 <{heading}>Model name {link}</{heading}>

@@ -1,5 +1,6 @@
 """Model names (MLflow's model registry): a key's trained models registered under a name as
-versions 1, 2, ..., and aliases (production, staging, ...) that point at one version.
+versions 1, 2, ... (a number is never given twice, even after its model is deleted), and aliases
+(production, staging, ...) that point at one version.
 
 A model reference, wherever a model id is taken (/v1/models/{ref}/..., /v2/models/{ref}...):
 - a model id (32 hex characters);
@@ -113,14 +114,10 @@ def register(session: Session, *, owner: str | None, name: str, model_id: str) -
     )
     if not is_id(model_id) or model is None:
         raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
-    registered = _find_or_make(session, owner=owner, name=name)
-    latest = session.scalar(
-        select(func.max(ModelVersion.version)).where(
-            ModelVersion.registered_model_id == registered.id
-        )
-    )
+    registered = _find_or_make(session, owner=owner, name=name)  # locked: numbers taken in turn
+    registered.last_version = (registered.last_version or 0) + 1
     version = ModelVersion(
-        registered_model_id=registered.id, version=(latest or 0) + 1, model_id=model_id
+        registered_model_id=registered.id, version=registered.last_version, model_id=model_id
     )
     session.add(version)
     session.flush()
@@ -287,8 +284,13 @@ def resolve(
             & (ModelAlias.version == ModelVersion.version),
         ).where(ModelAlias.alias == wanted)
     found = session.execute(query).first() if number != NO_VERSION else None
+    if found is None and wanted is None:
+        raise NotFound(
+            f"model name {name!r} has no versions left (their models were deleted); register "
+            f"one with POST /v1/registered-models/{name}/versions"
+        )
     if found is None:
-        what = "alias" if wanted is not None and number is None else "version"
+        what = "alias" if number is None else "version"
         raise NotFound(f"model name {name!r} has no {what} {wanted!r}")
     return found.model_id, str(found.version)
 

@@ -104,3 +104,30 @@ async def test_a_queued_job_is_not_deleted(app: Any, client: httpx.AsyncClient) 
     await client.post(f"/v1/jobs/{job_id}/cancel", headers=a)
     assert (await client.delete(f"/v1/jobs/{job_id}", headers=a)).status_code == 204
     assert _rows(app, job_id, "")["jobs"] == 0
+
+
+async def test_a_deleted_versions_number_is_never_given_again(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    a, _ = _keys(app)
+    first = await _train(app, client, a, register_as="iris")
+    second = await _train(app, client, a, register_as="iris")
+    assert (await client.delete(f"/v1/models/{second}", headers=a)).status_code == 204
+    third = await _train(app, client, a, register_as="iris")
+    name = (await client.get("/v1/registered-models/iris", headers=a)).json()
+    assert [(v["version"], v["model_id"]) for v in name["versions"]] == [(1, first), (3, third)]
+    gone = await client.get("/v1/models/iris@2", headers=a)
+    assert gone.status_code == 404 and "no version '2'" in gone.json()["detail"]
+    assert (await client.get("/v1/models/iris", headers=a)).json()["id"] == third
+
+    # every version's model deleted: the name stays, says so, and numbers go on from 4
+    for model in (first, third):
+        assert (await client.delete(f"/v1/models/{model}", headers=a)).status_code == 204
+    empty = await client.post("/v1/models/iris/predict", json={"inputs": [[1, 2, 3, 4]]},
+                              headers=a)  # fmt: skip
+    assert empty.status_code == 404 and "no versions left" in empty.json()["detail"]
+    page = await client.get("/dashboard/names/iris", headers=a)
+    assert page.status_code == 200 and "No versions left" in page.text
+    fourth = await _train(app, client, a, register_as="iris")
+    name = (await client.get("/v1/registered-models/iris", headers=a)).json()
+    assert [(v["version"], v["model_id"]) for v in name["versions"]] == [(4, fourth)]
