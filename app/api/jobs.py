@@ -172,7 +172,10 @@ async def job_events(
     summary="Delete a finished job with its metrics and checkpoint (its model deleted first)",
     responses={
         **_ERRORS,
-        409: {"model": ErrorResponse, "description": "Queued or running, or its model exists."},
+        409: {
+            "model": ErrorResponse,
+            "description": "Queued or running, its model exists, or it is a study's trial.",
+        },
     },
 )
 def delete_job(job_id: str, session: SessionDep, owner: OwnerDep) -> Response:

@@ -18,7 +18,7 @@ from app.queue import store
 from app.schemas import EpochMetrics, JobCreate, JobRead, MetricsRead
 from app.services import is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
-from app.tables import Dataset, Job, JobMetric, Model
+from app.tables import Dataset, Job, JobMetric, Model, StudyTrial
 from models.memory import step_memory
 from models.spec import format_count
 from models.tokens import TokenLists, inputs_from_bytes
@@ -327,13 +327,23 @@ def cancel_job(session: Session, *, owner: str | None, job_id: str) -> JobRead:
 
 def delete_job(session: Session, *, owner: str | None, job_id: str) -> None:
     """A finished job and everything it wrote (metrics, checkpoint, claims). 409 while it is
-    queued or running, or while its model exists (delete the model first)."""
+    queued or running, while its model exists (delete the model first), or when it is a study's
+    trial (the study keeps it)."""
     job = _get(session, owner=owner, job_id=job_id)
     if job.status not in TERMINAL:
         raise Conflict(
             f"job {job.id} is {job.status}; cancel it (POST /v1/jobs/{job.id}/cancel) and delete "
             "it once it has stopped",
             code="job_running",
+        )
+    trial = session.execute(
+        select(StudyTrial.number, StudyTrial.study_id).where(StudyTrial.job_id == job.id)
+    ).first()
+    if trial is not None:
+        raise Conflict(
+            f"job {job.id} is trial {trial.number} of study {trial.study_id}, which keeps its "
+            "trials' jobs (their params, metrics and curves); it is not deleted on its own",
+            code="job_in_study",
         )
     model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
     if model_id is not None:

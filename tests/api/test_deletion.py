@@ -131,3 +131,29 @@ async def test_a_deleted_versions_number_is_never_given_again(
     fourth = await _train(app, client, a, register_as="iris")
     name = (await client.get("/v1/registered-models/iris", headers=a)).json()
     assert [(v["version"], v["model_id"]) for v in name["versions"]] == [(4, fourth)]
+
+
+async def test_a_study_trials_job_is_kept_with_its_study(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    a, _ = _keys(app)
+    study = {
+        "name": "kept",
+        "dataset": "iris",
+        "network": IRIS_NETWORK,
+        "training": IRIS_TRAINING,
+        "search_space": {"training.optimizer.learning_rate": {"float": [1e-3, 0.1]}},
+        "objective": {"metric": "loss"},
+        "n_trials": 2,
+    }
+    created = await client.post("/v1/studies", json=study, headers=a)
+    assert created.status_code == 202, created.text
+    await client.post(f"/v1/studies/{created.json()['id']}/cancel", headers=a)
+    job_id = created.json()["trials"][0]["job_id"]
+    assert (await client.get(f"/v1/jobs/{job_id}", headers=a)).json()["status"] == "cancelled"
+    before = _rows(app, job_id, "")
+    response = await client.delete(f"/v1/jobs/{job_id}", headers=a)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "job_in_study"
+    assert f"trial 0 of study {created.json()['id']}" in response.json()["detail"]
+    assert _rows(app, job_id, "") == before
