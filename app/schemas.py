@@ -440,8 +440,18 @@ class JobList(BaseModel):
 
 
 class MetricsRead(BaseModel):
+    """One page of a job's epochs. Follow `next_after` (or the Link header's rel="next") until it
+    is null to read them all; a running job's later epochs are read with after = the last
+    epoch seen."""
+
     epochs: list[EpochMetrics] = Field(
-        description="One row per finished epoch, in order.", examples=[[EXAMPLE_METRICS]]
+        description="Finished epochs after `after`, in order, at most `limit` of them.",
+        examples=[[EXAMPLE_METRICS]],
+    )
+    next_after: int | None = Field(
+        description="The `after` of the next page when more epochs follow this page; null when "
+        "this page holds the last epoch recorded so far.",
+        examples=[None],
     )
 
 

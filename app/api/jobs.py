@@ -80,18 +80,56 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobRead:
 @router.get(
     "/{job_id}/metrics",
     response_model=MetricsRead,
-    summary="One metrics row per finished epoch, in order",
-    responses=_ERRORS,
+    summary="One metrics row per finished epoch, in order, a page at a time",
+    description=(
+        f"Pages of at most `limit` epochs (default {service.METRICS_PAGE}, at most "
+        f"{service.MAX_METRICS_PAGE}), after the epoch `after`. While more follow, the body's "
+        '`next_after` is the next page\'s `after` and a `Link: <...>; rel="next"` header (RFC '
+        "8288) holds its URL; on the last page `next_after` is null and there is no Link."
+    ),
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "A page of epochs.",
+            "headers": {
+                "Link": {
+                    "description": 'The next page, as <url>; rel="next", while more follow.',
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+    },
 )
 def get_metrics(
     job_id: str,
+    request: Request,
+    response: Response,
     session: SessionDep,
     owner: OwnerDep,
     after: Annotated[
-        int, Query(ge=0, le=1_000_000, description="Only epochs after this one (for polling).")
+        int,
+        Query(
+            ge=0,
+            le=1_000_000,
+            description="Only epochs after this epoch (the cursor; 0: from the first).",
+        ),
     ] = 0,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=service.MAX_METRICS_PAGE,
+            description=f"Epochs per page (default {service.METRICS_PAGE}).",
+        ),
+    ] = service.METRICS_PAGE,
 ) -> MetricsRead:
-    return service.get_metrics(session, owner=owner, job_id=job_id, after=after)
+    page = service.get_metrics(session, owner=owner, job_id=job_id, after=after, limit=limit)
+    if page.next_after is not None:
+        # a reference relative to this host (the Host header is the client's to choose)
+        root = request.scope.get("root_path", "")
+        url = f"{root}/v1/jobs/{job_id}/metrics?after={page.next_after}&limit={limit}"
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return page
 
 
 @router.post(

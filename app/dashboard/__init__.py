@@ -35,13 +35,13 @@ from app.auth import owner_for
 from app.config import Settings
 from app.dashboard import name_pages, pages, study_pages
 from app.errors import NotFound, Unprocessable
-from app.schemas import EpochMetrics, RegisteredModelRead
+from app.schemas import EpochMetrics, MetricsRead, RegisteredModelRead
 from app.services import jobs as job_service
 from app.services import predict, registry
 from app.services import studies as study_service
 from app.services.jobs import finite_or_none
 from app.services.models import find_model
-from app.tables import Job, JobMetric, Model
+from app.tables import Job, Model
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -87,14 +87,29 @@ def job_page(
     request: Request, job_id: str, session: SessionDep, owner: DashboardOwnerDep
 ) -> HTMLResponse:
     job = job_service.get_job(session, owner=owner, job_id=job_id)
-    return HTMLResponse(pages.job_page(job, _history(session, job.id), root=_root(request)))
-
-
-def _history(session: Session, job_id: str) -> list[dict[str, Any]]:
-    rows = session.scalars(
-        select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
+    # The first page of epochs is in the page; its script reads the rest from
+    # GET /v1/jobs/{id}/metrics, page by page, then follows the event stream.
+    page = job_service.get_metrics(session, owner=owner, job_id=job.id)
+    return HTMLResponse(
+        pages.job_page(job, _rows(page), next_after=page.next_after, root=_root(request))
     )
-    return [finite_or_none({**(row.values or {}), "epoch": row.epoch}) for row in rows]
+
+
+def _rows(page: MetricsRead) -> list[dict[str, Any]]:
+    return [row.model_dump(mode="json", exclude_none=True) for row in page.epochs]
+
+
+def _history(session: Session, owner: str | None, job_id: str) -> list[dict[str, Any]]:
+    """Every epoch of a job, read a page at a time as the API serves them."""
+    rows: list[dict[str, Any]] = []
+    after: int | None = 0
+    while after is not None:
+        page = job_service.get_metrics(
+            session, owner=owner, job_id=job_id, after=after, limit=job_service.MAX_METRICS_PAGE
+        )
+        rows += _rows(page)
+        after = page.next_after
+    return rows
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -113,7 +128,7 @@ def compare_page(
         )
     jobs = [job_service.get_job(session, owner=owner, job_id=job_id) for job_id in picked]
     return HTMLResponse(
-        pages.compare_page([(j, _history(session, j.id)) for j in jobs], root=_root(request))
+        pages.compare_page([(j, _history(session, owner, j.id)) for j in jobs], root=_root(request))
     )
 
 

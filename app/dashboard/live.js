@@ -212,17 +212,41 @@
     if (data.error) document.getElementById("error").textContent = data.error;
   }
 
-  render();
-  if (TERMINAL.indexOf(page.dataset.status) < 0) {
-    follow(page.dataset.events, page.dataset.after, {
-      epoch: function (row) {
-        var last = rows[rows.length - 1];
-        if (!last || row.epoch > last.epoch) { rows.push(row); schedule(); }
-      },
+  function add(row) {
+    var last = rows[rows.length - 1];
+    if (!last || row.epoch > last.epoch) rows.push(row);
+  }
+
+  // The epochs after the page's first ones, a page of GET /v1/jobs/{id}/metrics at a time.
+  function readPages(after, then) {
+    var headers = window.fitserveAuth.headers({Accept: "application/json"});
+    var url = page.dataset.metrics + "?limit=1000&after=" + encodeURIComponent(after);
+    fetch(url, {headers: headers, credentials: "omit", cache: "no-store"})
+      .then(function (response) {
+        if (!response.ok) throw new Error("metrics " + response.status);
+        return response.json();
+      })
+      .then(function (body) {
+        body.epochs.forEach(add);
+        schedule();
+        if (body.next_after === null || body.next_after === undefined) then();
+        else readPages(body.next_after, then);
+      }, function () { window.setTimeout(function () { readPages(after, then); }, 3000); });
+  }
+
+  function live() {
+    if (TERMINAL.indexOf(page.dataset.status) >= 0) return;
+    var last = rows[rows.length - 1];
+    follow(page.dataset.events, last ? last.epoch : 0, {
+      epoch: function (row) { add(row); schedule(); },
       status: function (data) {
         showStatus(data);
         return TERMINAL.indexOf(data.status) < 0;  // false: the job is over, stop following
       }
     });
   }
+
+  render();
+  if (page.dataset.next) readPages(page.dataset.next, live);
+  else live();
 })();

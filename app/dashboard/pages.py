@@ -175,11 +175,17 @@ def jobs_page(jobs: list[Any], *, root: str = "") -> str:
 METRIC_COLUMNS = ("loss", "accuracy", "mae", "val_loss", "val_accuracy", "val_mae", "seconds")
 
 
-def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
+def job_page(
+    job: Any, history: list[dict[str, Any]], *, next_after: int | None = None, root: str = ""
+) -> str:
+    """`history`: the first page of the job's epochs; `next_after`: where the script reads the
+    next page from GET /v1/jobs/{id}/metrics (None: no more), before it follows the stream."""
     model_href = f"{root}/dashboard/models/{job.model_id}" if job.model_id else "#"
-    # The stream resumes after the rows embedded in the page, so nothing is drawn twice.
+    # The stream resumes after the rows the page holds, so nothing is drawn twice.
     after = history[-1]["epoch"] if history else 0
     events_url = f"{root}/v1/jobs/{job.id}/events"
+    metrics_url = f"{root}/v1/jobs/{job.id}/metrics"
+    next_page = "" if next_after is None else str(next_after)
     name = f"{esc(job.name)} · " if job.name else ""
     columns = [c for c in METRIC_COLUMNS if any(row.get(c) is not None for row in history)]
     recent = history[-10:]
@@ -200,6 +206,7 @@ def job_page(job: Any, history: list[dict[str, Any]], *, root: str = "") -> str:
 <h1>Job <span class="id">{esc(job.id)}</span> {badge(job.status)}</h1>
 <section id="job" data-status="{esc(job.status)}" data-epochs="{esc(job.epochs)}"
   data-events="{esc(events_url)}" data-after="{after}"
+  data-metrics="{esc(metrics_url)}" data-next="{next_page}"
   data-models="{esc(root)}/dashboard/models/">
 <p>{name}epoch <span id="progress">{job.epoch} / {job.epochs}</span>
  · device {esc(job.device or "-")} · attempts {job.attempts}

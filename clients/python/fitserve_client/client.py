@@ -75,6 +75,8 @@ __all__ = [
 ]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+# Epochs asked for per page of GET /v1/jobs/{id}/metrics (the server allows up to 5,000).
+METRICS_PAGE = 1000
 
 # --- the client -------------------------------------------------------------------------------
 
@@ -299,9 +301,17 @@ class FitserveClient:
     def cancel(self, job_id: str) -> Job:
         return Job.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def metrics(self, job_id: str) -> list[EpochMetrics]:
-        rows = self._json("GET", f"/v1/jobs/{job_id}/metrics")["epochs"]
-        return [EpochMetrics.model_validate(row) for row in rows]
+    def metrics(self, job_id: str, *, after: int = 0) -> list[EpochMetrics]:
+        """Every recorded epoch after `after` (0: all of them), following the server's pages
+        (`next_after`) to the last."""
+        rows: list[EpochMetrics] = []
+        cursor: int | None = after
+        while cursor is not None:
+            params = {"after": cursor, "limit": METRICS_PAGE}
+            page = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+            rows += [EpochMetrics.model_validate(row) for row in page["epochs"]]
+            cursor = page.get("next_after")
+        return rows
 
     def events(
         self,
