@@ -8,6 +8,7 @@ both load it, and the first to finish wins — cheaper than a per-key lock for n
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,11 +47,14 @@ class ServedModel:
             index = (outputs[:, 0] >= 0.5).astype(np.int64)
         else:
             index = outputs.argmax(axis=1)
-        labels = np.empty(
-            len(self.classes or ()), dtype=object
-        )  # keeps str or int labels as they are
+        return self._class_array[index].tolist()  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def _class_array(self) -> np.ndarray:
+        """The classes as an object array (str or int labels kept as they are), made once."""
+        labels = np.empty(len(self.classes or ()), dtype=object)
         labels[:] = self.classes
-        return labels[index].tolist()  # type: ignore[no-any-return]
+        return labels
 
 
 class ModelCache(Generic[T]):

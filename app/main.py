@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exc as sa_exc
 
 from app.access import AccessMiddleware
+from app.api import include_routers
 from app.auth import VerifiedKeys
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
@@ -88,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The key (and, keyless, Host and Origin) is checked before any body is read.
     app.add_middleware(AccessMiddleware)
     app.add_middleware(OipErrorMiddleware)  # outermost: /v2 errors of the layers inside too
-    for module in (health, datasets, networks, jobs, models, studies, registry):
-        app.include_router(module.router)
+    routers = (health, datasets, networks, jobs, models, studies, registry)
+    # /v1/models matched first (predictions), documented in this order
+    include_routers(app, [module.router for module in routers], first=models.router)
     models.document_predict_body(app)
     _install_extras(app)
     return app

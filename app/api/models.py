@@ -18,8 +18,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ModelCacheDep, OwnerDep, SessionDep
-from app.auth import owner_for
+from app.api.deps import ModelCacheDep, OwnerDep, SessionDep, current_owner
+from app.api.direct_route import DirectRoute
 from app.errors import Unprocessable, Unsupported
 from app.limits import declares_json
 from app.schemas import (
@@ -102,8 +102,34 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
     )
 
 
-@router.post(
+async def predict(model_id: str, request: Request) -> Response:
+    # No dependencies of its own, so FastAPI has nothing to solve and DirectRoute calls it
+    # directly (those of an enclosing router still run): OwnerDep's check (usually made by
+    # app.access before the body was read) and ModelCacheDep's read, inline.
+    state = request.app.state
+    owner = await current_owner(request)
+    rows = read_inputs(await request.body(), request.headers.get("content-type"))
+    prediction.check_rows(len(rows), state.settings)
+    model = await prediction.get_model_async(
+        state.sessionmaker, cache=state.model_cache, owner=owner, model_id=model_id
+    )
+    if model.predictor.n_parameters * len(rows) < _INLINE_WORK:
+        outputs, labels = prediction.predict(model, rows)
+    else:
+        outputs, labels = await run_in_threadpool(prediction.predict, model, rows)
+    # JSON bytes straight from the output arrays: PredictResponse's schema, without building a
+    # model of Python floats and validating it again on the way out
+    return Response(
+        content=prediction.encode_predictions(outputs, labels), media_type="application/json"
+    )
+
+
+router.add_api_route(
     "/{model_id}/predict",
+    predict,
+    methods=["POST"],
+    # Called directly while no dependency applies to it (app/api/direct_route.py)
+    route_class_override=DirectRoute,
     tags=MODELS,
     response_model=PredictResponse,
     summary="Outputs (and class labels) for rows of features; dropout is off",
@@ -123,28 +149,6 @@ def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
-async def predict(model_id: str, request: Request) -> Response:
-    # No dependencies of its own, so FastAPI solves none per request (those of an enclosing
-    # router still run): OwnerDep's check and ModelCacheDep's read, inline.
-    state = request.app.state
-    headers = request.headers
-    owner = await owner_for(
-        headers.get("authorization"), state.settings, state.engine, state.verified_keys
-    )
-    rows = read_inputs(await request.body(), headers.get("content-type"))
-    prediction.check_rows(len(rows), state.settings)
-    model = await prediction.get_model_async(
-        state.sessionmaker, cache=state.model_cache, owner=owner, model_id=model_id
-    )
-    if model.predictor.n_parameters * len(rows) < _INLINE_WORK:
-        outputs, labels = prediction.predict(model, rows)
-    else:
-        outputs, labels = await run_in_threadpool(prediction.predict, model, rows)
-    # JSON bytes straight from the output arrays: PredictResponse's schema, without building a
-    # model of Python floats and validating it again on the way out
-    return Response(
-        content=prediction.encode_predictions(outputs, labels), media_type="application/json"
-    )
 
 
 def document_predict_body(app: FastAPI) -> None:

@@ -266,3 +266,69 @@ async def test_a_keyed_prediction_checks_its_key_at_most_twice_a_second_and_revo
         await asyncio.sleep(0.02)
     assert response.status_code == 401 and "revoked" in response.json()["detail"]
     assert time.monotonic() - revoked < 1.0
+
+
+async def test_called_directly_or_through_fastapi_the_answers_are_the_same(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DirectRoute calls the endpoint itself while nothing applies to it, and hands the request
+    to FastAPI's handling once anything does (here a no-op router-level dependency): every kind
+    of answer, cached model or not, is the same byte for byte either way."""
+    handled_by_fastapi: list[bool] = []
+
+    async def noop(request: Request) -> None:
+        handled_by_fastapi.append(True)
+
+    settings = Settings(database_url=database_url, max_predict_rows=9000)
+    answers: dict[bool, list[tuple[int, list[tuple[str, str]], bytes]]] = {}
+    for through_fastapi in (False, True):
+        router = models_api.router
+        if through_fastapi:
+            router = APIRouter(dependencies=[Depends(noop)])
+            router.include_router(models_api.router)
+        with monkeypatch.context() as patch:
+            patch.setattr(models_api, "router", router)
+            async for app, client in _client(create_app(settings)):
+                db = Rows(app.state.sessionmaker)
+                with db.begin() as session:
+                    _, secret_a = create_key(session, name=f"a{through_fastapi}")
+                    key_b, secret_b = create_key(session, name=f"b{through_fastapi}")
+                    owner_b = key_b.id
+                model_id, others_id = store_model(db), store_model(db, owner=owner_b)
+                got = []
+                for request in requests(model_id, others_id, secret_a, secret_b):
+                    for _ in range(2):  # a miss, then a hit
+                        response = await client.post(**request)
+                        body = response.content  # the ids differ between the two apps
+                        for name, value in (("MODEL", model_id), ("OTHERS", others_id)):
+                            body = body.replace(value.encode(), name.encode())
+                            body = body.replace(value.upper().encode(), name.encode())
+                        got.append((response.status_code, response.headers.multi_items(), body))
+                    app.state.model_cache.discard(model_id)
+                answers[through_fastapi] = got
+        assert bool(handled_by_fastapi) == through_fastapi
+    assert answers[False] == answers[True]
+
+
+def test_a_direct_route_takes_only_path_parameters_and_the_request() -> None:
+    from app.api.direct_route import DirectRoute
+
+    async def with_query(model_id: str, request: Request, limit: int = 1) -> Response:
+        return Response()
+
+    async def with_dependency(model_id: str, request: Request, owner: OwnerDep) -> Response:
+        return Response()
+
+    async def with_int_path(model_id: int, request: Request) -> Response:
+        return Response()
+
+    router = APIRouter(prefix="/x")
+    for endpoint in (with_query, with_int_path):
+        with pytest.raises(TypeError, match="DirectRoute"):
+            router.add_api_route(
+                "/{model_id}", endpoint, methods=["POST"], route_class_override=DirectRoute
+            )
+    # A dependency is allowed: FastAPI then handles every request to the route itself.
+    router.add_api_route(
+        "/{model_id}", with_dependency, methods=["POST"], route_class_override=DirectRoute
+    )
