@@ -1,9 +1,9 @@
 """`fitserve serve | worker | migrate`: run the service, one standalone worker, or the migrations.
 
 `serve` is a small supervisor: it upgrades the schema (once, before anything starts), binds the
-listening socket, starts N API processes on it (`--api-processes`: uvicorn on the app factory,
-each accepting from the one inherited socket, as uvicorn's and gunicorn's own workers do) and N
-worker processes beside them (each child in its own process group, so one Ctrl-C reaches the
+port, starts N API processes on it (`--api-processes`: uvicorn on the app factory, each given a
+socket of its own bound to that port with SO_REUSEPORT when N > 1, see `_listen`) and N worker
+processes beside them (each child in its own process group, so one Ctrl-C reaches the
 supervisor alone and every child gets exactly one SIGTERM), restarts a worker that exits, and on
 Ctrl-C or SIGTERM stops them all, giving workers their grace period to hand running jobs back.
 An API process that exits stops the service (exit code: its own, or 1); a deployment's process
@@ -41,6 +41,7 @@ RESTART_BACKOFF_MAX_SECONDS = 30.0
 _WORKER_MAIN = "import sys; from app.cli import main; sys.exit(main())"
 _API_MAIN = "import sys; from app.cli.server import run_api; sys.exit(run_api(int(sys.argv[1])))"
 UVICORN_STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
+UVICORN_BACKLOG = 2048  # uvicorn's default: connections waiting to be accepted, per socket
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,7 +172,7 @@ class _Child:
 
 def run_api(fd: int) -> int:
     """One API process: uvicorn serving the app factory (settings from the environment) on the
-    listening socket `serve` bound and handed down as descriptor `fd`."""
+    socket `serve` bound and handed down as descriptor `fd`."""
     import uvicorn
 
     listener = socket.socket(fileno=fd)  # family and type are read from the descriptor
@@ -180,18 +181,45 @@ def run_api(fd: int) -> int:
     return 0 if server.started else UVICORN_STARTUP_FAILURE
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The socket every API process accepts from, bound as uvicorn binds its own (listen() is
-    left to the processes, so a connection is refused, not queued, until one of them is up)."""
+def _listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """A listening socket on host:port for each of `count` API processes. A connection made
+    while they start waits in its socket's backlog until that process is up.
+
+    Several are bound with SO_REUSEPORT: the kernel then spreads new connections over the
+    processes by a hash of their addresses. (With one shared socket the process that woke first
+    accepted a whole burst: a client's 16 connections all went to one of two processes.) A plain
+    bind comes first, so a port another server listens on is refused as it would be with one
+    process, instead of quietly shared with it; and these listen at once, so a second `serve`
+    started meanwhile is refused in turn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    first = _bind(family, host, port, reuse_port=False)
+    bound = [first]
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
+        if count > 1:
+            port = first.getsockname()[1]  # the port picked, where 0 asked for any
+            bound.pop().close()
+            for _ in range(count):
+                bound.append(_bind(family, host, port, reuse_port=True))
+        for sock in bound:
+            sock.listen(UVICORN_BACKLOG)
     except OSError:
-        listener.close()
+        for sock in bound:
+            sock.close()
         raise
-    return listener
+    return bound
+
+
+def _bind(family: socket.AddressFamily, host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -203,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not _keys_in_place(settings):
         return 2
     try:
-        listener = _listen(settings.host, settings.port)
+        listeners = _listen(settings.host, settings.port, args.api_processes)
     except OSError as exc:
         print(
             f"fitserve serve: can't listen on {settings.host} port {settings.port}: "
@@ -223,29 +251,30 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     metrics_dir = tempfile.mkdtemp(prefix="fitserve-metrics-") if args.api_processes > 1 else None
     try:
-        apis, workers = _children(args, settings, listener, metrics_dir)
+        apis, workers = _children(args, settings, listeners, metrics_dir)
         for child in (*apis, *workers):
             child.start()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        log.info(
-            "serving http://%s:%d with %d API process(es)",
-            host,
-            listener.getsockname()[1],
-            len(apis),
-        )
-        listener.close()  # the API processes hold it: the port is free again once they stop
+        port = listeners[0].getsockname()[1]
+        log.info("serving http://%s:%d with %d API process(es)", host, port, len(apis))
+        for sock in listeners:
+            sock.close()  # the API processes hold them: the port is free once they stop
         code = _supervise(apis, workers, lambda: stopping)
         return _stop_all([*apis, *workers], settings.shutdown_grace_seconds) or code
     finally:
-        listener.close()
+        for sock in listeners:
+            sock.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _children(
-    args: argparse.Namespace, settings: Settings, listener: socket.socket, metrics_dir: str | None
+    args: argparse.Namespace,
+    settings: Settings,
+    listeners: list[socket.socket],
+    metrics_dir: str | None,
 ) -> tuple[list[_Child], list[_Child]]:
-    """The API processes (each given the listening socket) and the workers, not yet started."""
+    """The API processes (each given its socket) and the workers, not yet started."""
     env = dict(os.environ)
     # The children read their settings from the environment, as any deployment's would.
     env.update(
@@ -264,16 +293,14 @@ def _children(
     if metrics_dir is not None:
         api_env[MULTIPROCESS_DIR_ENV] = metrics_dir
         log.info("the API processes' metrics are gathered in %s", metrics_dir)
-    fd = listener.fileno()
-    count = args.api_processes
     apis = [
         _Child(
-            "api" if count == 1 else f"api {i + 1}",
-            [sys.executable, "-c", _API_MAIN, str(fd)],
+            "api" if len(listeners) == 1 else f"api {i + 1}",
+            [sys.executable, "-c", _API_MAIN, str(sock.fileno())],
             api_env,
-            pass_fds=(fd,),
+            pass_fds=(sock.fileno(),),
         )
-        for i in range(count)
+        for i, sock in enumerate(listeners)
     ]
     workers = [
         _Child(f"worker {i + 1}", [sys.executable, "-c", _WORKER_MAIN, "worker"], env)

@@ -1,6 +1,6 @@
 """`fitserve serve --api-processes 2` as a deployment runs it (keys required, no worker): two
-uvicorn processes accepting from one socket, sharing a SQLite file and again a fresh Postgres
-database.
+uvicorn processes on one port (a SO_REUSEPORT socket each), sharing a SQLite file and again a
+fresh Postgres database.
 
 Which process answered a request is read from /proc: the server's end of the client's TCP
 connection is an open socket of exactly one of them. So the server needs no header or other
@@ -202,8 +202,11 @@ def cluster(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert len(pids) == 2 and metrics_dir is not None, text
         cluster = Cluster(port, database_url, log, serve, pids, Path(metrics_dir[1]), secrets,
                           key_ids)  # fmt: skip
-        # Both up: the first to start answered /health, the other may still be importing.
-        on_every_process(cluster, lambda: call(cluster, "GET", "/v1/models", key="bob"), 2000)
+        # Both up: the first to start answered /health, the other may still be importing torch.
+        while {call(cluster, "GET", "/v1/models", key="bob").pid for _ in range(20)} != set(pids):
+            assert serve.poll() is None, f"serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"one API process never answered:\n{text}"
+            time.sleep(0.5)
         yield cluster
     finally:
         if serve.poll() is None:
@@ -328,6 +331,17 @@ def test_an_alias_move_is_seen_by_both_processes_on_the_next_request(cluster: Cl
         wanted = expected(model_id)
         assert {a.status for a in answers} == {200}
         assert all(a.json() == wanted for a in answers), (version, [a.json() for a in answers])
+
+
+def test_a_second_serve_on_the_port_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """SO_REUSEPORT would let it share the port; serve refuses as one process would."""
+    argv = [*CLI, "serve", "--api-processes", "2", "--workers", "0", "--port", str(cluster.port),
+            "--database-url", f"sqlite:///{tmp_path}/other.db"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"can't listen on 127.0.0.1 port {cluster.port}: Address already in use" in done.stderr
+    assert len({call(cluster, "GET", "/v1/models", key="bob").pid for _ in range(30)}) == 2
 
 
 def test_sigterm_stops_every_process_and_removes_the_metrics_dir(cluster: Cluster) -> None:
