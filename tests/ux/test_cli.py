@@ -78,6 +78,11 @@ def test_train_shows_progress_and_prints_the_model_id(
     assert by_name.returncode == 0 and by_name.stdout == predicted.stdout
     missing = fitserve(live_server, "names", "alias", name, "production", "9")
     assert missing.returncode != 0 and "no version 9" in missing.stderr
+    removed = fitserve(live_server, "names", "unalias", name, "production")
+    assert removed.returncode == 0 and f"{name}@production removed" in removed.stderr
+    assert json.loads(fitserve(live_server, "names", "show", name).stdout)["aliases"] == {}
+    again = fitserve(live_server, "names", "unalias", name, "production")
+    assert again.returncode != 0 and "no alias 'production'" in again.stderr
 
 
 def _job_of(listing: str, model_id: str) -> str:
@@ -91,9 +96,13 @@ def test_train_just_a_network_with_flags(live_server: LiveServer, tmp_path: Path
     result = fitserve(
         live_server, "train", str(spec), "--dataset", "iris", "--epochs", "2",
         "--loss", "sparse_categorical_crossentropy", "--batch-size", "full",
+        "--register-as", "flags-net",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert HEX_ID.fullmatch(result.stdout.strip())
+    model_id = result.stdout.strip()
+    assert HEX_ID.fullmatch(model_id)
+    named = json.loads(fitserve(live_server, "names", "show", "flags-net").stdout)
+    assert named["versions"][-1]["model_id"] == model_id
 
 
 def test_train_errors_exit_non_zero_with_the_message(

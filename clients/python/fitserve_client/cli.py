@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     train.add_argument("--loss", help="overrides training.loss")
     train.add_argument("--name", help="a name for the job")
     train.add_argument(
+        "--register-as", metavar="NAME", help="register the model as the next version of NAME"
+    )
+    train.add_argument(
         "--detach", action="store_true", help="print the job id and return without waiting"
     )
     train.set_defaults(handler=_train)
@@ -117,6 +120,12 @@ def register(subparsers: Any) -> None:
     name_alias.add_argument("alias")
     name_alias.add_argument("version", type=int)
     name_alias.set_defaults(handler=_names_alias)
+    name_unalias = names_sub.add_parser(
+        "unalias", parents=[common], help="remove an alias (the name then serves its latest)"
+    )
+    name_unalias.add_argument("name")
+    name_unalias.add_argument("alias")
+    name_unalias.set_defaults(handler=_names_unalias)
 
     datasets = subparsers.add_parser("datasets", help="upload or list datasets")
     datasets_sub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
@@ -190,7 +199,14 @@ def _train(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, total=None)
     with _client(args) as client:
         try:
-            job = client.submit(network, args.dataset, training, name=args.name, epochs=args.epochs)
+            job = client.submit(
+                network,
+                args.dataset,
+                training,
+                name=args.name,
+                epochs=args.epochs,
+                register_as=args.register_as,
+            )
             if job.warning:
                 print(f"fitserve: warning: {job.warning}", file=sys.stderr)
             if args.detach:
@@ -471,6 +487,14 @@ def _names_alias(args: argparse.Namespace) -> int:
     def action(client: FitserveClient) -> None:
         client.set_alias(args.name, args.alias, args.version)
         print(f"{args.name}@{args.alias} -> version {args.version}", file=sys.stderr)
+
+    return _run(args, action)
+
+
+def _names_unalias(args: argparse.Namespace) -> int:
+    def action(client: FitserveClient) -> None:
+        client.delete_alias(args.name, args.alias)
+        print(f"{args.name}@{args.alias} removed", file=sys.stderr)
 
     return _run(args, action)
 

@@ -290,6 +290,10 @@ class FitserveClient:
         url = f"/v1/registered-models/{name}/aliases/{alias}"
         return dict(self._json("PUT", url, json={"version": version}))
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove the alias (the plain name then serves its production alias, else its latest)."""
+        self._request("DELETE", f"/v1/registered-models/{name}/aliases/{alias}")
+
     def get_job(self, job_id: str) -> Job:
         return Job.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
