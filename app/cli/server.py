@@ -6,8 +6,8 @@ socket of its own bound to that port with SO_REUSEPORT when N > 1, see `_listen`
 processes beside them (each child in its own process group, so one Ctrl-C reaches the
 supervisor alone and every child gets exactly one SIGTERM), restarts a worker that exits, and on
 Ctrl-C or SIGTERM stops them all, giving workers their grace period to hand running jobs back.
-An API process that exits stops the service (exit code: its own, or 1); a deployment's process
-manager restarts the whole.
+An API process that exits stops the service (exit code: its own, 128 + N for signal N, or 1); a
+deployment's process manager restarts the whole.
 
 With more than one API process, each keeps its own model cache and verified-keys cache and
 everything shared lives in the database; their Prometheus figures are gathered in a private
@@ -311,7 +311,7 @@ def _children(
 
 def _supervise(apis: list[_Child], workers: list[_Child], stopping: Callable[[], bool]) -> int:
     """Restart workers that exit until asked to stop; an API process that exits ends the service
-    (its exit code, or 1, is the supervisor's)."""
+    with its exit code (128 + N when signal N killed it, as shells report it; 1 for a 0)."""
     pending: dict[_Child, float] = {}  # worker -> when to restart it
     while not stopping():
         time.sleep(0.2)
@@ -319,7 +319,7 @@ def _supervise(apis: list[_Child], workers: list[_Child], stopping: Callable[[],
             code = api.exit_code()
             if code is not None:
                 log.error("%s exited with code %d; stopping", api.name, code)
-                return code or 1
+                return 128 - code if code < 0 else code or 1
         now = time.monotonic()
         for child in workers:
             exited = child.exit_code()

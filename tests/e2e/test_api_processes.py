@@ -359,6 +359,35 @@ def test_sigterm_stops_every_process_and_removes_the_metrics_dir(cluster: Cluste
         httpx.get(f"http://127.0.0.1:{cluster.port}/health", timeout=2)
 
 
+def test_an_api_process_that_dies_stops_the_others(tmp_path: Path) -> None:
+    """As with one process: the supervisor stops the rest and exits with the dead one's code."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    argv = [*CLI, "serve", "--api-processes", "2", "--workers", "0", "--port", str(port),
+            "--database-url", f"sqlite:///{tmp_path}/fitserve.db"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
+    with log.open("wb") as out:
+        serve = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while log.read_text().count("Application startup complete") < 2:
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.25)
+        text = log.read_text()
+        first, second = (int(p) for p in re.findall(r"started api \d \(pid (\d+)\)", text))
+        metrics_dir = Path(re.findall(r"metrics are gathered in (\S+)", text)[0])
+        os.kill(first, signal.SIGKILL)
+        assert serve.wait(timeout=60) == 128 + signal.SIGKILL, log.read_text()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert "api 1 exited with code -9; stopping" in log.read_text()
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)
+    assert not metrics_dir.exists()
+
+
 def test_api_processes_is_one_or_more() -> None:
     assert build_parser().parse_args(["serve"]).api_processes == 1
     assert build_parser().parse_args(["serve", "--api-processes", "3"]).api_processes == 3
