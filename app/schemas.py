@@ -283,6 +283,16 @@ class NetworkSummary(BaseModel):
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 EXAMPLE_MODEL_ID = "3f2c0e6a9b8d4c1e8f7a6b5c4d3e2f10"
+MODEL_REF_DOC = (
+    "A model id (32 hex characters), or one of your model names: `iris` is the version its "
+    "`production` alias points at, else its latest version; `iris@2` is version 2; "
+    "`iris@staging` the version that alias points at. Resolved on every request, so an alias "
+    "move counts from the next one."
+)
+OIP_VERSION_DOC = (
+    "A version number (1, 2, ...) or an alias (production, staging, ...) of the model name; a "
+    "model id has the one version 1."
+)
 
 
 class JobCreate(_Request):

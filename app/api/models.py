@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from app.api.direct_route import DirectRoute
 from app.errors import Unprocessable, Unsupported
 from app.limits import declares_json
 from app.schemas import (
+    MODEL_REF_DOC,
     UNAUTHORIZED,
     ErrorResponse,
     ModelList,
@@ -36,6 +37,7 @@ from app.services import predict as prediction
 from models.tokens import TokenLists
 
 router = APIRouter(prefix="/v1/models")
+ModelRef = Annotated[str, Path(description=MODEL_REF_DOC)]
 MODELS: list[str | Any] = ["models"]
 INTEROP: list[str | Any] = ["interop"]
 
@@ -72,7 +74,7 @@ def list_models(
     responses=_ERRORS,
 )
 def get_model(
-    model_id: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+    model_id: ModelRef, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> ModelRead:
     return service.get_model(session, owner=owner, model_id=model_id, cache=cache)
 
@@ -92,17 +94,18 @@ def get_model(
         },
     },
 )
-def get_weights(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+def get_weights(model_id: ModelRef, session: SessionDep, owner: OwnerDep) -> Response:
     data = service.get_weights(session, owner=owner, model_id=model_id)
     return Response(
         content=data,
         media_type="application/octet-stream",
-        # model ids are hex, so the file name carries no user text
+        # an id is hex, and a name reference got here only by matching the name, version and
+        # alias patterns (a-z 0-9 . _ - @): the file name carries no quote, slash or space
         headers={"Content-Disposition": f'attachment; filename="model-{model_id}.safetensors"'},
     )
 
 
-async def predict(model_id: str, request: Request) -> Response:
+async def predict(model_id: ModelRef, request: Request) -> Response:
     # No dependencies of its own, so FastAPI has nothing to solve and DirectRoute calls it
     # directly (those of an enclosing router still run): OwnerDep's check (usually made by
     # app.access before the body was read) and ModelCacheDep's read, inline.
@@ -270,7 +273,7 @@ def _validated(body: bytes, content_type: str | None) -> PredictRequest:
     },
 )
 async def predict_csv(
-    model_id: str,
+    model_id: ModelRef,
     request: Request,
     owner: OwnerDep,
     cache: ModelCacheDep,
@@ -309,7 +312,7 @@ async def predict_csv(
     summary="The model's network as Keras Sequential JSON (architecture only, as to_json())",
     responses=_ERRORS,
 )
-def model_keras(model_id: str, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+def model_keras(model_id: ModelRef, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
     return service.get_keras_config(session, owner=owner, model_id=model_id)
 
 
@@ -327,7 +330,7 @@ def model_keras(model_id: str, session: SessionDep, owner: OwnerDep) -> dict[str
         },
     },
 )
-def model_onnx(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
+def model_onnx(model_id: ModelRef, session: SessionDep, owner: OwnerDep) -> Response:
     return Response(
         content=service.get_onnx(session, owner=owner, model_id=model_id),
         media_type="application/onnx",
@@ -345,7 +348,9 @@ def model_onnx(model_id: str, session: SessionDep, owner: OwnerDep) -> Response:
         409: {"model": ErrorResponse, "description": "An alias points at it."},
     },
 )
-def delete_model(model_id: str, request: Request, session: SessionDep, owner: OwnerDep) -> Response:
+def delete_model(
+    model_id: ModelRef, request: Request, session: SessionDep, owner: OwnerDep
+) -> Response:
     cache = request.app.state.model_cache
     service.delete_model(session, owner=owner, model_id=model_id, cache=cache)
     return Response(status_code=204)

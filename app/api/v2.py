@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -24,9 +24,12 @@ from app.errors import BadRequest
 from app.inference import ModelCacheT
 from app.limits import ASGIApp, Message, Receive, Scope, Send
 from app.oip_tensors import HEADER_LENGTH
+from app.schemas import MODEL_REF_DOC, OIP_VERSION_DOC
 from app.services import oip as service
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+ModelName = Annotated[str, Path(description=MODEL_REF_DOC)]
+OipVersion = Annotated[str, Path(description=OIP_VERSION_DOC)]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -140,7 +143,7 @@ _INFER: dict[str, Any] = {
 
 @router.get("/models/{name}", summary="OIP model metadata: input and output tensors", **_META)
 def model_metadata(
-    name: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+    name: ModelName, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> service.ModelMetadata:
     return service.metadata(session, owner=owner, name=name, version=None, cache=cache)
 
@@ -149,7 +152,7 @@ def model_metadata(
     "/models/{name}/versions/{version}", summary="OIP model metadata of one version", **_META
 )
 def version_metadata(
-    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+    name: ModelName, version: OipVersion, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> service.ModelMetadata:
     return service.metadata(session, owner=owner, name=name, version=version, cache=cache)
 
@@ -157,7 +160,9 @@ def version_metadata(
 @router.get(
     "/models/{name}/ready", summary="OIP model ready: 200 once loaded (empty body)", **_READY
 )
-def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep) -> Response:
+def model_ready(
+    name: ModelName, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+) -> Response:
     service.ready(session, owner=owner, name=name, version=None, cache=cache)
     return Response(status_code=200)
 
@@ -168,7 +173,7 @@ def model_ready(name: str, session: SessionDep, owner: OwnerDep, cache: ModelCac
     **_READY,
 )
 def version_ready(
-    name: str, version: str, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
+    name: ModelName, version: OipVersion, session: SessionDep, owner: OwnerDep, cache: ModelCacheDep
 ) -> Response:
     service.ready(session, owner=owner, name=name, version=version, cache=cache)
     return Response(status_code=200)
@@ -220,14 +225,14 @@ InferCall = Annotated[_InferCall, Depends(_infer_call)]
 
 
 @router.post("/models/{name}/infer", summary="OIP inference: the outputs of /v1 predict", **_INFER)
-def infer(name: str, call: InferCall) -> Response:
+def infer(name: ModelName, call: InferCall) -> Response:
     return call.run(name, None)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", summary="OIP inference, one version", **_INFER
 )
-def version_infer(name: str, version: str, call: InferCall) -> Response:
+def version_infer(name: ModelName, version: OipVersion, call: InferCall) -> Response:
     return call.run(name, version)
 
 

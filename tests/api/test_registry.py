@@ -185,3 +185,18 @@ async def test_concurrent_writers_of_one_name_take_turns(
     )
     assert alias == [{"production": 2}, {"production": 2}]
     assert _counts(app) == (1, 4, 1)
+
+
+async def test_the_openapi_document_says_a_model_can_be_named(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path, method, param in [
+        ("/v1/models/{model_id}", "get", "model_id"),
+        ("/v1/models/{model_id}/predict", "post", "model_id"),
+        ("/v1/models/{model_id}/predict.csv", "post", "model_id"),
+        ("/v1/models/{model_id}", "delete", "model_id"),
+        ("/v2/models/{name}/infer", "post", "name"),
+        ("/v2/models/{name}/versions/{version}/infer", "post", "version"),
+    ]:
+        (described,) = [p for p in paths[path][method]["parameters"] if p["name"] == param]
+        words = "an alias" if param == "version" else "`iris@staging`"
+        assert words in described["description"], (path, described)
