@@ -66,6 +66,7 @@ def study_page(
 objective {esc(study.objective.metric)} ({esc(study.objective.direction)}) ·
 trials {len(study.trials)} / {study.n_trials}, at most {study.max_parallel} at once</p>
 <p id="best">best: {_best_text(study, root)}</p>
+<p id="registered">{_registered_text(study, root)}</p>
 <div class="charts">
 <figure><figcaption>{esc(study.objective.metric)} per epoch, every trial (best in red, pruned
 grey)</figcaption>{_curves(study, curves, best)}</figure>
@@ -89,6 +90,22 @@ def _best_text(study: StudyRead, root: str) -> str:
         else ""
     )
     return f"trial {trial.number}, {esc(study.objective.metric)} {number(trial.value)}{model}"
+
+
+def _registered_text(study: StudyRead, root: str) -> str:
+    """Where the best model goes (or went) under its model name."""
+    if study.register_as is None:
+        return ""
+    name = esc(study.register_as)
+    link = f'<a href="{esc(root)}/dashboard/names/{name}"><code>{name}</code></a>'
+    if study.registered_version is not None:
+        return f"best model registered as {link} version {study.registered_version}"
+    if study.status == "running":
+        return (
+            f"the best model is registered as the next version of {link} when the study completes"
+        )
+    why = "no trial completed" if study.status == "completed" else "the study was cancelled"
+    return f"nothing registered under {link}: {why}"
 
 
 def _trial_row(study: StudyRead, trial: TrialRead, best: int | None, root: str) -> str:

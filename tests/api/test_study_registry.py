@@ -106,6 +106,9 @@ async def test_a_completed_study_registers_its_best_model_as_the_next_version(
     values = [t["value"] for t in done["trials"]]
     assert len(set(values)) == 3 and best["value"] == min(values)  # val_loss: minimized
     assert (done["register_as"], done["registered_version"]) == ("iris-search", 1)
+    page = (await client.get(f"/dashboard/studies/{body['id']}")).text
+    assert 'registered as <a href="/dashboard/names/iris-search"><code>iris-search</code></a> ' \
+        "version 1" in page  # fmt: skip
     name = (await client.get("/v1/registered-models/iris-search")).json()
     assert [(v["version"], v["model_id"]) for v in name["versions"]] == [(1, best["model_id"])]
     # the unversioned name predicts with the best model
@@ -149,10 +152,12 @@ async def test_a_study_with_no_complete_trial_or_cancelled_registers_nothing(
             job.status, job.error, job.finished_at = "failed", "stopped by the test", job.created_at
     with db.begin() as session:
         conduct.advance(session, study_id=failing["id"], settings=app.state.settings)
-    for study_id in (cancelled["id"], failing["id"]):
+    for study_id, why in ((cancelled["id"], "cancelled"), (failing["id"], "no trial completed")):
         read = (await client.get(f"/v1/studies/{study_id}")).json()
         assert read["status"] in ("cancelled", "completed") and read["best_trial"] is None
         assert read["registered_version"] is None
+        page = (await client.get(f"/dashboard/studies/{study_id}")).text
+        assert "nothing registered under" in page and why in page
     assert db.get(Study, failing["id"]).status == "completed"  # type: ignore[union-attr]
     assert db.count(RegisteredModel) == 0 and db.count(ModelVersion) == 0
 
@@ -173,6 +178,8 @@ async def test_the_model_name_made_from_the_study_name(
     created = await client.post("/v1/studies", json=study(name=label))
     assert created.status_code == 202, created.text
     assert created.json()["register_as"] == registered
+    page = (await client.get(f"/dashboard/studies/{created.json()['id']}")).text
+    assert f'registered as the next version of <a href="/dashboard/names/{registered}">' in page
 
 
 @pytest.mark.parametrize("label", ["研究", "---", "f" * 32])
