@@ -9,7 +9,6 @@ sign of which process it is.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -134,24 +133,13 @@ def answered_by(pids: list[int], port: int, client_port: int) -> int:
 
 def call(cluster: Cluster, method: str, path: str, *, key: str, body: Any = None) -> Answer:
     """One request on a connection of its own (so the kernel picks a process afresh)."""
-    connection = http.client.HTTPConnection("127.0.0.1", cluster.port, timeout=30)
-    try:
-        connection.connect()
-        assert connection.sock is not None
-        client_port = connection.sock.getsockname()[1]
-        headers = {"Authorization": f"Bearer {cluster.secrets[key]}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=data, headers=headers)
-        response = connection.getresponse()
-        content = response.read()
-        # Asked while the connection is still open: the server's end is in the process's fds.
+    headers = {"Authorization": f"Bearer {cluster.secrets[key]}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{cluster.port}", timeout=30) as client:
+        response = client.request(method, path, json=body, headers=headers)
+        client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        # Asked while the client still holds the connection: the server's end is in its fds.
         pid = answered_by(cluster.api_pids, cluster.port, client_port)
-        return Answer(response.status, content, pid)
-    finally:
-        connection.close()
+        return Answer(response.status_code, response.content, pid)
 
 
 def on_every_process(cluster: Cluster, send: Any, most: int = 400) -> list[Answer]:
