@@ -16,8 +16,10 @@ one, as it was when this was csv.reader and float().
 from __future__ import annotations
 
 import io
+import os
+import threading
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -27,6 +29,8 @@ from app.errors import Unprocessable, shown
 from app.table_builder import TableBuilder, check_header, target_columns
 
 BLOCK_BYTES = 1 << 20  # one block of a 20-feature CSV is ~7,000 rows
+# A fresh stream of the whole file from its first byte, with a position of its own.
+Opener = Callable[[], "pa.NativeFile | IO[bytes]"]
 _SNIFF_BYTES = 4096
 
 
@@ -48,7 +52,7 @@ class _RowWidth:
 
 
 def parse_csv(
-    data: bytes | IO[bytes],
+    data: bytes | IO[bytes] | Opener,
     *,
     target: str,
     task: str | None = None,
@@ -58,16 +62,35 @@ def parse_csv(
 ) -> ParsedDataset:
     """A CSV with a header row; `target` names the target column(s), comma-separated.
 
-    `data` is bytes or a readable, seekable binary file positioned anywhere (it is rewound for
-    each pass); a gzip'd CSV is given as the decompressing file (`gzip.GzipFile`).
+    `data` is bytes, a binary file (read from its start), or an `Opener` (a `FileSource`, or a
+    gzip'd CSV's decompressing streams: its caller closes what it opens).
     """
-    stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes) else data
-    head = _peek(stream)
+    if callable(data):
+        return _parse(data, target=target, task=task, where=where, max_cells=max_cells,
+                      block_bytes=block_bytes)  # fmt: skip
+    source = FileSource(data)
+    try:
+        return _parse(source, target=target, task=task, where=where, max_cells=max_cells,
+                      block_bytes=block_bytes)  # fmt: skip
+    finally:
+        source.close()
+
+
+def _parse(
+    source: Opener,
+    *,
+    target: str,
+    task: str | None,
+    where: str,
+    max_cells: int | None,
+    block_bytes: int,
+) -> ParsedDataset:
+    head = source().read(_SNIFF_BYTES)
     if not head.strip():
         raise Unprocessable(f"{where} is empty; send a CSV with a header row and data rows")
     if b"\x00" in head:
         raise Unprocessable(f"{where} contains NUL bytes; is it really a CSV file?")
-    raw = _header(stream, where=where, block_bytes=block_bytes)
+    raw = _header(source, where=where, block_bytes=block_bytes)
     names = [name.strip() for name in raw]
     if any("\ufffd" in name for name in names):  # Arrow decodes a header with replacement
         raise _not_utf8(where)
@@ -92,45 +115,110 @@ def parse_csv(
         )
 
     try:
-        return _read(stream, raw, builder(), typed=True, block_bytes=block_bytes)
+        return _read(source, raw, builder(), typed=True, block_bytes=block_bytes)
     except _TextNeeded:
-        return _read(stream, raw, builder(), typed=False, block_bytes=block_bytes)
+        return _read(source, raw, builder(), typed=False, block_bytes=block_bytes)
 
 
-def _peek(stream: IO[bytes]) -> bytes:
-    stream.seek(0)
-    head = stream.read(_SNIFF_BYTES)
-    stream.seek(0)
-    return head
+class FileSource:
+    """Streams of one file, each from byte 0 with a position of its own, all closed by `close`.
+
+    An Arrow reader reads ahead on a thread of its own, so a reader given up on (the header's,
+    a typed pass that met text) may still be reading when the next pass starts: on a shared file
+    object the two would take each other's blocks. A file on disk is opened again through
+    /proc/self/fd (a new open file description) for each pass; bytes are read in place.
+    """
+
+    def __init__(self, data: bytes | IO[bytes]) -> None:
+        self._path = ""
+        self._data = b""
+        self._streams: list[_Stream] = []
+        if not isinstance(data, bytes):
+            try:
+                self._path = f"/proc/self/fd/{data.fileno()}"  # a spooled upload rolls to disk
+            except (OSError, AttributeError, io.UnsupportedOperation):
+                pass
+            if not (self._path and os.path.exists(self._path)):
+                self._path = ""
+                data.seek(0)
+                data = data.read()  # a file in memory (io.BytesIO) already is
+        if isinstance(data, bytes):
+            self._data = data
+
+    def __call__(self) -> pa.NativeFile | IO[bytes]:
+        if not self._path:
+            return pa.BufferReader(self._data)
+        stream = _Stream(self._path)
+        self._streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.close()
 
 
-def _header(stream: IO[bytes], *, where: str, block_bytes: int) -> list[str]:
+class _Stream(io.RawIOBase):
+    """A file opened for one pass. Closing waits for a read in flight (an abandoned Arrow
+    reader's, on its I/O thread) and later reads see the end of the file: its descriptor is
+    never closed under a read, so a number the kernel reuses is never read from."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with self._lock:
+            return os.readv(self._fd, [buffer]) if self._fd >= 0 else 0
+
+    def seekable(self) -> bool:
+        return True  # Parquet's and Arrow IPC's readers seek to the footer
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("seek of a closed file")
+            return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return self.seek(0, os.SEEK_CUR)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        super().close()
+
+
+def _header(source: Opener, *, where: str, block_bytes: int) -> list[str]:
     """The header row's names as written (Arrow parses the first block to find them)."""
     widths = _RowWidth()
-    stream.seek(0)
     try:
         reader = pa_csv.open_csv(
-            stream,
+            source(),
             read_options=pa_csv.ReadOptions(block_size=block_bytes, use_threads=False),
             parse_options=_parse_options(widths),
             convert_options=pa_csv.ConvertOptions(column_types={}, strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _refusal(exc, widths, stream=stream, where=where, rows_before=0, block=1) from None
+        raise _refusal(exc, widths, source=source, where=where, rows_before=0, block=1) from None
     names = list(reader.schema.names)
     reader.close()
     return names
 
 
 def _read(
-    stream: IO[bytes], raw: list[str], table: TableBuilder, *, typed: bool, block_bytes: int
+    source: Opener, raw: list[str], table: TableBuilder, *, typed: bool, block_bytes: int
 ) -> ParsedDataset:
     label = None if table.numeric_targets else raw[table.names.index(table.targets[0])]
     types: dict[str, pa.DataType] = {name: pa.string() for name in raw}
     if typed:
         types = {name: (pa.string() if name == label else pa.float64()) for name in raw}
     widths = _RowWidth()
-    stream.seek(0)
     options = pa_csv.ConvertOptions(
         column_types=types,
         null_values=[],
@@ -141,7 +229,7 @@ def _read(
     block = 0
     try:
         reader = pa_csv.open_csv(
-            stream,
+            source(),
             read_options=pa_csv.ReadOptions(block_size=block_bytes, use_threads=False),
             parse_options=_parse_options(widths),
             convert_options=options,
@@ -163,26 +251,32 @@ def _read(
         if typed and widths.row is None and "conversion error" in str(exc):
             raise _TextNeeded from None
         refusal = _refusal(
-            exc, widths, stream=stream, where=table.where, rows_before=table.rows, block=block
+            exc, widths, source=source, where=table.where, rows_before=table.rows, block=block
         )
         raise refusal from None
     return table.finish()
 
 
-def _data_row_of(stream: IO[bytes], text: str) -> int | None:
+def _data_row_of(source: Opener, text: str) -> int | None:
     """The data row (1-based, blank lines not counted, as csv.reader's path counted) of the
     first line that reads `text`: Arrow names a row of the wrong width by its text alone. Only
-    on that error path; lines are scanned in C (a few million a second)."""
+    on that error path; lines are split in C, a block at a time."""
     needle = text.encode("utf-8", "surrogateescape")
-    stream.seek(0)
+    stream = source()
     row = -1  # the header is row 0
-    for line in stream:
-        if not line.strip():
-            continue
-        row += 1
-        if row > 0 and line.rstrip(b"\r\n") == needle:
-            return row
-    return None
+    rest = b""
+    while True:
+        chunk = stream.read(BLOCK_BYTES)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop() if chunk else b""
+        for line in lines:
+            if not line.strip():
+                continue
+            row += 1
+            if row > 0 and line.rstrip(b"\r") == needle:
+                return row
+        if not chunk:
+            return None
 
 
 def _parse_options(widths: Callable[[pa_csv.InvalidRow], str]) -> pa_csv.ParseOptions:
@@ -194,7 +288,7 @@ def _refusal(
     exc: Exception,
     widths: _RowWidth,
     *,
-    stream: IO[bytes],
+    source: Opener,
     where: str,
     rows_before: int,
     block: int,
@@ -204,7 +298,7 @@ def _refusal(
     place = f"block {block} of the file, read in {BLOCK_BYTES >> 20} MiB blocks"
     if widths.row is not None:
         row = widths.row
-        number = _data_row_of(stream, row.text)
+        number = _data_row_of(source, row.text)
         named = f"data row {number}" if number is not None else f"a data row after {rows_before}"
         return Unprocessable(
             f"{where} {named} ({place}) has {row.actual_columns} values but the header has "

@@ -29,7 +29,7 @@ BATCH_ROWS = 65_536
 
 
 def parse_parquet(
-    file: IO[bytes],
+    file: pa.NativeFile | IO[bytes],
     *,
     target: str,
     task: str | None,
@@ -90,7 +90,7 @@ def _row_group_of(meta: pq.FileMetaData, row: int) -> int:
 
 
 def parse_arrow_file(
-    file: IO[bytes],
+    file: pa.NativeFile | IO[bytes],
     *,
     target: str,
     task: str | None,

@@ -10,9 +10,9 @@ import gzip
 import io
 import zlib
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from app.csv_ingest import parse_csv
+from app.csv_ingest import FileSource, Opener, parse_csv
 from app.dataset_codec import ParsedDataset
 from app.errors import FitserveError, PayloadTooLarge, Unprocessable, shown
 from app.parquet import ARROW_MAGIC, MAGIC, parse_arrow_file, parse_parquet
@@ -88,71 +88,75 @@ def parse_upload(
             f"{FORMAT_NAMES[kind]}; upload it under a name and type that say what it is",
             loc=("body", "file"),
         )
+    source = FileSource(file)
+    try:
+        return _parse(kind, source, target=target, task=task, limits=limits, where=where)
+    finally:
+        source.close()
+
+
+def _parse(
+    kind: str,
+    source: FileSource,
+    *,
+    target: str,
+    task: str | None,
+    limits: UploadLimits,
+    where: str,
+) -> ParsedDataset:
     if kind == "parquet":
         return parse_parquet(
-            file, target=target, task=task, max_bytes=limits.max_table_bytes,
+            source(), target=target, task=task, max_bytes=limits.max_table_bytes,
             max_cells=limits.max_cells, where=where,
         )  # fmt: skip
     if kind == "arrow":
-        return parse_arrow_file(file, target=target, task=task, max_cells=limits.max_cells,
+        return parse_arrow_file(source(), target=target, task=task, max_cells=limits.max_cells,
                                 where=where)  # fmt: skip
     if kind == "gzip":
-        return _parse_gzip(file, target=target, task=task, limits=limits, where=where)
-    return parse_csv(file, target=target, task=task, where=where, max_cells=limits.max_cells)
+        return _parse_gzip(source, target=target, task=task, limits=limits, where=where)
+    return parse_csv(source, target=target, task=task, where=where, max_cells=limits.max_cells)
 
 
 def _parse_gzip(
-    file: IO[bytes], *, target: str, task: str | None, limits: UploadLimits, where: str
+    source: Opener, *, target: str, task: str | None, limits: UploadLimits, where: str
 ) -> ParsedDataset:
-    text = _CappedText(file, limits.max_text_bytes)
+    texts: list[_CappedText] = []
+
+    def text() -> IO[bytes]:
+        """Each pass its own decompressing stream (app/csv_ingest.py: FileSource says why)."""
+        texts.append(_CappedText(source(), limits.max_text_bytes))
+        return io.BufferedReader(texts[-1], 1 << 20)
+
     try:
-        parsed = parse_csv(
-            io.BufferedReader(text, 1 << 20), target=target, task=task, where=where,
-            max_cells=limits.max_cells,
-        )  # fmt: skip
+        parsed = parse_csv(text, target=target, task=task, where=where, max_cells=limits.max_cells)
     except (FitserveError, OSError, EOFError, zlib.error) as exc:
-        if text.exceeded:
-            raise text.too_large(where) from None
+        if any(t.exceeded for t in texts):
+            raise texts[0].too_large(where) from None
         if isinstance(exc, FitserveError):
             raise
         raise Unprocessable(
             f"{where} is not a whole gzip file ({exc}): upload it again, or as plain CSV"
         ) from None
-    if text.exceeded:
-        raise text.too_large(where)
+    if any(t.exceeded for t in texts):
+        raise texts[0].too_large(where)
     return parsed
 
 
 class _CappedText(io.RawIOBase):
     """A gzip'd file's decompressed bytes, ending (and marked `exceeded`) past `limit`: a small
-    upload can't become an unbounded text. Seekable back to 0 only (each parse pass rewinds)."""
+    upload can't become an unbounded text."""
 
-    def __init__(self, file: IO[bytes], limit: int) -> None:
+    def __init__(self, raw: Any, limit: int) -> None:
         super().__init__()
-        self._file = file
         self._limit = limit
-        self._gzip = gzip.GzipFile(fileobj=file, mode="rb")
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="rb")
         self._read = 0
         self.exceeded = False
 
     def readable(self) -> bool:
         return True
 
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if (offset, whence) != (0, io.SEEK_SET):
-            raise io.UnsupportedOperation("only a rewind")
-        self._file.seek(0)
-        self._gzip = gzip.GzipFile(fileobj=self._file, mode="rb")
-        self._read = 0
-        return 0
-
-    def tell(self) -> int:
-        return self._read
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         if self._read >= self._limit:
             self.exceeded = True
             return 0

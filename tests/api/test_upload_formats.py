@@ -63,6 +63,16 @@ def db(app: Any) -> Rows:
     return Rows(app.state.sessionmaker)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Temporary files (the spooled uploads) go to a directory of this module's own, so other
+    processes' files in /tmp don't count as left behind."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("spool"))
+    yield
+    tempfile.tempdir = before
+
+
 def _temp_files() -> set[str]:
     """Files in the temporary directory, and temporary files this process still holds open
     (an unnamed spool file is only "left behind" that way)."""
