@@ -32,6 +32,7 @@ busy machine disturbs far less than the wall-clock figures.
 
     python bench/predict.py [--rounds 3] [--seconds 3] [--requests 500] [--clients wrk,httpx]
                             [--mlflow /tmp/mlflow-venv/bin/mlflow ...] [--baseline /tmp/base ...]
+                            [--sizes 1,100,10000]
 """
 
 from __future__ import annotations
@@ -313,6 +314,10 @@ def main() -> None:
                         help="an mlflow executable (repeatable)")  # fmt: skip
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another commit's checkout, run side by side")  # fmt: skip
+    parser.add_argument("--sizes", type=lambda v: tuple(int(n) for n in v.split(",")),
+                        default=(1, 100),
+                        help="rows per request, comma-separated (10000: FITSERVE_MAX_PREDICT_ROWS' "
+                        "default, the largest JSON prediction a default server takes)")  # fmt: skip
     args = parser.parse_args()
 
     x, y = iris()
@@ -353,7 +358,7 @@ def main() -> None:
             servers.append(mlflow_server(mlflow, weights, tmp, x))
         except (OSError, subprocess.CalledProcessError) as exc:
             mlflow_note += f"{mlflow} not measured: {exc}. "
-    sizes = (1, 100)
+    sizes = args.sizes
     clients = [c for c in args.clients if c != "wrk" or shutil.which("wrk")]
     results: dict[tuple[str, str, int], list[Round]] = {}
     try:
@@ -372,8 +377,10 @@ def main() -> None:
                 for c, s, n in itertools.product(clients, order, sizes):
                     if c == "wrk":
                         got = measure_wrk(s, n, args.seconds, tmp)
-                    else:
-                        got = measure_httpx(client, s, n, args.requests)
+                    else:  # big requests take ~100x longer each: fewer of them
+                        got = measure_httpx(
+                            client, s, n, max(30, args.requests * 100 // max(n, 100))
+                        )
                     results.setdefault((c, s.name, n), []).append(got)
                     print(f"  round {r + 1} {c:5s} {s.name:26s} {n:3d} rows: "
                           f"{got.rps:7.0f} req/s", flush=True)  # fmt: skip
