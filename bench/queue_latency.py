@@ -33,17 +33,19 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "queue")]
 
 from queue_kit import IRIS_NETWORK, iris_dataset_row, iris_training, worker_process  # noqa: E402
 
+from app.auth import create_key  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker, upgrade_head  # noqa: E402
 from app.queue import store  # noqa: E402
 from app.queue.clock import db_now  # noqa: E402
-from app.tables import Job  # noqa: E402
+from app.tables import Job, JobClaim  # noqa: E402
 
 TINY = iris_training(epochs=1, batch_size="full")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -120,10 +122,38 @@ def latency(url: str, samples: int) -> list[float]:
     return seconds
 
 
-def _claimer(url: str, counts: Any, index: int, start: Any) -> None:
+def _claim_before(session: Session, *, worker: str, lease_seconds: float) -> store.Claim | None:
+    """The claim as it was before the audit rows joined its statement (commit 7ff444d): the
+    same UPDATE, then the previous claim's row closed and this one's inserted, three round
+    trips. Kept here so each run measures both side by side."""
+    row = session.execute(
+        store.CLAIM_NEXT_JOB,
+        {"claimer": worker, "lease_seconds": float(lease_seconds), "max_running_per_key": 2},
+    ).one_or_none()
+    if row is None:
+        return None
+    claims = cast(Table, JobClaim.__table__)
+    session.execute(
+        update(claims)
+        .where(claims.c.job_id == row.id, claims.c.ended_at.is_(None))
+        .values(ended_at=db_now(), outcome="lease_expired")
+    )
+    session.execute(
+        insert(claims).values(
+            job_id=row.id, lease_token=row.lease_token, worker=worker, claimed_at=db_now()
+        )
+    )
+    return store._claim_of(row)
+
+
+CLAIMS = {"before": _claim_before, "now": store.claim_next_job}
+
+
+def _claimer(url: str, counts: Any, index: int, start: Any, variant: str) -> None:
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     jobs = cast(Table, Job.__table__)
+    claim_next = CLAIMS[variant]
     claimed = 0
     with engine.connect():  # connected and imported before the clock starts
         pass
@@ -134,9 +164,12 @@ def _claimer(url: str, counts: Any, index: int, start: Any) -> None:
             if time.monotonic() >= next_reap:
                 store.reap_expired_jobs(session)
                 next_reap = time.monotonic() + 1.0
-            claim = store.claim_next_job(session, worker=f"bench-{index}", lease_seconds=60)
+            claim = claim_next(session, worker=f"bench-{index}", lease_seconds=60)
         if claim is None:
-            break
+            with sessions() as session:  # the queue is empty, or every key is at its cap
+                if not session.scalar(select(func.count()).where(Job.status == "queued")):
+                    break
+            continue
         with sessions.begin() as session:  # done, as cheaply as the schema allows
             session.execute(
                 update(jobs)
@@ -148,16 +181,24 @@ def _claimer(url: str, counts: Any, index: int, start: Any) -> None:
     engine.dispose()
 
 
-def claims_per_second(url: str, jobs: int, processes: int = 4) -> tuple[float, list[int]]:
+def claims_per_second(
+    url: str, jobs: int, processes: int = 4, *, variant: str = "now", keys: int = 0
+) -> tuple[float, list[int]]:
+    """`jobs` queued jobs claimed by `processes` claimers; keyless jobs, or spread round-robin
+    over `keys` API keys (the fair-share ordering then counts each key's jobs)."""
     dataset_id = _dataset(url)
     engine = make_engine(url)
+    owners: list[str | None] = [None]
+    if keys:
+        with make_sessionmaker(engine).begin() as session:
+            owners = [create_key(session, name=f"bench-{i}")[0].id for i in range(keys)]
     with engine.begin() as conn:
         conn.execute(
             insert(Job),
             [
                 {"id": uuid.uuid4().hex, "dataset_id": dataset_id, "network": {}, "training": {},
-                 "epochs": 1}
-                for _ in range(jobs)
+                 "epochs": 1, "owner_id": owners[i % len(owners)]}
+                for i in range(jobs)
             ],
         )  # fmt: skip
     engine.dispose()
@@ -165,7 +206,8 @@ def claims_per_second(url: str, jobs: int, processes: int = 4) -> tuple[float, l
     counts = context.Array("i", processes)
     start = context.Barrier(processes + 1)
     procs = [
-        context.Process(target=_claimer, args=(url, counts, i, start)) for i in range(processes)
+        context.Process(target=_claimer, args=(url, counts, i, start, variant))
+        for i in range(processes)
     ]
     for proc in procs:
         proc.start()
@@ -231,6 +273,43 @@ class Database:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
 
 
+def compare_claims(kinds: list[str], args: argparse.Namespace) -> None:
+    """Claims/s of the claim before and now, alternating within each round on fresh databases,
+    so both see the same machine load."""
+    loads = [os.getloadavg()[0]]
+    rows = []
+    for kind in kinds:
+        for keys in args.keys:
+            rates: dict[str, list[float]] = {"before": [], "now": []}
+            for _ in range(args.rounds):
+                for variant in ("before", "now"):
+                    db = Database(kind, args.postgres)
+                    try:
+                        rate, split = claims_per_second(
+                            db.fresh(), args.jobs, variant=variant, keys=keys
+                        )
+                    finally:
+                        db.cleanup()
+                    rates[variant].append(rate)
+                    loads.append(os.getloadavg()[0])
+                    print(f"{kind} keys={keys} {variant}: {rate:.0f}/s {split}", file=sys.stderr)
+            pairs = zip(rates["before"], rates["now"], strict=True)
+            ratios = [now / before for before, now in pairs]
+            rows.append(
+                f"| {kind} | {keys or 'none'} "
+                f"| {' / '.join(f'{r:.0f}' for r in rates['before'])} "
+                f"| {' / '.join(f'{r:.0f}' for r in rates['now'])} "
+                f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+            )
+    print(
+        f"Machine: {os.cpu_count()} CPUs, 1-minute load average {min(loads):.1f}-{max(loads):.1f} "
+        f"during the runs; {args.jobs} jobs claimed by 4 processes per run, {args.rounds} rounds.\n"
+    )
+    print("| database | API keys | claims/s before (per round) | claims/s now | now / before |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -239,6 +318,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--drain-jobs", type=int, default=200)
+    parser.add_argument(
+        "--claims-only",
+        action="store_true",
+        help="only claims/s: the claim before and now, interleaved, --rounds times",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument(
+        "--keys", type=int, nargs="+", default=[0, 4], help="API keys the jobs are spread over"
+    )
     args = parser.parse_args()
     kinds = ["sqlite"]
     try:
@@ -246,6 +335,10 @@ def main() -> None:
             kinds.append("postgres")
     except psycopg.Error:
         print(f"(Postgres at {args.postgres} does not answer: SQLite only)", file=sys.stderr)
+    kinds = [kind for kind in kinds if kind in args.databases]
+    if args.claims_only:
+        compare_claims(kinds, args)
+        return
     rows = []
     for kind in kinds:
         db = Database(kind, args.postgres)

@@ -234,7 +234,8 @@ def _claimable(t: Any) -> Any:
     )
 
 
-def _claim_statement() -> Any:
+def _claim_update() -> Any:
+    """UPDATE the next claimable job to `running` under a new lease token, RETURNING the Claim."""
     candidate = jobs.alias("candidate")
     others = jobs.alias("others")
     same_key = and_(others.c.owner_id == candidate.c.owner_id, others.c.id != candidate.c.id)
@@ -274,7 +275,7 @@ def _claim_statement() -> Any:
         .where(jobs.c.id == next_id, _claimable(jobs))
         .values(
             status=JobStatus.RUNNING,
-            claimed_by=bindparam("worker", type_=String()),
+            claimed_by=bindparam("claimer", type_=String()),
             lease_token=jobs.c.lease_token + 1,
             attempts=jobs.c.attempts + 1,
             lease_expires_at=db_now(bindparam("lease_seconds", type_=Float())),
@@ -282,24 +283,57 @@ def _claim_statement() -> Any:
             started_at=db_now(),
             updated_at=db_now(),
         )
-        .returning(
-            jobs.c.id,
-            jobs.c.owner_id,
-            jobs.c.lease_token,
-            jobs.c.attempts,
-            jobs.c.max_attempts,
-            jobs.c.name,
-            jobs.c.dataset_id,
-            jobs.c.network,
-            jobs.c.training,
-            jobs.c.epochs,
-            jobs.c.epoch,
-        )
+        .returning(*_CLAIM_COLUMNS)
     )
 
 
-# Built once: constructing the aliased subquery costs more than running it.
-CLAIM_NEXT_JOB = _claim_statement()
+_CLAIM_COLUMNS = (
+    jobs.c.id,
+    jobs.c.owner_id,
+    jobs.c.lease_token,
+    jobs.c.attempts,
+    jobs.c.max_attempts,
+    jobs.c.name,
+    jobs.c.dataset_id,
+    jobs.c.network,
+    jobs.c.training,
+    jobs.c.epochs,
+    jobs.c.epoch,
+)
+
+
+def _claim_with_audit() -> Any:
+    """Postgres: the claim and its audit rows in one statement (data-modifying CTEs), one round
+    trip instead of three: the claimed job's previous claim, if its lease ran out, is closed
+    and this claim's row inserted, all on the statement's one snapshot."""
+    claimed = _claim_update().cte("claimed")
+    closed = (
+        update(claims)
+        .where(claims.c.job_id.in_(select(claimed.c.id)), claims.c.ended_at.is_(None))
+        .values(ended_at=db_now(), outcome="lease_expired")
+        .returning(claims.c.id)
+        .cte("closed")
+    )
+    audit = (
+        insert(claims)
+        .from_select(
+            ["job_id", "lease_token", "worker", "claimed_at"],
+            select(
+                claimed.c.id,
+                claimed.c.lease_token,
+                bindparam("claimer", type_=String()),
+                db_now(),
+            ),
+        )
+        .returning(claims.c.id)
+        .cte("audit")
+    )
+    return select(*(claimed.c[column.name] for column in _CLAIM_COLUMNS)).add_cte(closed, audit)
+
+
+# Built once: constructing the aliased subqueries costs more than running them.
+CLAIM_NEXT_JOB = _claim_update()
+CLAIM_NEXT_JOB_WITH_AUDIT = _claim_with_audit()
 
 
 def claim_next_job(
@@ -311,20 +345,31 @@ def claim_next_job(
 ) -> Claim | None:
     """Take the next claimable job with one UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
     LOCKED LIMIT 1): Postgres claimers skip each other's locked row; on SQLite the lock clause
-    drops out, BEGIN IMMEDIATE already made this transaction the only writer.
+    drops out, BEGIN IMMEDIATE already made this transaction the only writer. The audit row of
+    the claim (job_claims) is written with it: on Postgres in the same statement, on SQLite
+    (no INSERT or UPDATE inside WITH) by two more.
 
     Fair share between API keys: a key with `max_running_per_key` jobs on workers gets no more,
     and among the rest the key with the fewest running jobs goes first (then the oldest job).
     Two Postgres claims racing for the same key's last slot may both win, so a key can pass
-    the cap by at most the number of workers claiming at that instant, never for long."""
-    row = session.execute(
-        CLAIM_NEXT_JOB,
-        {
-            "worker": worker,
-            "lease_seconds": float(lease_seconds),
-            "max_running_per_key": max_running_per_key,
-        },
-    ).one_or_none()
+    the cap by at most the number of workers claiming at that instant, never for long.
+
+    The claim commits with the transaction's usual fsync. An asynchronous commit
+    (synchronous_commit = off) would save it, but a claim lost in a database crash hands the
+    job out again under the same lease token (lease_token + 1 once more): the worker that
+    still runs the lost claim would pass the fence of every later write as if it were the new
+    holder, and two workers would train one job. Leases fence only tokens that never repeat."""
+    params = {
+        # Not "worker": a parameter named after a column of a table that a statement (or one of
+        # its CTEs) writes, job_claims.worker here, is taken by SQLAlchemy as that column's value.
+        "claimer": worker,
+        "lease_seconds": float(lease_seconds),
+        "max_running_per_key": max_running_per_key,
+    }
+    if _is_postgres(session):
+        row = session.execute(CLAIM_NEXT_JOB_WITH_AUDIT, params).one_or_none()
+        return None if row is None else _claim_of(row)
+    row = session.execute(CLAIM_NEXT_JOB, params).one_or_none()
     if row is None:
         return None
     # A re-claimed job's previous attempt ended when its lease ran out.
@@ -338,6 +383,10 @@ def claim_next_job(
             job_id=row.id, lease_token=row.lease_token, worker=worker, claimed_at=db_now()
         )
     )
+    return _claim_of(row)
+
+
+def _claim_of(row: Any) -> Claim:
     return Claim(
         job_id=row.id,
         owner_id=row.owner_id,
