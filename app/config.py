@@ -50,6 +50,13 @@ class Settings(BaseSettings):
 
     # Limits (issue: every input checked). Generous for teaching-size work, small enough to stay up.
     max_body_bytes: int = 64 * 1024 * 1024
+    # JSON bodies of routes that take a spec, a config or names rather than data (jobs, networks,
+    # studies, registry): FastAPI parses them on the event loop (~25-50 ms per MB, every other
+    # request waiting), and the largest real one, a 100-layer spec, is a few kB.
+    max_json_body_bytes: int = 1024 * 1024
+    # A JSON dataset body up to this is parsed in a thread of the API (at most ~25-50 ms of the
+    # GIL); a bigger one in a helper process (app/intake.py), or every other request would wait.
+    intake_in_process_bytes: int = 1024 * 1024
     max_dataset_cells: int = 20_000_000
     # A file upload (multipart) is spooled to disk and parsed block by block, never held whole:
     # None derives its cap from the cell cap (`upload_bytes_limit`), so that every dataset under

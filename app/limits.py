@@ -9,6 +9,9 @@ beyond what it checks):
   streams and refused the moment it passes the limit. The rest of a refused body is read and
   dropped (up to a bound) so a client still sending reads the 413 rather than a connection
   reset; a client that asked for "Expect: 100-continue" is answered before it sends anything;
+- the JSON body of a route that takes a spec, a config or names rather than data (anything but
+  the `DATA_ROUTES`) is held to `max_json_body_bytes` (1 MiB): FastAPI parses such bodies on the
+  event loop, where a 63 MB one stalled every request for 1-2.5 s;
 - a JSON body is scanned for NaN, Infinity and numbers too large for a float64 (1e999). Python's
   json module accepts all three and pydantic would meet them as floats deep inside arrays, so they
   are refused here once, for every route, with the place where they occur. So is text holding
@@ -20,6 +23,7 @@ Errors use the service's one shape: `{"detail": message, "code": ...}`.
 from __future__ import annotations
 
 import codecs
+import collections
 import email.message
 import json
 import math
@@ -309,37 +313,76 @@ def too_large_message(limit: int, setting: str = "FITSERVE_MAX_BODY_BYTES") -> s
     )
 
 
+def too_large_spec_message(limit: int) -> str:
+    return (
+        f"the JSON body is larger than the limit of {limit:,} bytes for this route "
+        "(FITSERVE_MAX_JSON_BODY_BYTES: specs, configs and names are small; data goes to "
+        "POST /v1/datasets and the predict routes, up to FITSERVE_MAX_BODY_BYTES); send a "
+        "smaller body, or raise the limit on the server"
+    )
+
+
+# The routes whose JSON bodies carry data (a dataset, rows to predict, OIP tensors) and may be as
+# large as FITSERVE_MAX_BODY_BYTES: each reads and parses its body itself, off the event loop.
+# Every other route's JSON body is parsed by FastAPI on the event loop (json.loads and pydantic
+# hold it ~25-50 ms per MB), so it is held to FITSERVE_MAX_JSON_BODY_BYTES.
+DATA_ROUTES = re.compile(
+    r"/v1/datasets|/v1/models/[^/]+/predict(?:\.csv)?|/v2/models/[^/]+(?:/versions/[^/]+)?/infer"
+)
+
+
+def is_data_route(scope: Scope) -> bool:
+    return (
+        scope.get("method") == "POST" and DATA_ROUTES.fullmatch(scope.get("path", "")) is not None
+    )
+
+
 class RequestLimitsMiddleware:
     """413 for oversized bodies (declared or streamed); 422 for non-finite numbers or lone
     surrogates in JSON.
 
-    `max_body_bytes` defaults to `app.state.settings.max_body_bytes`, read per request so an app
+    `max_body_bytes` and `max_json_body_bytes` (the JSON bodies of routes other than the
+    `DATA_ROUTES`) default to the settings of `app.state.settings`, read per request so an app
     built per test with its own Settings is honoured.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        max_json_body_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_body_bytes = max_json_body_bytes
 
-    def _limit(self, scope: Scope) -> int:
-        if self.max_body_bytes is not None:
-            return self.max_body_bytes
-        settings = scope["app"].state.settings
-        if is_multipart(scope):  # a file upload: spooled to disk and parsed block by block
-            return int(settings.upload_bytes_limit)
-        return int(settings.max_body_bytes)
-
-    def _setting(self, scope: Scope) -> str:
-        """The setting that sizes this body's limit, for the 413's message."""
-        if self.max_body_bytes is None and is_multipart(scope):
-            return "FITSERVE_MAX_UPLOAD_BYTES"
-        return "FITSERVE_MAX_BODY_BYTES"
+    def _limit(self, scope: Scope) -> tuple[int, str, int]:
+        """The body's byte limit, the message of a 413 past it, and how much of a refused body
+        is read and dropped (sized by the largest body of its kind)."""
+        settings = None if self.max_body_bytes is not None else scope["app"].state.settings
+        setting = "FITSERVE_MAX_BODY_BYTES"
+        if settings is None:
+            assert self.max_body_bytes is not None
+            limit = self.max_body_bytes
+        elif is_multipart(scope):  # a file upload: spooled to disk and parsed block by block
+            limit, setting = int(settings.upload_bytes_limit), "FITSERVE_MAX_UPLOAD_BYTES"
+        else:
+            limit = int(settings.max_body_bytes)
+        drain_budget = _drain_budget(limit)
+        if not is_json(scope) or is_data_route(scope):
+            return limit, too_large_message(limit, setting), drain_budget
+        json_limit = self.max_json_body_bytes
+        if json_limit is None:
+            json_limit = settings.max_json_body_bytes if settings is not None else limit
+        if json_limit >= limit:
+            return limit, too_large_message(limit, setting), drain_budget
+        return int(json_limit), too_large_spec_message(int(json_limit)), drain_budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self._limit(scope)
+        limit, too_large, drain_budget = self._limit(scope)
         declared = _content_length(scope)
         if isinstance(declared, str):
             await send_error(
@@ -350,15 +393,18 @@ class RequestLimitsMiddleware:
             # A client waiting for "100 Continue" has sent nothing: answer at once. Others are
             # already sending; read and drop what they send, or they may see a reset, not a 413.
             if not expects_continue(scope):
-                await drain(receive, _drain_budget(limit))
-            await send_error(send, 413, too_large_message(limit, self._setting(scope)), "too_large")
+                await drain(receive, drain_budget)
+            await send_error(send, 413, too_large, "too_large")
             return
         if is_json(scope):
-            await self._check_json(scope, receive, send, limit)
+            await self._check_json(scope, receive, send, (limit, too_large, drain_budget))
         else:
-            await self._stream_counted(scope, receive, send, limit)
+            await self._stream_counted(scope, receive, send, limit, too_large)
 
-    async def _check_json(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _check_json(
+        self, scope: Scope, receive: Receive, send: Send, limits: tuple[int, str, int]
+    ) -> None:
+        limit, too_large, drain_budget = limits
         # JSON routes read the whole body anyway; read it here (bounded), check it, replay it.
         # Each chunk is decoded and scanned as it arrives, so no step costs more than a chunk's
         # worth of time on the event loop; only a suspicious body is parsed whole, in a thread.
@@ -374,30 +420,35 @@ class RequestLimitsMiddleware:
             size += len(chunk)
             if size > limit:
                 if more:
-                    await drain(receive, _drain_budget(limit))
-                await send_error(send, 413, too_large_message(limit), "too_large")
+                    await drain(receive, drain_budget)
+                await send_error(send, 413, too_large, "too_large")
                 return
             chunks.append(chunk)
             scanner.feed(chunk, final=not more)
             if not more:
                 break
-        body = b"".join(chunks)
+        # Joined only where the whole body is checked, in a thread: a 60 MB copy on the event
+        # loop took ~0.1 s there on a busy machine.
         problem: tuple[str, list[str | int]] | None = None
         if _has_binary_part(scope):  # OIP binary tensors follow the JSON: check only the JSON
-            problem = await anyio.to_thread.run_sync(body_problem, _json_part(scope, body))
+            problem = await anyio.to_thread.run_sync(
+                lambda: body_problem(_json_part(scope, b"".join(chunks)))
+            )
         elif scanner.decode_error is not None:
             problem = scanner.decode_error, ["body"]
         elif scanner.suspicious:
-            problem = await anyio.to_thread.run_sync(parse_problem, body)
+            problem = await anyio.to_thread.run_sync(lambda: parse_problem(b"".join(chunks)))
         if problem is not None:
             detail, loc = problem
             # The shape of FastAPI's validation errors in app/errors.py: a client parses one thing.
             errors = [{"loc": loc, "msg": detail}]
             await send_error(send, 422, detail, "validation_error", errors=errors)
             return
-        await self.app(scope, replay_body(body, receive), send)
+        await self.app(scope, replay_chunks(chunks, receive), send)
 
-    async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _stream_counted(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, too_large: str
+    ) -> None:
         size = 0
         rejected = False
         started = False
@@ -429,7 +480,7 @@ class RequestLimitsMiddleware:
         if rejected and not started:
             if more_body:
                 await drain(receive, _drain_budget(limit))
-            await send_error(send, 413, too_large_message(limit, self._setting(scope)), "too_large")
+            await send_error(send, 413, too_large, "too_large")
 
 
 def expects_continue(scope: Scope) -> bool:
@@ -454,17 +505,23 @@ async def drain(receive: Receive, budget: int) -> None:
         budget -= len(message.get("body", b""))
 
 
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands over `body` (already read) as one message, then the real one's."""
-    return replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+def replay_chunks(chunks: list[bytes], receive: Receive) -> Receive:
+    """A receive that hands over a body already read, chunk by chunk as it came, then the real
+    one's: a route that streams the body (a dataset upload) never needs it in one piece."""
+    last = len(chunks) - 1
+    messages: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": i < last}
+        for i, chunk in enumerate(chunks)
+    ]
+    return replay(messages or [{"type": "http.request", "body": b"", "more_body": False}], receive)
 
 
 def replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
+    pending = collections.deque(messages)
 
     async def replay_receive() -> Message:
         if pending:
-            return pending.pop(0)
+            return pending.popleft()
         return await receive()  # after the body: wait for http.disconnect as the server sends it
 
     return replay_receive

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exc as sa_exc
 
+from app import intake
 from app.access import AccessMiddleware
 from app.api import include_routers
 from app.auth import VerifiedKeys
@@ -65,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         engine.dispose()
+        intake.close()  # the spare dataset-parsing helper, if a big upload started one
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,11 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import intake
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.errors import Unprocessable, Unsupported
 from app.limits import declares_json
@@ -113,10 +112,20 @@ async def create_dataset(
     if media == "multipart/form-data":
         row = await _from_form(request, session=session, owner=owner, settings=settings)
     elif declares_json(content_type):
-        # Parsed and validated in a thread: a body at the size limit takes a second or more.
-        body = await run_in_threadpool(_parse_json, await request.body())
+        # Parsed off the event loop, a big body in a helper process (app/intake.py); its chunks
+        # are handed over as they came, never joined here.
+        chunks = [chunk async for chunk in request.stream()]
+        name, columns, encoded = await intake.parse_json_upload(
+            chunks, in_process_bytes=settings.intake_in_process_bytes
+        )
         row = await run_in_threadpool(
-            service.create_from_json, session, owner=owner, body=body, settings=settings
+            service.create_encoded,
+            session,
+            owner=owner,
+            name=name,
+            columns=columns,
+            encoded=encoded,
+            settings=settings,
         )
     else:
         raise Unsupported(
@@ -125,14 +134,6 @@ async def create_dataset(
         )
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return DatasetRead.model_validate(row)
-
-
-def _parse_json(raw: bytes) -> DatasetCreate:
-    try:
-        return DatasetCreate.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.csv_ingest import parse_csv
 from app.data import BUILTINS
 from app.dataset_codec import (
+    EncodedDataset,
     ParsedDataset,
     build_dataset,
     check_feature_names,
@@ -42,20 +43,42 @@ def visible(owner: str | None) -> Any:
     )
 
 
+def describe(parsed: ParsedDataset) -> dict[str, Any]:
+    """A parsed dataset's `Dataset` columns other than its arrays (JSON: what the intake helper
+    sends back beside the encoded arrays, app/intake.py)."""
+    return {
+        "task": parsed.task,
+        "rows": parsed.rows,
+        "n_features": parsed.n_features,
+        "n_outputs": parsed.n_outputs,
+        "feature_names": parsed.feature_names,
+        "target_names": parsed.target_names,
+        "classes": parsed.classes,
+        "tokens": parsed.tokens.n_tokens if parsed.tokens is not None else None,
+        "max_token_id": _max_id(parsed),
+    }
+
+
 def _check_size(parsed: ParsedDataset, settings: Settings) -> None:
-    if parsed.tokens is not None:
+    _check_columns(describe(parsed), settings)
+
+
+def _check_columns(columns: dict[str, Any], settings: Settings) -> None:
+    tokens = columns["tokens"]
+    if tokens is not None:
         # documents count in token ids, not in the dense cells they stand for
-        if parsed.tokens.n_tokens > settings.max_dataset_tokens:
+        if tokens > settings.max_dataset_tokens:
             raise PayloadTooLarge(
-                f"the dataset has {parsed.tokens.n_tokens:,} token ids; the limit is "
+                f"the dataset has {tokens:,} token ids; the limit is "
                 f"{settings.max_dataset_tokens:,} (FITSERVE_MAX_DATASET_TOKENS): upload fewer "
                 "or shorter documents"
             )
         return
-    cells = parsed.rows * (parsed.n_features + parsed.n_outputs)
+    rows, width = columns["rows"], columns["n_features"] + columns["n_outputs"]
+    cells = rows * width
     if cells > settings.max_dataset_cells:
         raise PayloadTooLarge(
-            f"the dataset has {parsed.rows:,} rows x {parsed.n_features + parsed.n_outputs} "
+            f"the dataset has {rows:,} rows x {width} "
             f"columns = {cells:,} values; the limit is {settings.max_dataset_cells:,} "
             "(FITSERVE_MAX_DATASET_CELLS): upload fewer rows or columns"
         )
@@ -70,23 +93,25 @@ def _store(
 def _new_row(
     parsed: ParsedDataset, *, owner: str | None, name: str, builtin: bool = False
 ) -> Dataset:
-    encoded = encode_arrays(parsed)
+    return _row(describe(parsed), encode_arrays(parsed), owner=owner, name=name, builtin=builtin)
+
+
+def _row(
+    columns: dict[str, Any],
+    encoded: EncodedDataset,
+    *,
+    owner: str | None,
+    name: str,
+    builtin: bool = False,
+) -> Dataset:
     return Dataset(
         owner_id=owner,
         name=name,
         builtin=builtin,
-        task=parsed.task,
-        rows=parsed.rows,
-        n_features=parsed.n_features,
-        n_outputs=parsed.n_outputs,
-        feature_names=parsed.feature_names,
-        target_names=parsed.target_names,
-        classes=parsed.classes,
+        **columns,
         features=encoded.features,
         targets=encoded.targets,
         sha256=encoded.sha256,
-        tokens=parsed.tokens.n_tokens if parsed.tokens is not None else None,
-        max_token_id=_max_id(parsed),
     )
 
 
@@ -105,12 +130,11 @@ def _max_id(parsed: ParsedDataset) -> int | None:
     return int(tokens.values.max()) if tokens.n_tokens else -1  # -1: only empty documents
 
 
-def create_from_json(
-    session: Session, *, owner: str | None, body: DatasetCreate, settings: Settings
-) -> Dataset:
+def parse_json(body: DatasetCreate) -> ParsedDataset:
+    """A validated JSON upload's arrays and columns (CPU only: no database)."""
     if body.sequences is not None:
         tokens = sequences_tokens(body.sequences)
-        parsed = build_dataset(
+        return build_dataset(
             x=np.zeros((tokens.rows, 0)),
             targets=body.targets,
             task=body.task,
@@ -118,8 +142,6 @@ def create_from_json(
             target_names=body.target_names,
             tokens=tokens,
         )
-        _check_size(parsed, settings)
-        return _store(session, owner=owner, name=body.name, parsed=parsed)
     assert body.features is not None  # exactly one of them: DatasetCreate checks
     x = features_array(body.features)
     names = (
@@ -127,15 +149,28 @@ def create_from_json(
         if body.feature_names is not None
         else default_feature_names(x.shape[1])
     )
-    parsed = build_dataset(
+    return build_dataset(
         x=x,
         targets=body.targets,
         task=body.task,
         feature_names=names,
         target_names=body.target_names,
     )
-    _check_size(parsed, settings)
-    return _store(session, owner=owner, name=body.name, parsed=parsed)
+
+
+def create_encoded(
+    session: Session,
+    *,
+    owner: str | None,
+    name: str,
+    columns: dict[str, Any],
+    encoded: EncodedDataset,
+    settings: Settings,
+) -> Dataset:
+    """A JSON upload, validated, built and encoded off the event loop by app/intake.py (in a
+    helper process when it is big)."""
+    _check_columns(columns, settings)
+    return _insert(session, _row(columns, encoded, owner=owner, name=name))
 
 
 def create_from_csv(

@@ -27,6 +27,9 @@ from tests.conftest import serve
 # Small limits, so each limit can be passed with a small request.
 TEST_LIMITS = dict(
     max_body_bytes=2_000_000,
+    # as large as any body here, so an oversized spec reaches the route's own checks (the cap on
+    # spec bodies is tested with the defaults: test_big_bodies.py)
+    max_json_body_bytes=2_000_000,
     max_dataset_cells=50_000,
     max_predict_rows=100,
     max_queued_jobs_per_key=20,
