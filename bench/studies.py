@@ -90,7 +90,7 @@ def _fresh_postgres(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name
 
 
-def run(url: str, *, pruner: str, trials: int, workers: int) -> dict[str, Any]:
+def run(url: str, *, pruner: str, trials: int, workers: int, seed: int) -> dict[str, Any]:
     upgrade_head(url)
     settings = Settings(database_url=url)
     sessions = make_sessionmaker(make_engine(url))
@@ -104,6 +104,7 @@ def run(url: str, *, pruner: str, trials: int, workers: int) -> dict[str, Any]:
                 "n_trials": trials,
                 "max_parallel": workers,
                 "pruner": pruner,
+                "seed": seed,
             }
         )
     )
@@ -175,6 +176,7 @@ def main() -> None:
         "--pruners", nargs="+", default=["median", "successive_halving", "hyperband"]
     )
     parser.add_argument("--postgres", help="a Postgres URL to run on instead of SQLite")
+    parser.add_argument("--seed", type=int, default=11, help="the TPE sampler's seed")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,12 +186,20 @@ def main() -> None:
                 if args.postgres
                 else f"sqlite:///{tmp}/studies-{index}.db"
             )
-            result = run(url, pruner=pruner, trials=args.trials, workers=args.workers)
+            try:
+                result = run(
+                    url, pruner=pruner, trials=args.trials, workers=args.workers, seed=args.seed
+                )
+            finally:
+                if args.postgres:  # the run's own database, not left on the shared server
+                    with psycopg.connect(args.postgres, autocommit=True) as conn:
+                        name = url.rsplit("/", 1)[1]
+                        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
             results.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
     base = results[0]
     print(
-        f"\n{args.trials} trials of wine (TPE, seed 11, {EPOCHS} epochs each), "
+        f"\n{args.trials} trials of wine (TPE, seed {args.seed}, {EPOCHS} epochs each), "
         f"{args.workers} workers, {'Postgres' if args.postgres else 'SQLite'}\n"
     )
     print(

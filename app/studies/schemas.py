@@ -115,7 +115,11 @@ class StudyCreate(_Request):
         "median",
         description="Stops unpromising trials at an epoch's end: median (Optuna's default: "
         "worse than the median of earlier trials at the same epoch, after 5 trials), "
-        "successive_halving, hyperband, or none.",
+        "successive_halving (rungs at 1, 4, 16 ... epochs, keeping the best quarter), "
+        "hyperband (Optuna's, with KerasTuner's factor 3 and max_epochs = training.epochs; "
+        "its most aggressive bracket first judges a trial after 1 epoch, where KerasTuner's "
+        "first round trains ceil(epochs / 3^k): 3 of 20 — measured in bench/RESULTS.md), "
+        "or none.",
         examples=["median"],
     )
     seed: int | None = Field(
