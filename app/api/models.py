@@ -7,9 +7,11 @@ a query or a thread hop. Larger requests and cache misses go to the thread pool.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any
 
+import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Request, Response
@@ -54,6 +56,8 @@ _INLINE_WORK = 1 << 20
 # Bodies past this are parsed in the thread pool: orjson and numpy take ~1 ms per 64 KiB of rows,
 # which the event loop (every other request) would otherwise wait for.
 _INLINE_BODY_BYTES = 64 * 1024
+# predict.csv bodies parsed at once (each in a thread that waits for its body as it arrives)
+_CSV_PARSERS = 4
 
 
 @router.get(
@@ -192,6 +196,16 @@ router.add_api_route(
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
+
+
+def _csv_parsers(app: Any) -> anyio.CapacityLimiter:
+    """The threads predict.csv bodies are parsed in, apart from the shared thread pool: a parse
+    waits for its body as it arrives, and clients that send slowly must not hold the threads
+    every other request needs (nor all of Arrow's I/O threads, 8, which read their bodies)."""
+    limiter = getattr(app.state, "csv_parsers", None)
+    if limiter is None:
+        limiter = app.state.csv_parsers = anyio.CapacityLimiter(_CSV_PARSERS)
+    return limiter  # type: ignore[no-any-return]
 
 
 def document_predict_body(app: FastAPI) -> None:
@@ -339,7 +353,8 @@ async def predict_csv(
         # parsed in a thread block by block as the body arrives (Arrow), counted against the
         # row limit as it goes: a body past it is refused without the rest being read
         body = RequestBody(request, ahead=2 * batch.BLOCK_BYTES)
-        x = await run_in_threadpool(batch.parse_csv, body, model.feature_names, max_rows=max_rows)
+        parse = functools.partial(batch.parse_csv, body, model.feature_names, max_rows=max_rows)
+        x = await anyio.to_thread.run_sync(parse, limiter=_csv_parsers(request.app))
     batch.check_width(model, x)
     outputs = await run_in_threadpool(batch.predict_all, model, x)
     ndjson = accept is not None and batch.NDJSON in accept

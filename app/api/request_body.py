@@ -11,6 +11,7 @@ passed) leaves the rest of the body unread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 from starlette.requests import Request
@@ -28,6 +29,7 @@ class RequestBody:
         self._done = False
         self._allowed = ahead  # bytes that may be read before the parser takes more
         self._pace = threading.Condition()
+        self._pending: concurrent.futures.Future[bytes] | None = None
         # Why the body ended early (the client went away, the body passed the byte limit of
         # app.limits): the parser sees the end of the file; its caller raises this instead.
         self.problem: BaseException | None = None
@@ -51,10 +53,16 @@ class RequestBody:
             if size >= 0:
                 self._allowed -= size
         while not self._done and (size < 0 or len(self._buffer) < size):
+            with self._pace:
+                if self.closed:  # the parser is done: a client still sending isn't waited for
+                    return b""
+                self._pending = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
             try:
-                chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+                chunk = self._pending.result()
             except StopAsyncIteration:
                 self._done = True
+            except concurrent.futures.CancelledError:  # closed while waiting for the client
+                return b""
             except Exception as exc:  # noqa: BLE001 - kept, and raised by the caller
                 self.problem = exc
                 self._done = True
@@ -81,3 +89,5 @@ class RequestBody:
         with self._pace:
             self.closed = True
             self._pace.notify_all()
+            if self._pending is not None:
+                self._pending.cancel()
