@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import Unauthorized
 from app.queue import store
+from app.studies import conduct
 from app.tables import ApiKey
 
 KEY_PREFIX = "fs_"
@@ -103,8 +104,9 @@ def revoke_key(session: Session, *, name: str, stop_jobs: bool = True) -> ApiKey
 
     Revocation reaches what is already under way: with `stop_jobs` (the default) the key's queued
     jobs are cancelled and its running ones stopped at their next batch, each recording why (no
-    one could cancel them otherwise: the key that owns them no longer authenticates). Its open
-    event streams end at their next poll (app/api/events.py)."""
+    one could cancel them otherwise: the key that owns them no longer authenticates), and its
+    running studies are cancelled, so no more trials are sampled for it. Its open event
+    streams, of jobs and of studies, end at their next poll (app/services/events.py)."""
     key = session.scalar(select(ApiKey).where(ApiKey.name == name))
     if key is None:
         return None
@@ -118,6 +120,7 @@ def revoke_key(session: Session, *, name: str, stop_jobs: bool = True) -> ApiKey
             error=f"stopped because the API key {key.name!r} that submitted it was revoked",
             error_code="key_revoked",
         )
+        conduct.cancel_owner_studies(session, owner_id=key.id)
     return key
 
 

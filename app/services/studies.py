@@ -14,8 +14,6 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.errors import NotFound, Unprocessable
-from app.queue import store
-from app.queue.clock import db_now
 from app.services import events, is_id, owned_by, registry
 from app.services.datasets import resolve_dataset
 from app.services.jobs import check_trainable
@@ -238,25 +236,7 @@ def cancel_study(session: Session, *, owner: str | None, study_id: str) -> Study
     running ones stop at their next batch (their trials end `cancelled`). Cancelling a study that
     has ended returns it unchanged."""
     study = _get(session, owner=owner, study_id=study_id)
-    study = conduct.lock_study(session, study.id) or study
-    if study.status == "running":
-        study.status = "cancelled"
-        study.finished_at = db_now()  # type: ignore[assignment]
-        for trial in session.scalars(
-            select(StudyTrial).where(StudyTrial.study_id == study.id, StudyTrial.state == "running")
-        ):
-            try:
-                store.cancel_job(session, job_id=trial.job_id)
-            except store.JobConflict:
-                continue  # it ended just now: the trial keeps the job's outcome, told below
-        session.flush()
-        trials, _ = conduct.trial_records(session, study)
-        conduct.tell(session, study, trials)
-        for trial in trials:
-            if trial.state == "running":
-                trial.state = "cancelled"
-                conduct.emit(session, study, "trial", conduct.trial_event(trial))
-        conduct.emit(session, study, "status", conduct.status_event(study))
+    conduct.cancel(session, study_id=study.id)
     return get_study(session, owner=owner, study_id=study.id)
 
 

@@ -391,3 +391,42 @@ def advance_running(session: Session, *, settings: Settings) -> None:
     such as a queued trial a user cancelled)."""
     for study_id in list(session.scalars(select(Study.id).where(Study.status == "running"))):
         advance(session, study_id=study_id, settings=settings)
+
+
+def cancel(session: Session, *, study_id: str) -> None:
+    """running -> cancelled: no trial is sampled any more; queued trials are cancelled at once and
+    running ones stop at their next batch (their trials end `cancelled`). A study that has
+    ended is left as it is."""
+    study = lock_study(session, study_id)
+    if study is None or study.status != "running":
+        return
+    study.status = "cancelled"
+    study.finished_at = db_now()  # type: ignore[assignment]
+    for trial in session.scalars(
+        select(StudyTrial).where(StudyTrial.study_id == study.id, StudyTrial.state == "running")
+    ):
+        try:
+            store.cancel_job(session, job_id=trial.job_id)
+        except store.JobConflict:
+            continue  # it ended just now: the trial keeps the job's outcome, told below
+    session.flush()
+    trials, _ = trial_records(session, study)
+    tell(session, study, trials)
+    for trial in trials:
+        if trial.state == "running":
+            trial.state = "cancelled"
+            emit(session, study, "trial", trial_event(trial))
+    emit(session, study, "status", status_event(study))
+
+
+def cancel_owner_studies(session: Session, *, owner_id: str) -> list[str]:
+    """A revoked key's running studies end `cancelled`: otherwise the sweep would go on sampling
+    trials, and queuing jobs, for a key that no longer authenticates. Returns the studies."""
+    running = list(
+        session.scalars(
+            select(Study.id).where(Study.owner_id == owner_id, Study.status == "running")
+        )
+    )
+    for study_id in running:
+        cancel(session, study_id=study_id)
+    return running

@@ -11,11 +11,13 @@ import time
 import uuid
 
 import httpx
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import create_key, revoke_key
 from app.queue import store
-from app.tables import Job
+from app.studies.conduct import advance_running
+from app.tables import Job, Study, StudyTrial
 from models.spec import IRIS_NETWORK, IRIS_TRAINING
 from tests.security.conftest import Api
 
@@ -138,3 +140,11 @@ def test_revoking_a_key_ends_its_study_streams(api: Api) -> None:
     assert len(ended) == 2, "a revoked key's study stream stayed open"
     assert max(ended) - revoked_at < 1.5, max(ended) - revoked_at
     assert api.http.get(f"/v1/studies/{study_id}/events", headers=headers).status_code == 401
+    # The study is cancelled with its trials: no worker's sweep samples trials for the key.
+    with Session(api.engine) as session:
+        study = session.get(Study, study_id)
+        assert study is not None and study.status == "cancelled"
+        trials = session.scalars(select(StudyTrial).where(StudyTrial.study_id == study_id)).all()
+        assert len(trials) == 2 and {t.state for t in trials} == {"cancelled"}
+        advance_running(session, settings=api.settings)
+        assert session.scalar(select(func.count()).where(StudyTrial.study_id == study_id)) == 2
