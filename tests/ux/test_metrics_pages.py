@@ -4,11 +4,12 @@ dashboard's job page follow the pages, so both still show every epoch (live uvic
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
 from fitserve_client import FitserveClient
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
@@ -20,13 +21,23 @@ EPOCHS = 2_345  # three of the client's pages, five of the server's default
 
 
 def _long_job(server: LiveServer) -> str:
-    """A queued job (live_api has no worker) given EPOCHS recorded epochs, as a worker writes
-    them."""
+    """A cancelled 100,000-epoch job given EPOCHS recorded epochs, as a worker writes them.
+
+    live_api has no worker of its own, but live_server's (session-scoped, on the same database)
+    may already be running and claim the job the moment it is queued: the job is cancelled and
+    seen ended before its epochs are written, so no worker writes beside them and no later
+    test's job waits behind it."""
     with FitserveClient(server.url) as client:
         job = client.submit(IRIS_NETWORK, "iris", IRIS_TRAINING, name="long", epochs=100_000)
+        client.cancel(job.id)
+        deadline = time.monotonic() + 60
+        while client.get_job(job.id).status != "cancelled":
+            assert time.monotonic() < deadline, "the job was not cancelled within 60 s"
+            time.sleep(0.1)
     engine = make_engine(server.database_url)
     try:
         with Session(engine) as session, session.begin():
+            session.execute(delete(JobMetric).where(JobMetric.job_id == job.id))
             session.add_all(
                 JobMetric(
                     job_id=job.id,
