@@ -26,7 +26,7 @@ import pyarrow.csv as pa_csv
 
 from app.dataset_codec import ParsedDataset
 from app.errors import Unprocessable, shown
-from app.table_builder import TableBuilder, check_header, target_columns
+from app.table_builder import TableBuilder, check_header, parses_as_float, target_columns
 
 BLOCK_BYTES = 1 << 20  # one block of a 20-feature CSV is ~7,000 rows
 # A fresh stream of the whole file from its first byte, with a position of its own.
@@ -95,7 +95,7 @@ def _parse(
     if any("\ufffd" in name for name in names):  # Arrow decodes a header with replacement
         raise _not_utf8(where)
     wanted = [t.strip() for t in target.split(",") if t.strip()]
-    if any(map(_looks_like_number, names)) and not set(wanted) <= set(names):
+    if any(map(parses_as_float, names)) and not set(wanted) <= set(names):
         raise Unprocessable(
             f"{where}'s first row holds numbers ({shown(', '.join(raw[:4]))}), not column "
             "names, and the target column is not among them: the file has no header row; add "
@@ -319,11 +319,3 @@ def _not_utf8(where: str) -> Unprocessable:
     return Unprocessable(
         f"{where} is not UTF-8 text (a byte can't be decoded); save the CSV as UTF-8"
     )
-
-
-def _looks_like_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -265,12 +265,15 @@ def _float64(column: pa.Array) -> np.ndarray | None:
 
 def _first_not_number(column: pa.Array) -> int:
     for i, cell in enumerate(column.to_pylist()):
-        if not (isinstance(cell, (int, float)) or (isinstance(cell, str) and _parses(cell))):
+        if not (
+            isinstance(cell, (int, float)) or (isinstance(cell, str) and parses_as_float(cell))
+        ):
             return i
     return 0
 
 
-def _parses(text: str) -> bool:
+def parses_as_float(text: str) -> bool:
+    """What Python's float() reads, "nan" and " 1.5" included."""
     try:
         float(text)
     except ValueError:
