@@ -24,15 +24,12 @@ from urllib.parse import urlsplit
 import anyio
 
 from app.auth import OWNER_STATE, owner_for
-from app.config import Settings
+from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import DATABASE_DOWN, DATABASE_DOWN_ERRORS, Unauthorized
 from app.limits import ASGIApp, Receive, Scope, Send, drain, expects_continue, send_error
 
 log = logging.getLogger("fitserve.access")
 
-# Names that only ever reach this machine. "*.localhost" resolves to loopback by RFC 6761, and
-# browsers never send it to DNS.
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # Routes whose bodies are checked against a key first; the others either take no body or are
 # open (health, docs).
 _KEYED_PREFIXES = ("/v1/", "/v2/")
@@ -59,7 +56,8 @@ def is_loopback_host(host: str) -> bool:
         name, _, port = host.partition(":")
         if port and not (port.isascii() and port.isdigit()):
             return False
-    return name in _LOOPBACK_NAMES or name.endswith(".localhost")
+    # "*.localhost" resolves to loopback by RFC 6761, and browsers never send it to DNS
+    return name in LOOPBACK_HOSTS or name.endswith(".localhost")
 
 
 def _is_loopback_origin(origin: str) -> bool:
