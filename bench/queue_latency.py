@@ -123,12 +123,17 @@ def latency(url: str, samples: int) -> list[float]:
 
 
 def _claim_before(session: Session, *, worker: str, lease_seconds: float) -> store.Claim | None:
-    """The claim as it was before the audit rows joined its statement (commit 7ff444d): the
+    """The claim as it was before the audit rows joined its statement (commit 578d28b): the
     same UPDATE, then the previous claim's row closed and this one's inserted, three round
-    trips. Kept here so each run measures both side by side."""
+    trips. A deliberate copy of store.claim_next_job's SQLite branch, run here on Postgres
+    too, so each run measures the old claim and the new side by side; keep it as it is."""
     row = session.execute(
         store.CLAIM_NEXT_JOB,
-        {"claimer": worker, "lease_seconds": float(lease_seconds), "max_running_per_key": 2},
+        {
+            "claimer": worker,
+            "lease_seconds": float(lease_seconds),
+            "max_running_per_key": store.DEFAULT_MAX_RUNNING_PER_KEY,
+        },
     ).one_or_none()
     if row is None:
         return None
