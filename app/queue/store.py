@@ -20,7 +20,8 @@ A job's status (JobStatus, app/job_status.py) changes only here, only these ways
     running     queued       retry_job (attempts left; after a backoff), release_job (shutdown)
     running     cancelling   cancel_job: the worker stops at its next batch
     cancelling  cancelled    finish_cancelled; retry_job, release_job and reap_expired_jobs too:
-                             they never retry, requeue or fail a cancelling job (`_or_cancelled`)
+                             they never retry, requeue or fail a cancelling job (`_or_cancelled`),
+                             except one the time limit stopped (`heartbeat`): it ends `failed`
     cancelling  failed       fail_job: the attempt hit an error no retry fixes before it stopped
 
 succeeded, failed and cancelled are final (`finished_at` is set exactly for them). A job's
@@ -68,9 +69,12 @@ claims = cast(Table, JobClaim.__table__)
 metrics = cast(Table, JobMetric.__table__)
 checkpoints = cast(Table, JobCheckpoint.__table__)
 _cancelling = jobs.c.status == JobStatus.CANCELLING
+# The status a stopped cancelling job ends in: `failed` when the time limit stopped it
+# (`heartbeat` marks it so), else `cancelled`.
+_stopped = case((jobs.c.error_code == "time_limit", JobStatus.FAILED), else_=JobStatus.CANCELLED)
 
 
-def _or_cancelled(otherwise: Any, *, if_cancelling: Any = JobStatus.CANCELLED) -> Any:
+def _or_cancelled(otherwise: Any, *, if_cancelling: Any = _stopped) -> Any:
     """`otherwise`, except for a cancelling job (`if_cancelling`: by default the status it ends
     in). Every statement that ends an attempt goes through this: a cancel always wins."""
     return case((_cancelling, if_cancelling), else_=otherwise)
@@ -612,9 +616,7 @@ def finish_cancelled(session: Session, *, job_id: str, lease_token: int) -> None
         job_id=job_id,
         lease_token=lease_token,
         statuses=(JobStatus.CANCELLING,),
-        status=case(
-            (jobs.c.error_code == "time_limit", JobStatus.FAILED), else_=JobStatus.CANCELLED
-        ),
+        status=_stopped,
         lease_expires_at=None,
         finished_at=db_now(),
         updated_at=db_now(),
