@@ -59,10 +59,6 @@ def describe(parsed: ParsedDataset) -> dict[str, Any]:
     }
 
 
-def _check_size(parsed: ParsedDataset, settings: Settings) -> None:
-    _check_columns(describe(parsed), settings)
-
-
 def _check_columns(columns: dict[str, Any], settings: Settings) -> None:
     tokens = columns["tokens"]
     if tokens is not None:
@@ -197,8 +193,9 @@ def create_from_csv(
         data, filename=filename, content_type=content_type, target=target, task=task,
         limits=limits,
     )  # fmt: skip
-    _check_size(parsed, settings)
-    row = _new_row(parsed, owner=owner, name=name)
+    columns = describe(parsed)
+    _check_columns(columns, settings)
+    row = _row(columns, encode_arrays(parsed), owner=owner, name=name)
     del parsed  # the arrays: the row holds their safetensors bytes, the insert copies those once
     return _insert(session, row)
 
