@@ -13,6 +13,7 @@ from typing import Any
 
 from app.dashboard.pages import esc, layout, names_script, number, when
 from app.schemas import RegisteredModelRead
+from app.services.registry import DEFAULT_ALIAS
 
 # The aliases a version row offers a one-click move to; any other is typed into the form.
 QUICK_ALIASES = ("production", "staging")
@@ -78,7 +79,7 @@ def _name_section(
                      served, root=root)
         for v in reversed(name.versions)
     )  # fmt: skip
-    how = "its production alias" if "production" in name.aliases else "its latest version"
+    how = f"its {DEFAULT_ALIAS} alias" if DEFAULT_ALIAS in name.aliases else "its latest version"
     options = "".join(
         f'<option value="{v.version}">{v.version}</option>' for v in reversed(name.versions)
     )
