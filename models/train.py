@@ -25,7 +25,7 @@ from models.build import as_network, as_training, build, check_compatible, count
 from models.early_stopping import EarlyStopping
 from models.errors import SpecError, StopTraining, TrainingError
 from models.losses import make_objective
-from models.memory import widest
+from models.memory import rows_per_step, widest
 from models.optim import make_optimizer
 from models.results import EpochRecord, FitResult
 from models.resume import check_resume, make_checkpoint, restore
@@ -154,8 +154,7 @@ class Trainer:
             split_rows(rows, self.config.validation_split) if self.config.validation_split else rows
         )
         self.n_train = n_train
-        batch = self.config.batch_size
-        self.batch_size = n_train if batch == "full" else min(int(batch), n_train)
+        self.batch_size = rows_per_step(self.config, rows=rows)
         self.data_shape = {"rows": rows, "n_features": n_features or self.network.input_dim}
         self.step_mode = "eager"
         self.device_reason = f"{self.device}, as asked"
@@ -165,7 +164,7 @@ class Trainer:
                 self.config,
                 n_features=self.network.input_dim,
                 n_train=n_train,
-                batch_size=n_train if batch == "full" else min(int(batch), max(n_train, 1)),
+                batch_size=self.batch_size,
                 epochs=self.config.epochs,
                 n_params=count_params(self.network),
                 cuda_available=self.device.type == "cuda",
