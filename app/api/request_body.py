@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import threading
 
 from starlette.requests import Request
 
 
-class RequestBody:
+class RequestBody(io.RawIOBase):
     """Create on the event loop; read from any other thread (never from the loop's own)."""
 
-    closed = False
-
     def __init__(self, request: Request, *, ahead: int) -> None:
+        super().__init__()
         self._chunks = request.stream()
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
@@ -79,15 +79,9 @@ class RequestBody:
     def readable(self) -> bool:
         return True
 
-    def seekable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return False
-
     def close(self) -> None:
         with self._pace:
-            self.closed = True
+            super().close()
             self._pace.notify_all()
             if self._pending is not None:
                 self._pending.cancel()

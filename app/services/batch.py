@@ -143,12 +143,11 @@ def _head(stream: Readable) -> bytes:
     return head
 
 
-class _Replay:
+class _Replay(io.RawIOBase):
     """A file that reads `head` again before the rest of `stream` (Arrow takes a file-like)."""
 
-    closed = False
-
     def __init__(self, head: bytes, stream: Readable) -> None:
+        super().__init__()
         self._head = head
         self._stream = stream
 
@@ -165,15 +164,6 @@ class _Replay:
 
     def readable(self) -> bool:
         return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def _raise_arrow(exc: pa.ArrowInvalid, stream: Readable) -> None:
