@@ -359,9 +359,9 @@ class RequestLimitsMiddleware:
         self.max_body_bytes = max_body_bytes
         self.max_json_body_bytes = max_json_body_bytes
 
-    def _limit(self, scope: Scope) -> tuple[int, str, int]:
+    def _limit(self, scope: Scope, *, json_body: bool) -> tuple[int, str, int]:
         """The body's byte limit, the message of a 413 past it, and how much of a refused body
-        is read and dropped (sized by the largest body of its kind)."""
+        is read and dropped (sized by the largest body of its kind). `json_body`: `is_json`."""
         settings = None if self.max_body_bytes is not None else scope["app"].state.settings
         setting = "FITSERVE_MAX_BODY_BYTES"
         if settings is None:
@@ -372,7 +372,7 @@ class RequestLimitsMiddleware:
         else:
             limit = int(settings.max_body_bytes)
         drain_budget = _drain_budget(limit)
-        if not is_json(scope) or is_data_route(scope):
+        if not json_body or is_data_route(scope):
             return limit, too_large_message(limit, setting), drain_budget
         json_limit = self.max_json_body_bytes
         if json_limit is None:
@@ -385,7 +385,8 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit, too_large, drain_budget = self._limit(scope)
+        json_body = is_json(scope)
+        limit, too_large, drain_budget = self._limit(scope, json_body=json_body)
         declared = _content_length(scope)
         if isinstance(declared, str):
             await send_error(
@@ -399,7 +400,7 @@ class RequestLimitsMiddleware:
                 await drain(receive, drain_budget)
             await send_error(send, 413, too_large, "too_large")
             return
-        if is_json(scope):
+        if json_body:
             await self._check_json(scope, receive, send, (limit, too_large, drain_budget))
         else:
             await self._stream_counted(scope, receive, send, limit, too_large)
