@@ -7,7 +7,6 @@ through `esc` (text and attributes) or `json_island` (data for the page's script
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from importlib import resources
@@ -285,9 +284,7 @@ def model_names(model_id: str, names: list[Any], *, root: str = "") -> str:
 {names_script(root=root)}"""
 
 
-def model_page(
-    model: Any, *, feature_names: list[str], names: Sequence[Any] = (), root: str = ""
-) -> str:
+def model_page(model: Any, *, feature_names: list[str], names: list[Any], root: str = "") -> str:
     summary = model.summary
     layer_rows = "".join(
         f"<tr><td>{esc(layer.name)}</td><td>{esc(layer.type)}</td>"
@@ -307,7 +304,7 @@ def model_page(
  <a class="id" href="{esc(root)}/dashboard/jobs/{esc(model.job_id)}">{esc(model.job_id)}</a>
  · classes: {classes}</p>
 <p>Final epoch: {metric_text or "-"}</p>
-{model_names(model.id, list(names), root=root)}
+{model_names(model.id, names, root=root)}
 <h2>Summary</h2>
 <table><tr><th>layer</th><th>type</th><th>output shape</th><th>params</th></tr>{layer_rows}
 <tr><th colspan="3">total params</th><th class="num">{summary.total_params:,}</th></tr>
