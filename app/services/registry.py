@@ -115,7 +115,7 @@ def register(session: Session, *, owner: str | None, name: str, model_id: str) -
     if not is_id(model_id) or model is None:
         raise NotFound(f"model {model_id!r} not found; a succeeded job's model_id names one")
     registered = _find_or_make(session, owner=owner, name=name)  # locked: numbers taken in turn
-    registered.last_version = (registered.last_version or 0) + 1
+    registered.last_version += 1
     version = ModelVersion(
         registered_model_id=registered.id, version=registered.last_version, model_id=model_id
     )
