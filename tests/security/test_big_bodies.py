@@ -15,14 +15,9 @@ test_event_loop.py covers the other heavy kinds at 256 KB with the test limits.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,6 +25,7 @@ import pytest
 
 from tests.security.conftest import Api
 from tests.security.test_event_loop import _p99
+from tests.security.uvicorn_kit import uvicorn_process
 
 BUDGET = 0.100  # seconds, p99
 MB = 1_000_000
@@ -38,35 +34,9 @@ MB = 1_000_000
 @pytest.fixture(scope="module")
 def default_server(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API with the default limits (64 MiB bodies) in its own uvicorn process."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "FITSERVE_DATABASE_URL": api.settings.database_url,
-        "FITSERVE_REQUIRE_API_KEYS": "true",
-    }
     log = tmp_path_factory.mktemp("big-bodies") / "uvicorn.log"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    argv += ["--port", str(port), "--log-level", "warning", "--no-access-log", "--ws", "none"]
-    root = Path(__file__).resolve().parents[2]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with uvicorn_process(api.settings.database_url, log, {}) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _dataset(size: int) -> bytes:

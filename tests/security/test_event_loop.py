@@ -17,15 +17,9 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -35,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.security.conftest import TEST_LIMITS, Api
+from tests.security.uvicorn_kit import uvicorn_process
 
 BUDGET = 0.100  # seconds, p99
 # Per request. Big enough that the old body scan stalled the loop for ~0.3 s; small enough that
@@ -89,44 +84,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-@contextmanager
-def _uvicorn(api: Api, log: Path, **limits: int) -> Iterator[str]:
-    """The API in its own process (uvicorn, as deployed) on the test database, so that what the
-    test's clients do costs the server no GIL time."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "FITSERVE_DATABASE_URL": api.settings.database_url,
-        "FITSERVE_REQUIRE_API_KEYS": "true",
-        **{f"FITSERVE_{k.upper()}": str(v) for k, v in {**TEST_LIMITS, **limits}.items()},
-    }
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    argv += ["--port", str(port), "--log-level", "warning", "--no-access-log", "--ws", "none"]
-    root = Path(__file__).resolve().parents[2]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _uvicorn(api, tmp_path_factory.mktemp("event-loop") / "uvicorn.log") as url:
+    log = tmp_path_factory.mktemp("event-loop") / "uvicorn.log"
+    with uvicorn_process(api.settings.database_url, log, TEST_LIMITS) as url:
         yield url
 
 
@@ -140,7 +101,7 @@ PREDICT_LIMITS = {"max_predict_rows": 10_000, "max_body_bytes": 4 * 1024 * 1024}
 @pytest.fixture(scope="module")
 def predict_server(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("event-loop-predict") / "uvicorn.log"
-    with _uvicorn(api, log, **PREDICT_LIMITS) as url:
+    with uvicorn_process(api.settings.database_url, log, {**TEST_LIMITS, **PREDICT_LIMITS}) as url:
         yield url
 
 

@@ -1,0 +1,52 @@
+"""A real uvicorn process for the security tests whose behaviour depends on the server's own
+event loop (test_event_loop.py, test_big_bodies.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def uvicorn_process(database_url: str, log: Path, limits: dict[str, int]) -> Iterator[str]:
+    """The API in its own process (uvicorn, as deployed) on `database_url` with API keys required
+    and `limits` as FITSERVE_* settings (the defaults for the rest), so that what the test's
+    clients do costs the server no GIL time; yields its base URL once /health answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "FITSERVE_DATABASE_URL": database_url,
+        "FITSERVE_REQUIRE_API_KEYS": "true",
+        **{f"FITSERVE_{k.upper()}": str(v) for k, v in limits.items()},
+    }
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    argv += ["--port", str(port), "--log-level", "warning", "--no-access-log", "--ws", "none"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
