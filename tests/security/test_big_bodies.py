@@ -15,7 +15,6 @@ test_event_loop.py covers the other heavy kinds at 256 KB with the test limits.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,7 +24,7 @@ import pytest
 
 from tests.security.conftest import Api
 from tests.security.test_event_loop import _p99
-from tests.security.uvicorn_kit import uvicorn_process
+from tests.security.uvicorn_kit import health_while, uvicorn_process
 
 BUDGET = 0.100  # seconds, p99
 MB = 1_000_000
@@ -61,36 +60,6 @@ def _ordinary(size: int) -> bytes:
     """A job body padded to `size` bytes with a list of numbers."""
     values = ",".join(["0.5"] * (size // 4))
     return ('{"dataset": "iris", "name": "padded", "pad": [' + values + "]}").encode()
-
-
-def _probe_while(
-    url: str, send: Callable[[httpx.Client], httpx.Response], rounds: int
-) -> tuple[list[float], list[httpx.Response]]:
-    """/health latencies, one probe every ~5 ms, while `send` runs `rounds` times back to back
-    (after one unmeasured round, so the helper process and caches are warm)."""
-    latencies: list[float] = []
-    responses: list[httpx.Response] = []
-    done = threading.Event()
-
-    def sender() -> None:
-        try:
-            with httpx.Client(base_url=url, timeout=300) as http:
-                for _ in range(rounds):
-                    responses.append(send(http))
-        finally:
-            done.set()
-
-    with httpx.Client(base_url=url, timeout=300) as http:
-        responses.append(send(http))
-        thread = threading.Thread(target=sender, daemon=True)
-        thread.start()
-        while not done.is_set():
-            start = time.perf_counter()
-            assert http.get("/health").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.005)
-        thread.join()
-    return latencies, responses
 
 
 def _idle(url: str, seconds: float = 3.0) -> list[float]:
@@ -139,7 +108,7 @@ def test_health_stays_fast_while_the_largest_json_bodies_are_in_flight(
     pooled: list[float] = []
     figures = {}
     for name, (send, status, rounds) in kinds.items():
-        latencies, responses = _probe_while(default_server, send, rounds)
+        latencies, responses = health_while(default_server, send, rounds, timeout=300)
         assert [r.status_code for r in responses] == [status] * (rounds + 1), [
             r.text[:300] for r in responses
         ]

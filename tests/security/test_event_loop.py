@@ -17,8 +17,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import threading
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -29,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.security.conftest import TEST_LIMITS, Api
-from tests.security.uvicorn_kit import uvicorn_process
+from tests.security.uvicorn_kit import health_while, uvicorn_process
 
 BUDGET = 0.100  # seconds, p99
 # Per request. Big enough that the old body scan stalled the loop for ~0.3 s; small enough that
@@ -108,31 +106,9 @@ def predict_server(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _while_in_flight(
     url: str, send: Callable[[httpx.Client], httpx.Response], rounds: int = ROUNDS
 ) -> list[float]:
-    """/health latencies, one probe every ~5 ms, while a client sends `send`'s request `rounds`
-    times back to back (after one unmeasured round, so lazy imports and caches are warm)."""
-    latencies: list[float] = []
-    done = threading.Event()
-    responses: list[httpx.Response] = []
-
-    def sender() -> None:
-        try:
-            with httpx.Client(base_url=url, timeout=60) as http:
-                for _ in range(rounds):
-                    responses.append(send(http))
-        finally:
-            done.set()
-
-    with httpx.Client(base_url=url, timeout=60) as http:
-        send(http)
-        assert http.get("/health").status_code == 200
-        thread = threading.Thread(target=sender, daemon=True)
-        thread.start()
-        while not done.is_set():
-            start = time.perf_counter()
-            assert http.get("/health").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.005)
-        thread.join()
+    """/health latencies while `send`'s request runs `rounds` times (uvicorn_kit.health_while)."""
+    latencies, responses = health_while(url, send, rounds, timeout=60)
+    responses = responses[1:]  # the measured rounds
     assert all(r.status_code < 500 for r in responses), [r.text[:300] for r in responses]
     return latencies
 

@@ -7,8 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,3 +51,35 @@ def uvicorn_process(database_url: str, log: Path, limits: dict[str, int]) -> Ite
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def health_while(
+    url: str, send: Callable[[httpx.Client], httpx.Response], rounds: int, timeout: float
+) -> tuple[list[float], list[httpx.Response]]:
+    """/health latencies, one probe every ~5 ms, while a client sends `send`'s request `rounds`
+    times back to back (after one unmeasured round, so lazy imports, the helper process and
+    caches are warm); and the responses, the unmeasured round's first."""
+    latencies: list[float] = []
+    responses: list[httpx.Response] = []
+    done = threading.Event()
+
+    def sender() -> None:
+        try:
+            with httpx.Client(base_url=url, timeout=timeout) as http:
+                for _ in range(rounds):
+                    responses.append(send(http))
+        finally:
+            done.set()
+
+    with httpx.Client(base_url=url, timeout=timeout) as http:
+        responses.append(send(http))
+        assert http.get("/health").status_code == 200
+        thread = threading.Thread(target=sender, daemon=True)
+        thread.start()
+        while not done.is_set():
+            start = time.perf_counter()
+            assert http.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.005)
+        thread.join()
+    return latencies, responses
