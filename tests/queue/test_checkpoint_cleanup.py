@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import pytest
 from queue_kit import MakeJob
+from queue_kit import checkpoints_of as _checkpoints
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import create_key
 from app.queue import store
 from app.queue.clock import db_now
-from app.tables import Job, JobCheckpoint, JobMetric, Model
+from app.tables import Job, JobMetric, Model
 
 LEASE = 30.0
 Claimed = store.Claim
@@ -41,18 +42,6 @@ def _record(sessions: sessionmaker[Session], claim: Claimed, epoch: int = 1) -> 
             values={"epoch": epoch, "loss": 1.0},
             checkpoint=b"weights and optimizer state" * 1000,
             lease_seconds=LEASE,
-        )
-
-
-def _checkpoints(sessions: sessionmaker[Session], job_id: str) -> int:
-    with sessions() as session:
-        return (
-            session.scalar(
-                select(func.count())
-                .select_from(JobCheckpoint)
-                .where(JobCheckpoint.job_id == job_id)
-            )
-            or 0
         )
 
 
