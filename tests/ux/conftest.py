@@ -21,6 +21,7 @@ import pytest
 
 from app.db import upgrade_head
 from tests.conftest import require_chromium
+from tests.ux.cdp import Browser
 
 ROOT = Path(__file__).resolve().parents[2]
 IRIS_CSV = ROOT / "app" / "data" / "iris.csv"
@@ -154,6 +155,16 @@ def live_server(
 @pytest.fixture(scope="session")
 def chromium() -> str:
     return require_chromium()
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
+    """Headless Chromium driven over the DevTools protocol, with its own profile."""
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def run_chromium(binary: str, url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,26 +5,14 @@ stream fetched with it as a Bearer header, the compare view overlaying picked jo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from fitserve_client import FitserveClient
 
 from tests.ux.cdp import Browser
 from tests.ux.conftest import IRIS_NETWORK, IRIS_TRAINING, KeyedServer, _stop
 
 EPOCHS = 15
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    browser = Browser(chromium, tmp_path / "profile")
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 def sign_in(browser: Browser, secret: str) -> None:

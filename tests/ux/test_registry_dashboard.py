@@ -6,12 +6,9 @@ name answers with the version the alias now points at."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fitserve_client import FitserveClient
 
 from tests.ux.cdp import Browser
@@ -19,15 +16,6 @@ from tests.ux.conftest import IRIS_NETWORK, IRIS_TRAINING, KeyedServer, _stop
 from tests.ux.test_dashboard_keys import sign_in
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Browser]:
-    browser = Browser(chromium, tmp_path / "profile")
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 def served(browser: Browser) -> Any:
