@@ -35,7 +35,7 @@ from app.csv_ingest import parse_csv
 from app.data import BUILTINS
 from app.db import make_engine, make_sessionmaker, upgrade_head
 from app.tables import Dataset, Job, Model
-from tests.e2e.conftest import CLI, ROOT, free_port
+from tests.e2e.conftest import CLI, ROOT, _wait_healthy, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -175,15 +175,7 @@ def cluster(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         serve = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180  # two processes import torch at once
-        while True:
-            assert serve.poll() is None, f"serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no /health in 180 s:\n{log.read_text()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
+        _wait_healthy(f"http://127.0.0.1:{port}", serve, log)
         text = log.read_text()
         pids = [int(p) for p in re.findall(r"started api \d \(pid (\d+)\)", text)]
         metrics_dir = re.search(r"metrics are gathered in (\S+)", text)
