@@ -283,7 +283,7 @@ def resolve(
             (ModelAlias.registered_model_id == ModelVersion.registered_model_id)
             & (ModelAlias.version == ModelVersion.version),
         ).where(ModelAlias.alias == wanted)
-    found = session.execute(query).first() if number != NO_VERSION else None
+    found = session.execute(query).first()  # NO_VERSION (-1) matches no row
     if found is None and wanted is None:
         raise NotFound(
             f"model name {name!r} has no versions left (their models were deleted); register "
