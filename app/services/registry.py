@@ -297,14 +297,18 @@ def resolve(
 
 # What `_version_number` answers for digits past any version (none is above AliasMove's bound).
 NO_VERSION = -1
+MAX_VERSION = 2**31 - 1  # model_versions.version is an INTEGER
 
 
 def _version_number(wanted: str | None) -> int | None:
     """A version as a URL writes it, ASCII digits ('²'.isdigit() too, and int() can't read it);
-    NO_VERSION for digits too many for the column. None when `wanted` isn't digits."""
+    NO_VERSION for a number past what the column holds (a 32-bit INTEGER on Postgres, which
+    refuses a larger parameter rather than matching nothing). None when `wanted` isn't digits."""
     if wanted is None or not (wanted.isascii() and wanted.isdigit()):
         return None
-    return int(wanted) if len(wanted) <= 10 else NO_VERSION
+    if len(wanted) > len(str(MAX_VERSION)) or int(wanted) > MAX_VERSION:
+        return NO_VERSION
+    return int(wanted)
 
 
 def aliases_pointing_at(session: Session, *, model_id: str) -> list[str]:

@@ -118,6 +118,7 @@ async def test_unknown_and_invalid_names_are_refused_and_store_nothing(
         ("GET", "/v1/models/iris@²", None, 404, "no version or alias '²'"),
         ("GET", "/v1/models/iris@١", None, 404, "no version or alias '١'"),
         ("GET", "/v1/models/iris@" + "9" * 30, None, 404, "no version '" + "9" * 30),
+        ("GET", "/v1/models/iris@2147483648", None, 404, "no version '2147483648'"),
         ("GET", "/v2/models/iris/versions/²/ready", None, 404, "an alias starts with a letter"),
         ("GET", "/v2/models/iris/versions/" + "9" * 20, None, 404, "no version"),
         ("POST", "/v1/models/iris@0/predict", {"inputs": ROW}, 404, "no version '0'"),
