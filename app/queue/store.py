@@ -55,6 +55,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.job_status import LEASED, TERMINAL, JobStatus
 from app.queue.clock import db_now
 from app.services import registry
@@ -80,8 +81,9 @@ def _or_cancelled(otherwise: Any, *, if_cancelling: Any = _stopped) -> Any:
     return case((_cancelling, if_cancelling), else_=otherwise)
 
 
-# Jobs one API key may have on workers at once, unless the caller says otherwise (Settings).
-DEFAULT_MAX_RUNNING_PER_KEY = 2
+# Jobs one API key may have on workers at once, unless the caller says otherwise: the setting's
+# default, written once in app/config.py.
+DEFAULT_MAX_RUNNING_PER_KEY: int = Settings.model_fields["max_running_jobs_per_key"].default
 
 
 class QueueError(Exception):
