@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exc as sa_exc
@@ -18,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from app import intake
 from app.access import AccessMiddleware
 from app.api import include_routers
+from app.api.models import CSV_PARSERS
 from app.auth import VerifiedKeys
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
@@ -61,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.model_cache = ModelCache[ServedModel](settings.model_cache_size)
+    app.state.csv_parsers = anyio.CapacityLimiter(CSV_PARSERS)
     await run_in_threadpool(_register_builtins, app)
     try:
         yield

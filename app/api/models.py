@@ -56,8 +56,11 @@ _INLINE_WORK = 1 << 20
 # Bodies past this are parsed in the thread pool: orjson and numpy take ~1 ms per 64 KiB of rows,
 # which the event loop (every other request) would otherwise wait for.
 _INLINE_BODY_BYTES = 64 * 1024
-# predict.csv bodies parsed at once (each in a thread that waits for its body as it arrives)
-_CSV_PARSERS = 4
+# predict.csv bodies parsed at once, each in a thread that waits for its body as it arrives: a
+# limiter of their own (app.state.csv_parsers, made in the lifespan), apart from the shared thread
+# pool, so clients that send slowly can't hold the threads every other request needs (nor all of
+# Arrow's 8 I/O threads, which read their bodies)
+CSV_PARSERS = 4
 
 
 @router.get(
@@ -196,16 +199,6 @@ router.add_api_route(
         422: {"model": ErrorResponse, "description": "Rows of the wrong width."},
     },
 )
-
-
-def _csv_parsers(app: Any) -> anyio.CapacityLimiter:
-    """The threads predict.csv bodies are parsed in, apart from the shared thread pool: a parse
-    waits for its body as it arrives, and clients that send slowly must not hold the threads
-    every other request needs (nor all of Arrow's I/O threads, 8, which read their bodies)."""
-    limiter = getattr(app.state, "csv_parsers", None)
-    if limiter is None:
-        limiter = app.state.csv_parsers = anyio.CapacityLimiter(_CSV_PARSERS)
-    return limiter  # type: ignore[no-any-return]
 
 
 def document_predict_body(app: FastAPI) -> None:
@@ -354,7 +347,7 @@ async def predict_csv(
         # row limit as it goes: a body past it is refused without the rest being read
         body = RequestBody(request, ahead=2 * batch.BLOCK_BYTES)
         parse = functools.partial(batch.parse_csv, body, model.feature_names, max_rows=max_rows)
-        x = await anyio.to_thread.run_sync(parse, limiter=_csv_parsers(request.app))
+        x = await anyio.to_thread.run_sync(parse, limiter=request.app.state.csv_parsers)
     batch.check_width(model, x)
     outputs = await run_in_threadpool(batch.predict_all, model, x)
     ndjson = accept is not None and batch.NDJSON in accept
