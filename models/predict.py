@@ -60,6 +60,21 @@ class Predictor:
         A token model (`takes_tokens`) takes lists of token ids (or `TokenLists`) instead, checked
         against its category_encoding layer. Rows go through the network `chunk_rows` at a time
         (default: ~4M encoded input values a chunk)."""
+        threads = torch.get_num_threads()
+        small = (
+            self.device.type == "cpu" and 2 * self._params * _row_count(x) < _SINGLE_THREAD_FLOPS
+        )
+        if small and threads != 1:
+            # before the inputs are converted too: features()' finiteness sum over 10,000 rows
+            # of 4 took ~5 ms of CPU on 2 threads (the idle one spinning), 0.1 ms on one
+            torch.set_num_threads(1)
+        try:
+            return self._predict(x, chunk_rows)
+        finally:
+            if small and threads != 1:
+                torch.set_num_threads(threads)
+
+    def _predict(self, x: Any, chunk_rows: int | None) -> np.ndarray:
         xt: torch.Tensor | TokenLists = (
             as_tokens(x, self.network)
             if self.takes_tokens
@@ -69,19 +84,10 @@ class Predictor:
         rows = xt.rows if isinstance(xt, TokenLists) else xt.shape[0]
         if rows == 0:
             return np.zeros((0, self.n_outputs), dtype=np.float32)
-        threads = torch.get_num_threads()
-        small = self.device.type == "cpu" and 2 * self._params * rows < _SINGLE_THREAD_FLOPS
-        if small and threads != 1:
-            torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                outs = [
-                    self._forward(batch_rows(xt, slice(i, i + chunk)))
-                    for i in range(0, rows, chunk)
-                ]
-        finally:
-            if small and threads != 1:
-                torch.set_num_threads(threads)
+        with torch.inference_mode():
+            outs = [
+                self._forward(batch_rows(xt, slice(i, i + chunk))) for i in range(0, rows, chunk)
+            ]
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy()
 
     def _rows(self, x: torch.Tensor | TokenLists, start: int, stop: int) -> NetworkInput:
@@ -97,3 +103,14 @@ class Predictor:
             x = self.standardization.apply(x)
         y = self.module(x)
         return y if self.device.type == "cpu" and y.dtype == torch.float32 else y.float().cpu()
+
+
+def _row_count(x: Any) -> int:
+    """The rows of `predict`'s input before it is converted (a 0-d input counts as one; the
+    conversion refuses it)."""
+    if isinstance(x, TokenLists):
+        return x.rows
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 1
+    return len(x)

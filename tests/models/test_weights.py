@@ -197,6 +197,40 @@ def test_predictor_rejects_wrong_width_and_bad_values(iris: tuple[np.ndarray, np
         predictor.predict(np.array([["a", "b", "c", "d"]]))
 
 
+def test_small_prediction_converts_and_runs_on_one_thread(
+    iris: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prediction with little work (10,000 iris rows) runs on one torch thread from its input's
+    conversion on: features()' finiteness sum over 40,000 values is parallel on more, and cost
+    ~5 ms of CPU on two shared cores where one thread takes 0.1 ms. A larger one keeps every
+    thread; the caller's thread count is restored either way."""
+    import models.data
+
+    x, y = iris
+    result = fit(IRIS_NETWORK, {"loss": "categorical_crossentropy", "seed": 0}, x, y, device="cpu")
+    predictor = Predictor(save_model(result, IRIS_NETWORK))
+    convert = models.data.features
+    seen: list[int] = []
+
+    def features(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return convert(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models.data, "features", features)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = np.resize(x, (10_000, 4))
+        large = np.resize(x, (100_000, 4))  # 2 x 139 parameters x rows over 2^23
+        np.testing.assert_array_equal(predictor.predict(small)[:150], predictor.predict(x))
+        assert torch.get_num_threads() == 2
+        predictor.predict(large)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 1, 2]
+
+
 def test_load_model_rejects_corrupt_or_mismatched_bytes(
     iris: tuple[np.ndarray, np.ndarray],
 ) -> None:
