@@ -8,7 +8,9 @@
 /dashboard/names           the key's model names: each one's versions (model, job, final
                            metric) and aliases, with buttons and a form that move an alias
 /dashboard/names/{name}    one model name, the same way
-/dashboard/compare?job=..  the loss and accuracy/MAE curves of the picked jobs overlaid
+/dashboard/compare?job=..  the loss and accuracy/MAE curves of the picked jobs overlaid, each
+                           thinned to CURVE_POINTS + 2 epochs at most, its last and best among
+                           them (app/services/jobs.py: get_curve)
 /dashboard/studies         studies with their progress and best objective
 /dashboard/studies/{id}    every trial's objective curve overlaid, the objective against each
                            searched parameter, the best trial marked (reloads while running)
@@ -99,17 +101,14 @@ def _rows(page: MetricsRead) -> list[dict[str, Any]]:
     return [row.model_dump(mode="json", exclude_none=True) for row in page.epochs]
 
 
-def _history(session: Session, owner: str | None, job_id: str) -> list[dict[str, Any]]:
-    """Every epoch of a job, read a page at a time as the API serves them."""
-    rows: list[dict[str, Any]] = []
-    after: int | None = 0
-    while after is not None:
-        page = job_service.get_metrics(
-            session, owner=owner, job_id=job_id, after=after, limit=job_service.MAX_METRICS_PAGE
-        )
-        rows += _rows(page)
-        after = page.next_after
-    return rows
+def _curve(session: Session, owner: str | None, job_id: str) -> list[dict[str, Any]]:
+    """What the compare view draws of a job: its curve thinned to at most CURVE_POINTS + 2
+    epochs (job_service.get_curve), each with its epoch and the figures the charts and table
+    show (no per-layer gradient norms: ~1.7 kB an epoch for a 100-layer network)."""
+    curve = job_service.get_curve(session, owner=owner, job_id=job_id)
+    return [
+        row.model_dump(mode="json", include=pages.CURVE_FIELDS, exclude_none=True) for row in curve
+    ]
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -128,7 +127,7 @@ def compare_page(
         )
     jobs = [job_service.get_job(session, owner=owner, job_id=job_id) for job_id in picked]
     return HTMLResponse(
-        pages.compare_page([(j, _history(session, owner, j.id)) for j in jobs], root=_root(request))
+        pages.compare_page([(j, _curve(session, owner, j.id)) for j in jobs], root=_root(request))
     )
 
 

@@ -172,6 +172,8 @@ def jobs_page(jobs: list[Any], *, root: str = "") -> str:
 
 
 METRIC_COLUMNS = ("loss", "accuracy", "mae", "val_loss", "val_accuracy", "val_mae", "seconds")
+# What the compare view reads of an epoch: its number and the curves' figures.
+CURVE_FIELDS = {"epoch", *METRIC_COLUMNS[:6]}
 
 
 def job_page(
@@ -230,7 +232,8 @@ def warning_note(warning: str | None) -> str:
 
 
 def compare_page(jobs: list[tuple[Any, list[dict[str, Any]]]], *, root: str = "") -> str:
-    """The curves of the picked jobs overlaid: one colour a job, validation dashed."""
+    """The curves of the picked jobs overlaid: one colour a job, validation dashed. Each job comes
+    with its curve's rows (thinned: app/services/jobs.py get_curve), the last epoch last."""
     rows, data = [], []
     for i, (job, history) in enumerate(jobs):
         colour = JOB_COLOURS[i % len(JOB_COLOURS)]

@@ -1,14 +1,18 @@
 """GET /v1/jobs/{id}/metrics a page at a time (issue 18: 1,500 epochs of a 100-layer network came
 back as one 2.6 MB body, growing to the 100,000-epoch cap): `limit` epochs after the epoch
-`after`, `next_after` and a Link header while more follow, a 422 naming `limit` past the most."""
+`after`, `next_after` and a Link header while more follow, a 422 naming `limit` past the most.
+The dashboard's compare view reads a curve thinned in SQL instead (`get_curve`)."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import httpx
 import pytest
 from sqlalchemy import update
 
-from app.services.jobs import MAX_METRICS_PAGE, METRICS_PAGE
+from app.services.jobs import CURVE_POINTS, MAX_METRICS_PAGE, METRICS_PAGE
 from app.tables import Job, JobMetric
 from tests.api.conftest import Rows, assert_error
 from tests.api.test_jobs import submit
@@ -77,3 +81,23 @@ async def test_the_dashboard_page_holds_the_first_page_and_says_where_the_next_s
     assert f'data-metrics="/v1/jobs/{long_job}/metrics"' in html
     assert f'"epoch": {METRICS_PAGE}' in html or f'"epoch":{METRICS_PAGE}' in html
     assert f'"epoch":{METRICS_PAGE + 1}' not in html and f'"epoch": {METRICS_PAGE + 1}' not in html
+
+
+async def test_the_compare_view_reads_a_thinned_curve_with_the_last_and_best_epochs(
+    client: httpx.AsyncClient, db: Rows, long_job: str
+) -> None:
+    best = 602  # between the epochs the stride keeps
+    with db.begin() as session:
+        session.execute(
+            update(JobMetric)
+            .where(JobMetric.job_id == long_job, JobMetric.epoch == best)
+            .values(loss=0.0)
+        )
+    html = (await client.get("/dashboard/compare", params={"job": long_job})).text
+    island = re.search(r'id="compared-jobs">(.*?)</script>', html)
+    assert island is not None, html[-2000:]
+    rows = json.loads(island.group(1))[0]["rows"]
+    stride = -(-EPOCHS // CURVE_POINTS)  # ceil: 3
+    assert [r["epoch"] for r in rows] == sorted({*range(1, EPOCHS + 1, stride), best, EPOCHS})
+    assert len(rows) <= CURVE_POINTS + 2
+    assert rows[-1] == {"epoch": EPOCHS, "loss": 1.0 / EPOCHS, "accuracy": 0.5}
