@@ -76,9 +76,10 @@ class Settings(BaseSettings):
     # worker (`fitserve serve --workers N` lowers it to half its N workers, at least 1, unless
     # set). Keyless local jobs are not capped.
     max_running_jobs_per_key: int = 2
-    # A training attempt running longer than this is stopped at its next batch and fails with
-    # error_code time_limit: the budget no job can pass, whatever its epochs (100,000 of a small
-    # network took ~2.5 h here). None: no limit.
+    # A job that has run on workers longer than this, its attempts together (a retried job gets
+    # what its earlier attempts left), is stopped at its next batch and fails with error_code
+    # time_limit: the budget no job can pass, whatever its epochs (100,000 of a small network
+    # took ~2.5 h here). None: no limit.
     max_job_seconds: float | None = 6 * 3600.0
 
     # API keys: None = required exactly when the server binds a non-loopback address.

@@ -154,6 +154,9 @@ class Job(Base):
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # Seconds on workers, every attempt together: each heartbeat and epoch adds the time since
+    # the previous one (or the claim). The time limit is checked against it (0015).
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     # Not claimable before this (retry backoff).
     available_at: Mapped[datetime] = mapped_column(server_default=func.now())
     error: Mapped[str | None] = mapped_column(Text)

@@ -199,9 +199,10 @@ class TrainingConfig(StrictModel):
         None,
         gt=0.0,
         le=366 * 24 * 3600.0,
-        description="A time budget (seconds) for each attempt at training, beside epochs: a job "
-        "still training after it is stopped at its next batch and fails with error_code "
-        "time_limit, its metrics kept. At most the server's limit (FITSERVE_MAX_JOB_SECONDS); "
+        description="A time budget (seconds) for the job's training, beside epochs, its attempts "
+        "together (a job retried after its worker died gets what is left): a job still training "
+        "after it is stopped at its next batch and fails with error_code time_limit, its metrics "
+        "kept. At most the server's limit (FITSERVE_MAX_JOB_SECONDS); "
         "enforced by the service's workers, not by models.fit. null: the server's limit.",
     )
     shuffle: bool = Field(True, description="Shuffle the training rows every epoch.")

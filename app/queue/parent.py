@@ -402,15 +402,16 @@ class Attempt:
 
 
 JOB_BUDGET_ERROR = (
-    "the job ran past its own time budget of {seconds:,.0f} s per attempt (training.max_seconds); "
-    "raise max_seconds (up to the server's limit, FITSERVE_MAX_JOB_SECONDS), or train for fewer "
-    "epochs or on less data"
+    "the job ran past its own time budget of {seconds:,.0f} s (training.max_seconds), its "
+    "attempts together; raise max_seconds (up to the server's limit, FITSERVE_MAX_JOB_SECONDS), "
+    "or train for fewer epochs or on less data"
 )
 
 
 def time_limit(training: dict[str, Any], server_limit: float | None) -> tuple[float | None, str]:
-    """The seconds an attempt may train — the job's training.max_seconds when it is the tighter,
-    else the server's FITSERVE_MAX_JOB_SECONDS — and the error that names which one ran out."""
+    """The seconds a job may run on workers, its attempts together (`store.heartbeat` checks its
+    run_seconds) — the job's training.max_seconds when it is the tighter, else the server's
+    FITSERVE_MAX_JOB_SECONDS — and the error that names which one ran out."""
     budget = training.get("max_seconds")
     if budget is not None and (server_limit is None or float(budget) < server_limit):
         return float(budget), JOB_BUDGET_ERROR.format(seconds=float(budget))

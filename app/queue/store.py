@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.job_status import LEASED, TERMINAL, JobStatus
-from app.queue.clock import db_now
+from app.queue.clock import db_now, seconds_since
 from app.services import registry
 from app.tables import Job, JobCheckpoint, JobClaim, JobMetric, Model, new_id
 
@@ -409,9 +409,21 @@ def _claim_of(row: Any) -> Claim:
 
 
 TIME_LIMIT_ERROR = (
-    "the job ran past the time limit of {seconds:,.0f} s per attempt (FITSERVE_MAX_JOB_SECONDS); "
-    "train for fewer epochs, or on less data, or ask for a higher limit"
+    "the job ran past the time limit of {seconds:,.0f} s (FITSERVE_MAX_JOB_SECONDS), its attempts "
+    "together; train for fewer epochs, or on less data, or ask for a higher limit"
 )
+
+
+def _proof_of_life() -> dict[str, Any]:
+    """The values a heartbeat or an epoch end sets: now as the last sign of life, and the time
+    since the previous one (or the claim, which sets heartbeat_at too) added to run_seconds. So
+    run_seconds sums every attempt from its claim to its last sign of life: a queued job's wait
+    is not counted, a killed attempt's time after its last heartbeat is lost (a heartbeat at
+    most)."""
+    return {
+        "run_seconds": jobs.c.run_seconds + seconds_since(jobs.c.heartbeat_at),
+        "heartbeat_at": db_now(),
+    }
 
 
 def heartbeat(
@@ -424,16 +436,18 @@ def heartbeat(
     time_limit_error: str | None = None,
 ) -> str:
     """Extend the lease; returns the status so the worker learns of a cancel request.
-    An attempt running for longer than `max_job_seconds` becomes `cancelling` here with
-    error_code `time_limit` and `time_limit_error` (by default the server limit's message): the
-    worker stops it at the next batch as it stops a cancel, and `finish_cancelled` ends it
-    `failed`. Raises LeaseLost when the job is no longer ours."""
-    values: dict[str, Any] = {}
+    A job that has run for longer than `max_job_seconds`, its attempts together (run_seconds,
+    `_proof_of_life`), becomes `cancelling` here with error_code `time_limit` and
+    `time_limit_error` (by default the server limit's message): the worker stops it at the next
+    batch as it stops a cancel, and `finish_cancelled` ends it `failed`. A job retried after its
+    worker died has only what its earlier attempts left of the limit. Raises LeaseLost when the
+    job is no longer ours."""
+    values = _proof_of_life()
     if max_job_seconds is not None:
         overdue = and_(
-            jobs.c.status == JobStatus.RUNNING, jobs.c.started_at < db_now(-max_job_seconds)
+            jobs.c.status == JobStatus.RUNNING, values["run_seconds"] > float(max_job_seconds)
         )
-        values = {
+        values |= {
             "status": case((overdue, JobStatus.CANCELLING), else_=jobs.c.status),
             "error_code": case((overdue, "time_limit"), else_=jobs.c.error_code),
             "error": case(
@@ -444,7 +458,7 @@ def heartbeat(
     status = session.execute(
         update(jobs)
         .where(_fenced(job_id, lease_token))
-        .values(lease_expires_at=db_now(lease_seconds), heartbeat_at=db_now(), **values)
+        .values(lease_expires_at=db_now(lease_seconds), **values)
         .returning(jobs.c.status)
     ).scalar_one_or_none()
     if status is None:
@@ -503,8 +517,8 @@ def record_epoch(
         lease_token=lease_token,
         epoch=epoch,
         lease_expires_at=db_now(lease_seconds),
-        heartbeat_at=db_now(),
         updated_at=db_now(),
+        **_proof_of_life(),
         **({} if ran is None else _ran_columns(ran)),
     )
     _insert_metrics(

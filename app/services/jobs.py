@@ -151,7 +151,7 @@ def check_time_budget(
     budget, limit = training.max_seconds, settings.max_job_seconds
     if budget is not None and limit is not None and budget > limit:
         raise Unprocessable(
-            f"training.max_seconds is {budget:,.0f} s; this server stops every attempt after "
+            f"training.max_seconds is {budget:,.0f} s; this server stops every job after "
             f"{limit:,.0f} s (FITSERVE_MAX_JOB_SECONDS): ask for at most {limit:,.0f}",
             loc=(*loc, "training", "max_seconds"),
         )
