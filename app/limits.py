@@ -29,10 +29,11 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 
+from app.config import Settings
 from app.errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -189,6 +190,16 @@ class BodyScanner:
             self.suspicious = _may_hold_problem(window)
             self._tail = window[-_OVERLAP:]
 
+    def feed_whole(self, body: bytes) -> None:
+        """`feed` a whole body at once, to a new scanner. An ASCII body in UTF-8 (what nearly
+        every client sends: json.dumps escapes the rest) has nothing to decode: only the
+        pre-filter runs."""
+        # ASCII without a NUL in its first 4 bytes is UTF-8 by json.detect_encoding's rule
+        if body.isascii() and b"\x00" not in body[:4]:
+            self.suspicious = _may_hold_problem(body)
+        else:
+            self.feed(body, final=True)
+
 
 def parse_problem(body: bytes) -> tuple[str, list[str | int]] | None:
     """The message and location of the first NaN/Infinity/overflowing number, or string with a
@@ -212,29 +223,28 @@ def body_problem(body: bytes) -> tuple[str, list[str | int]] | None:
     """`BodyScanner` and `parse_problem` over a body held whole: the first undecodable byte,
     non-finite number or lone surrogate, with its location; None when there is none."""
     scanner = BodyScanner()
-    scanner.feed(body, final=True)
+    scanner.feed_whole(body)
     if scanner.decode_error is not None:
         return scanner.decode_error, ["body"]
     return parse_problem(body) if scanner.suspicious else None
 
 
-def is_json(scope: Scope) -> bool:
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case) name, the first of each: read once, in one pass,
+    by a layer that looks at several."""
+    return dict(reversed(list(scope.get("headers", ()))))  # reversed: the first of a name wins
+
+
+def is_json(headers: dict[bytes, bytes]) -> bool:
     """A JSON media type, or no Content-Type at all. FastAPI parses only the first as JSON (its
     strict_content_type); the second is checked here too because some frameworks would."""
-    value = content_type(scope)
+    value = headers.get(b"content-type")
     return value is None or declares_json(value.decode("latin-1"))
 
 
-def is_multipart(scope: Scope) -> bool:
-    value = content_type(scope)
+def is_multipart(headers: dict[bytes, bytes]) -> bool:
+    value = headers.get(b"content-type")
     return value is not None and value.split(b";")[0].strip().lower() == b"multipart/form-data"
-
-
-def content_type(scope: Scope) -> bytes | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            return bytes(value)
-    return None
 
 
 def declares_json(content_type: str | None) -> bool:
@@ -252,27 +262,20 @@ def declares_json(content_type: str | None) -> bool:
     )
 
 
-def _json_part(scope: Scope, body: bytes) -> bytes:
-    """The JSON of a body: all of it, or the header before the binary tensors of an OIP request
-    (Inference-Header-Content-Length; a malformed length is /v2's to refuse)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"inference-header-content-length":
-            text = value.decode("latin-1").strip()
-            valid = text.isascii() and text.isdigit()
-            return body[: int(text)] if valid and int(text) <= len(body) else b""
-    return body
+def _json_part(length: bytes, body: bytes) -> bytes:
+    """The JSON of an OIP request with binary tensors: the header before them, as long as
+    Inference-Header-Content-Length says (a malformed length is /v2's to refuse)."""
+    text = length.decode("latin-1").strip()
+    valid = text.isascii() and text.isdigit()
+    return body[: int(text)] if valid and int(text) <= len(body) else b""
 
 
-def _has_binary_part(scope: Scope) -> bool:
-    return any(name == b"inference-header-content-length" for name, _ in scope.get("headers", ()))
-
-
-def _content_length(scope: Scope) -> int | None | str:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            text = value.decode("latin-1").strip()
-            return int(text) if text.isascii() and text.isdigit() else text
-    return None
+def _content_length(headers: dict[bytes, bytes]) -> int | None | str:
+    value = headers.get(b"content-length")
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 async def send_error(
@@ -340,6 +343,26 @@ def is_data_route(scope: Scope) -> bool:
     )
 
 
+_JSON_SETTING = "FITSERVE_MAX_JSON_BODY_BYTES"
+
+
+class _Limit(NamedTuple):
+    """A request's body limit; its 413 message is written only for a body past it."""
+
+    size: int
+    setting: str  # the setting that sets it, named in the 413
+    drain_budget: int  # how much of a refused body is read and dropped: by the largest of its kind
+
+    @classmethod
+    def of(cls, size: int, setting: str) -> _Limit:
+        return cls(size, setting, _drain_budget(size))
+
+    def message(self) -> str:
+        if self.setting == _JSON_SETTING:
+            return too_large_spec_message(self.size)
+        return too_large_message(self.size, self.setting)
+
+
 class RequestLimitsMiddleware:
     """413 for oversized bodies (declared or streamed); 422 for non-finite numbers or lone
     surrogates in JSON.
@@ -358,57 +381,69 @@ class RequestLimitsMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_body_bytes = max_json_body_bytes
+        self._limits: tuple[_Limit, _Limit, _Limit] | None = None
+        self._limits_settings: Settings | None = None
 
-    def _limit(self, scope: Scope, *, json_body: bool) -> tuple[int, str, int]:
-        """The body's byte limit, the message of a 413 past it, and how much of a refused body
-        is read and dropped (sized by the largest body of its kind). `json_body`: `is_json`."""
+    def _limit(self, scope: Scope, headers: dict[bytes, bytes], *, json_body: bool) -> _Limit:
+        """The body's limit. `json_body`: `is_json` (never a file upload)."""
         settings = None if self.max_body_bytes is not None else scope["app"].state.settings
-        setting = "FITSERVE_MAX_BODY_BYTES"
+        if self._limits is None or settings is not self._limits_settings:
+            self._limits, self._limits_settings = self._limits_of(settings), settings
+        body, upload, spec = self._limits
+        if not json_body:
+            return upload if is_multipart(headers) else body
+        return body if is_data_route(scope) else spec
+
+    def _limits_of(self, settings: Settings | None) -> tuple[_Limit, _Limit, _Limit]:
+        """The limits of (any body, a file upload, a JSON body of a route other than the
+        `DATA_ROUTES`) under `settings` (frozen: worked out once for each)."""
         if settings is None:
             assert self.max_body_bytes is not None
-            limit = self.max_body_bytes
-        elif is_multipart(scope):  # a file upload: spooled to disk and parsed block by block
-            limit, setting = int(settings.upload_bytes_limit), "FITSERVE_MAX_UPLOAD_BYTES"
+            body = upload = _Limit.of(self.max_body_bytes, "FITSERVE_MAX_BODY_BYTES")
         else:
-            limit = int(settings.max_body_bytes)
-        drain_budget = _drain_budget(limit)
-        if not json_body or is_data_route(scope):
-            return limit, too_large_message(limit, setting), drain_budget
+            body = _Limit.of(int(settings.max_body_bytes), "FITSERVE_MAX_BODY_BYTES")
+            # a file upload is spooled to disk and parsed block by block
+            upload = _Limit.of(int(settings.upload_bytes_limit), "FITSERVE_MAX_UPLOAD_BYTES")
         json_limit = self.max_json_body_bytes
         if json_limit is None:
-            json_limit = settings.max_json_body_bytes if settings is not None else limit
-        if json_limit >= limit:
-            return limit, too_large_message(limit, setting), drain_budget
-        return int(json_limit), too_large_spec_message(int(json_limit)), drain_budget
+            json_limit = settings.max_json_body_bytes if settings is not None else body.size
+        if json_limit >= body.size:
+            return body, upload, body
+        return body, upload, _Limit(int(json_limit), _JSON_SETTING, body.drain_budget)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        json_body = is_json(scope)
-        limit, too_large, drain_budget = self._limit(scope, json_body=json_body)
-        declared = _content_length(scope)
+        headers = request_headers(scope)
+        json_body = is_json(headers)
+        limit = self._limit(scope, headers, json_body=json_body)
+        declared = _content_length(headers)
         if isinstance(declared, str):
             await send_error(
                 send, 400, f"Content-Length {declared!r} is not a number of bytes", "bad_request"
             )
             return
-        if declared is not None and declared > limit:
+        if declared is not None and declared > limit.size:
             # A client waiting for "100 Continue" has sent nothing: answer at once. Others are
             # already sending; read and drop what they send, or they may see a reset, not a 413.
             if not expects_continue(scope):
-                await drain(receive, drain_budget)
-            await send_error(send, 413, too_large, "too_large")
+                await drain(receive, limit.drain_budget)
+            await send_error(send, 413, limit.message(), "too_large")
             return
         if json_body:
-            await self._check_json(scope, receive, send, (limit, too_large, drain_budget))
+            await self._check_json(scope, receive, send, limit, headers)
         else:
-            await self._stream_counted(scope, receive, send, limit, too_large)
+            await self._stream_counted(scope, receive, send, limit)
 
     async def _check_json(
-        self, scope: Scope, receive: Receive, send: Send, limits: tuple[int, str, int]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        limit: _Limit,
+        headers: dict[bytes, bytes],
     ) -> None:
-        limit, too_large, drain_budget = limits
         # JSON routes read the whole body anyway; read it here (bounded), check it, replay it.
         # Each chunk is decoded and scanned as it arrives, so no step costs more than a chunk's
         # worth of time on the event loop; only a suspicious body is parsed whole, in a thread.
@@ -422,21 +457,25 @@ class RequestLimitsMiddleware:
             chunk = message.get("body", b"")
             more = bool(message.get("more_body", False))
             size += len(chunk)
-            if size > limit:
+            if size > limit.size:
                 if more:
-                    await drain(receive, drain_budget)
-                await send_error(send, 413, too_large, "too_large")
+                    await drain(receive, limit.drain_budget)
+                await send_error(send, 413, limit.message(), "too_large")
                 return
             chunks.append(chunk)
+            if not more and len(chunks) == 1:  # the whole body in one message, as small ones come
+                scanner.feed_whole(chunk)
+                break
             scanner.feed(chunk, final=not more)
             if not more:
                 break
         # Joined only where the whole body is checked, in a thread: a 60 MB copy on the event
         # loop took ~0.1 s there on a busy machine.
         problem: tuple[str, list[str | int]] | None = None
-        if _has_binary_part(scope):  # OIP binary tensors follow the JSON: check only the JSON
+        binary_part = headers.get(b"inference-header-content-length")
+        if binary_part is not None:  # OIP binary tensors follow the JSON: check only the JSON
             problem = await anyio.to_thread.run_sync(
-                lambda: body_problem(_json_part(scope, b"".join(chunks)))
+                lambda: body_problem(_json_part(binary_part, b"".join(chunks)))
             )
         elif scanner.decode_error is not None:
             problem = scanner.decode_error, ["body"]
@@ -451,7 +490,7 @@ class RequestLimitsMiddleware:
         await self.app(scope, replay_chunks(chunks, receive), send)
 
     async def _stream_counted(
-        self, scope: Scope, receive: Receive, send: Send, limit: int, too_large: str
+        self, scope: Scope, receive: Receive, send: Send, limit: _Limit
     ) -> None:
         size = 0
         rejected = False
@@ -464,7 +503,7 @@ class RequestLimitsMiddleware:
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
                 more_body = bool(message.get("more_body", False))
-                if size > limit:
+                if size > limit.size:
                     rejected = True
                     raise _BodyTooLarge
             return message
@@ -483,8 +522,8 @@ class RequestLimitsMiddleware:
                 raise
         if rejected and not started:
             if more_body:
-                await drain(receive, _drain_budget(limit))
-            await send_error(send, 413, too_large, "too_large")
+                await drain(receive, limit.drain_budget)
+            await send_error(send, 413, limit.message(), "too_large")
 
 
 def expects_continue(scope: Scope) -> bool:

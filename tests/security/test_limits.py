@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from app.errors import install_error_handlers
 from app.limits import RequestLimitsMiddleware, body_problem
+from tests.security.asgi_kit import http_scope
 
 LIMIT = 8000
 
@@ -76,9 +77,35 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@pytest.fixture
-def client(calls: list[str]) -> InProcess:
-    return InProcess(make_app(calls))
+class OneMessage(InProcess):
+    """The body in one ASGI message, as uvicorn hands on a small request that arrived whole
+    (httpx's ASGI transport sends a final empty message after it)."""
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        request = httpx.Request("POST", f"http://127.0.0.1{path}", **kwargs)
+        body = await request.aread()
+        sent: list[dict[str, Any]] = []
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return {"type": "http.disconnect"}
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(name.lower(), value) for name, value in request.headers.raw]
+        await self.app(http_scope(path, headers), receive, send)
+        start, content = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+        return httpx.Response(start["status"], headers=start["headers"], content=content)
+
+
+@pytest.fixture(params=["chunked", "one message"])
+def client(calls: list[str], request: pytest.FixtureRequest) -> InProcess:
+    return (InProcess if request.param == "chunked" else OneMessage)(make_app(calls))
 
 
 def _chunks(total: int, size: int = 1000) -> Iterator[bytes]:
@@ -173,6 +200,20 @@ def test_a_body_without_content_type_is_checked_too(client: InProcess) -> None:
     # FastAPI parses a body without Content-Type as JSON, so the check must not skip it.
     r = client.post("/json", content=b'{"values": [[NaN]]}')
     assert r.status_code == 422 and "NaN" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-8-sig"])
+def test_a_body_in_another_unicode_encoding_is_checked_as_text(
+    client: InProcess, encoding: str
+) -> None:
+    # Each character of UTF-16/32 text is ASCII bytes and NULs: read as bytes, "NaN" is not
+    # there. FastAPI decodes such a body as json.loads does, so the check must too.
+    headers = {"content-type": "application/json"}
+    r = client.post("/json", content='{"values": [[NaN]]}'.encode(encoding), headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("values[0][0] is NaN: numbers must be finite")
+    r = client.post("/json", content='{"values": [[1.5]]}'.encode(encoding), headers=headers)
+    assert r.status_code == 200, r.text
 
 
 def test_the_words_inside_strings_are_fine(client: InProcess) -> None:

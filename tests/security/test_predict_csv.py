@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from tests.security.asgi_kit import http_scope
 from tests.security.conftest import IRIS_CSV, Api, train_next_job
 
 HEADER = "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm"
@@ -119,26 +120,13 @@ def test_a_body_past_the_row_limit_is_refused_before_the_rest_is_read(
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    path = f"/v1/models/{trained['model']}/predict.csv"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"text/csv"),
-            (b"transfer-encoding", b"chunked"),
-            (b"authorization", api.a["Authorization"].encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"text/csv"),
+        (b"transfer-encoding", b"chunked"),
+        (b"authorization", api.a["Authorization"].encode()),
+    ]
+    scope = http_scope(f"/v1/models/{trained['model']}/predict.csv", headers)
     asyncio.run(api.app(scope, receive, send))  # type: ignore[arg-type]
     assert sent[0]["status"] == 413, sent
     assert b"FITSERVE_MAX_PREDICT_ROWS" in b"".join(m.get("body", b"") for m in sent)  # type: ignore[misc]
