@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from urllib.parse import urlsplit
 
@@ -26,7 +27,16 @@ import anyio
 from app.auth import OWNER_STATE, owner_for
 from app.config import LOOPBACK_HOSTS, Settings
 from app.errors import DATABASE_DOWN, DATABASE_DOWN_ERRORS, Unauthorized
-from app.limits import ASGIApp, Receive, Scope, Send, drain, expects_continue, send_error
+from app.limits import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    drain,
+    expects_continue,
+    request_headers,
+    send_error,
+)
 
 log = logging.getLogger("fitserve.access")
 
@@ -38,13 +48,12 @@ _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 2.0
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
+@functools.lru_cache(maxsize=64)  # a client sends the same Host on every request
 def is_loopback_host(host: str) -> bool:
     """A Host header value (name[:port], [v6]:port) that names this machine."""
     host = host.strip().lower()
@@ -69,22 +78,22 @@ def _is_loopback_origin(origin: str) -> bool:
     return parts.scheme in {"http", "https"} and is_loopback_host(netloc)
 
 
-def _has_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length")
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length")
     if length is not None:
-        return length.strip() not in {"", "0"}
-    return _header(scope, b"transfer-encoding") is not None
+        return length.strip() not in {b"", b"0"}
+    return b"transfer-encoding" in headers
 
 
-def cross_site_problem(scope: Scope) -> str | None:
+def cross_site_problem(headers: dict[bytes, bytes]) -> str | None:
     """Why a keyless request looks like it came from a browser page on another site, or None."""
-    fetch_site = _header(scope, b"sec-fetch-site")
+    fetch_site = _header(headers, b"sec-fetch-site")
     if fetch_site is not None and fetch_site.strip().lower() in {"cross-site", "same-site"}:
         return (
             f"Sec-Fetch-Site is {fetch_site.strip()!r}: this server runs without API keys, so it "
             "answers only pages it serves itself and clients on this machine"
         )
-    origin = _header(scope, b"origin")
+    origin = _header(headers, b"origin")
     if origin is not None and not _is_loopback_origin(origin.strip()):
         return (
             f"Origin {origin.strip()[:100]!r} is another site: this server runs without API "
@@ -102,8 +111,9 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         settings: Settings = scope["app"].state.settings
+        headers = request_headers(scope)
         if not settings.api_keys_required:
-            host = _header(scope, b"host")
+            host = _header(headers, b"host")
             if host is None or not is_loopback_host(host):
                 shown = "none" if host is None else repr(host[:100])
                 await send_error(
@@ -116,15 +126,15 @@ class AccessMiddleware:
                     "misdirected_request",
                 )
                 return
-            problem = cross_site_problem(scope)
+            problem = cross_site_problem(headers)
             if problem is not None:
                 await send_error(send, 403, problem, "cross_site")
                 return
-        if scope["path"].startswith(_KEYED_PREFIXES) and _has_body(scope):
+        if scope["path"].startswith(_KEYED_PREFIXES) and _has_body(headers):
             try:
                 state = scope["app"].state
                 owner = await owner_for(
-                    _header(scope, b"authorization"), settings, state.engine, state.verified_keys
+                    _header(headers, b"authorization"), settings, state.engine, state.verified_keys
                 )
             except DATABASE_DOWN_ERRORS as exc:
                 log.warning("database error while checking a key: %s", exc)
