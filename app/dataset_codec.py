@@ -28,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from app.blobs import Blob
 from app.errors import PayloadTooLarge, Unprocessable, shown
 from app.schemas import MAX_NAME
 from models import SpecError
@@ -72,7 +73,7 @@ class ParsedDataset:
 
 @dataclass(frozen=True)
 class EncodedDataset:
-    features: bytes
+    features: Blob  # the safetensors file, as its header and the array's buffer (app/blobs.py)
     targets: bytes
     sha256: str
 
@@ -109,28 +110,31 @@ def check_name(value: str, what: str) -> str:
 
 def encode_arrays(parsed: ParsedDataset) -> EncodedDataset:
     features = (
-        to_bytes(parsed.tokens)
+        Blob(to_bytes(parsed.tokens))
         if parsed.tokens is not None
-        else save_float32("x", np.ascontiguousarray(parsed.x, dtype=np.float32))
+        else float32_safetensors("x", np.ascontiguousarray(parsed.x, dtype=np.float32))
     )
     y_dtype = np.int64 if parsed.task == "classification" else np.float32
     targets = st_save({"y": np.ascontiguousarray(parsed.y, dtype=y_dtype)})
-    digest = hashlib.sha256(features)
+    digest = hashlib.sha256()
+    features.update(digest)
     digest.update(targets)  # the same hash as over features + targets, without that copy
     return EncodedDataset(features, targets, digest.hexdigest())
 
 
-def save_float32(name: str, array: np.ndarray) -> bytes:
+def float32_safetensors(name: str, array: np.ndarray) -> Blob:
     """`safetensors.numpy.save({name: array})`, byte for byte, for a C-contiguous float32 array,
-    made with one copy of the data: safetensors builds the file in a buffer of its own and then
-    copies it into the bytes it returns, so a dataset took three times its size while stored."""
+    as its header and the array's own buffer: no copy of the data is made (safetensors builds
+    the file in a buffer of its own and copies that into the bytes it returns; joining the header
+    and the data would copy it once, holding the GIL). The array must not change while the blob
+    is in use."""
     header = json.dumps(
         {name: {"dtype": "F32", "shape": list(array.shape), "data_offsets": [0, array.nbytes]}},
         separators=(",", ":"),
     ).encode()
     header += b" " * (-len(header) % 8)  # safetensors pads the header to 8-byte alignment
-    data = array.reshape(-1).view(np.uint8).data if array.size else b""
-    return b"".join((struct.pack("<Q", len(header)), header, data))
+    data = array.reshape(-1).view(np.uint8) if array.size else b""
+    return Blob(struct.pack("<Q", len(header)) + header, data)
 
 
 def decode_arrays(row: Any) -> tuple[np.ndarray | TokenLists, np.ndarray]:

@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app import errors
+from app.blobs import Blob
 from app.dataset_codec import EncodedDataset, encode_arrays
 from app.schemas import DatasetCreate
 from app.services.datasets import describe, parse_json
@@ -152,7 +153,11 @@ def _parse_in_helper(chunks: list[bytes]) -> Parsed:
             feeder.join()
             helper.stdout.close()  # type: ignore[union-attr]
             helper.wait()
-    return header["name"], header["columns"], EncodedDataset(features, targets, header["sha256"])
+    return (
+        header["name"],
+        header["columns"],
+        EncodedDataset(Blob(features), targets, header["sha256"]),
+    )
 
 
 def _feed(helper: subprocess.Popen[bytes], chunks: list[bytes]) -> None:
@@ -227,7 +232,8 @@ def main() -> None:
             "sha256": encoded.sha256,
         }
         out.write(_frame(header))
-        out.write(encoded.features)
+        for piece in encoded.features.pieces:
+            out.write(piece)
         out.write(encoded.targets)
     out.flush()
 

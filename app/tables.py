@@ -97,10 +97,9 @@ class Dataset(Base):
     target_names: Mapped[list[str]] = mapped_column(JSON)
     # Class labels in a stable order (sorted); index i is class i. NULL for regression.
     classes: Mapped[list[Any] | None] = mapped_column(JSON)
-    # safetensors: features {"x": float32 (rows, n_features)}, or for a token-list dataset
-    # {"values": int64 (tokens,), "offsets": int64 (rows + 1,)} (n_features 0);
-    # targets {"y": int64 (rows,) class indices | float32 (rows, n_outputs)}.
-    features: Mapped[bytes] = mapped_column(LargeBinary)
+    # safetensors: targets {"y": int64 (rows,) class indices | float32 (rows, n_outputs)};
+    # features (the last column) {"x": float32 (rows, n_features)}, or for a token-list dataset
+    # {"values": int64 (tokens,), "offsets": int64 (rows + 1,)} (n_features 0).
     targets: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     # A token-list (sequences) dataset: how many token ids, and the largest (a network's
@@ -111,6 +110,10 @@ class Dataset(Base):
     # Set when a dataset that jobs or models still refer to is deleted: its arrays are emptied and
     # it is hidden, but the rows that name it keep their provenance (migration 0002).
     deleted_at: Mapped[datetime | None]
+    # Last: SQLite writes a dataset's features in pieces into a zeroblob, which it leaves unbuilt
+    # only at the end of a row (app/blobs.py; moved there on SQLite by migration 0015). A column
+    # added after it must be NULL in a new row, or each insert builds the zeros in memory.
+    features: Mapped[bytes] = mapped_column(LargeBinary)
 
     @property
     def kind(self) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from app.blobs import insert_with_blob
 from app.config import Settings
 from app.csv_ingest import parse_csv
 from app.data import BUILTINS
@@ -83,16 +84,12 @@ def _check_columns(columns: dict[str, Any], settings: Settings) -> None:
 def _store(
     session: Session, *, owner: str | None, name: str, parsed: ParsedDataset, builtin: bool = False
 ) -> Dataset:
-    return _insert(session, _new_row(parsed, owner=owner, name=name, builtin=builtin))
+    columns, encoded = describe(parsed), encode_arrays(parsed)
+    return _insert(session, columns, encoded, owner=owner, name=name, builtin=builtin)
 
 
-def _new_row(
-    parsed: ParsedDataset, *, owner: str | None, name: str, builtin: bool = False
-) -> Dataset:
-    return _row(describe(parsed), encode_arrays(parsed), owner=owner, name=name, builtin=builtin)
-
-
-def _row(
+def _insert(
+    session: Session,
     columns: dict[str, Any],
     encoded: EncodedDataset,
     *,
@@ -100,20 +97,16 @@ def _row(
     name: str,
     builtin: bool = False,
 ) -> Dataset:
-    return Dataset(
+    """A new row; its features written in pieces from the arrays' own memory (app/blobs.py)."""
+    row = Dataset(
         owner_id=owner,
         name=name,
         builtin=builtin,
         **columns,
-        features=encoded.features,
         targets=encoded.targets,
         sha256=encoded.sha256,
     )
-
-
-def _insert(session: Session, row: Dataset) -> Dataset:
-    session.add(row)
-    session.flush()
+    insert_with_blob(session, row, "features", encoded.features)
     # created_at comes from the database; the arrays are not read back
     session.refresh(row, attribute_names=["created_at"])
     return row
@@ -166,7 +159,7 @@ def create_encoded(
     """A JSON upload, validated, built and encoded off the event loop by app/intake.py (in a
     helper process when it is big)."""
     _check_columns(columns, settings)
-    return _insert(session, _row(columns, encoded, owner=owner, name=name))
+    return _insert(session, columns, encoded, owner=owner, name=name)
 
 
 def create_from_csv(
@@ -195,9 +188,8 @@ def create_from_csv(
     )  # fmt: skip
     columns = describe(parsed)
     _check_columns(columns, settings)
-    row = _row(columns, encode_arrays(parsed), owner=owner, name=name)
-    del parsed  # the arrays: the row holds their safetensors bytes, the insert copies those once
-    return _insert(session, row)
+    encoded = encode_arrays(parsed)  # the features' blob is parsed.x's own memory, not a copy
+    return _insert(session, columns, encoded, owner=owner, name=name)
 
 
 def _max_table_bytes(settings: Settings) -> int:

@@ -51,7 +51,7 @@ def _store(db: Rows, name: str, parsed: Any) -> str:
             feature_names=parsed.feature_names,
             target_names=parsed.target_names,
             classes=parsed.classes,
-            features=encoded.features,
+            features=bytes(encoded.features),
             targets=encoded.targets,
             sha256=encoded.sha256,
             tokens=parsed.tokens.n_tokens if parsed.tokens is not None else None,

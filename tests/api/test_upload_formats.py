@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 
 from app.config import Settings
 from app.csv_ingest import BLOCK_BYTES
-from app.dataset_codec import save_float32
+from app.dataset_codec import float32_safetensors
 from app.db import upgrade_head
 from app.main import create_app
 from app.tables import Dataset
@@ -205,10 +205,11 @@ async def test_cell_cap_refuses_at_the_first_block_past_it(database_url: str) ->
 
 @pytest.mark.parametrize("shape", [(0, 3), (1, 1), (3, 2), (150, 4), (12_345, 19), (7, 0)])
 def test_features_are_stored_as_safetensors_saves_them(shape: tuple[int, int]) -> None:
-    """encode_arrays writes the features file itself (one copy of the data, not three): the
-    same bytes as safetensors, so equal data still hashes equally whichever way it came."""
+    """encode_arrays makes the features file itself, as its header and the array's own memory
+    (no copy): the same bytes as safetensors, so equal data still hashes equally whichever way
+    it came."""
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    assert save_float32("x", x) == st_save({"x": x})
+    assert bytes(float32_safetensors("x", x)) == st_save({"x": x})
 
 
 def test_upload_cap_is_sized_from_the_cell_cap() -> None:
