@@ -26,6 +26,7 @@ interleave the variants, the order rotating each round, because the machine is s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,16 +77,20 @@ def _vm(pid: int, key: str) -> float:
     raise RuntimeError(key)
 
 
-def upload(tree: Path, tmp: Path, payload: Path, rows: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def api_server(tree: Path, url: str, **settings: int) -> Iterator[tuple[str, int]]:
+    """uvicorn serving `tree`'s app (migrated first) on the database at `url`, with
+    FITSERVE_MAX_DATASET_CELLS at 100 M and `settings` as FITSERVE_* variables; yields its base
+    URL and process id once /health answers."""
     import httpx
 
     port = _free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(tree),
-        "FITSERVE_DATABASE_URL": f"sqlite:///{tmp}/api-{port}.db",
-        "FITSERVE_MAX_BODY_BYTES": str(2 * 1024**3),
+        "FITSERVE_DATABASE_URL": url,
         "FITSERVE_MAX_DATASET_CELLS": str(100_000_000),
+        **{f"FITSERVE_{k.upper()}": str(v) for k, v in settings.items()},
     }
     migrate = (
         "import os; from app.db import upgrade_head; "
@@ -106,7 +112,18 @@ def upload(tree: Path, tmp: Path, payload: Path, rows: int) -> dict[str, Any]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        idle = _vm(server.pid, "VmRSS")
+        yield base, server.pid
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def upload(tree: Path, tmp: Path, payload: Path, rows: int) -> dict[str, Any]:
+    import httpx
+
+    url = f"sqlite:///{tmp}/api-{_free_port()}.db"
+    with api_server(tree, url, max_body_bytes=2 * 1024**3) as (base, pid):
+        idle = _vm(pid, "VmRSS")
         with payload.open("rb") as f:
             t0 = time.perf_counter()
             response = httpx.post(
@@ -116,12 +133,9 @@ def upload(tree: Path, tmp: Path, payload: Path, rows: int) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
         assert response.status_code == 201, response.text[:500]
         assert response.json()["rows"] == rows
-        peak = _vm(server.pid, "VmHWM")
+        peak = _vm(pid, "VmHWM")
         return {"seconds": seconds, "idle_mb": idle, "peak_mb": peak, "rows_s": rows / seconds,
                 "above_idle_mb": peak - idle}  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 PARSE_NEW = """
