@@ -9,7 +9,7 @@ for longer than one chunk's copy:
 
 - SQLite: the row is inserted with `zeroblob(n)` in the column and the pieces are written into it
   with sqlite3's incremental blob I/O (`Connection.blobopen`). SQLite leaves a zeroblob unbuilt
-  only when it ends the row's record, so the column must be the table's last (migration 0015).
+  only when it ends the row's record, so the column must be the table's last (migration 0016).
 - Postgres: the pieces are sent with COPY (binary) into a temporary table, and the INSERT takes
   the value from there.
 

@@ -111,7 +111,7 @@ class Dataset(Base):
     # it is hidden, but the rows that name it keep their provenance (migration 0002).
     deleted_at: Mapped[datetime | None]
     # Last: SQLite writes a dataset's features in pieces into a zeroblob, which it leaves unbuilt
-    # only at the end of a row (app/blobs.py; moved there on SQLite by migration 0015). A column
+    # only at the end of a row (app/blobs.py; moved there on SQLite by migration 0016). A column
     # added after it must be NULL in a new row, or each insert builds the zeros in memory.
     features: Mapped[bytes] = mapped_column(LargeBinary)
 

@@ -121,7 +121,7 @@ async def test_features_are_stored_as_safetensors_saves_them(
 async def test_sqlite_keeps_the_features_column_last(database_url: str, db: Rows) -> None:
     """SQLite leaves a zeroblob unbuilt only at the end of a row: with any column after
     `features` that a new row fills, every upload would build its features' size in zeros in
-    memory, twice (migration 0015)."""
+    memory, twice (migration 0016)."""
     if not database_url.startswith("sqlite"):
         pytest.skip("the column order only matters to SQLite")
     with db.begin() as session:

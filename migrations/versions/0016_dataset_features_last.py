@@ -1,7 +1,7 @@
 """datasets.features moved to the table's last column on SQLite
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-01 22:00:00
 
 A dataset's features (up to ~1 GB) are inserted as `zeroblob(n)` and written in pieces with
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
