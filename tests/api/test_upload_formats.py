@@ -21,7 +21,7 @@ from safetensors.numpy import save as st_save
 
 from app.config import Settings
 from app.csv_ingest import BLOCK_BYTES
-from app.dataset_codec import float32_safetensors
+from app.dataset_codec import safetensors_file
 from app.db import upgrade_head
 from app.main import create_app
 from app.tables import Dataset
@@ -203,13 +203,17 @@ async def test_cell_cap_refuses_at_the_first_block_past_it(database_url: str) ->
             assert_error(response, 413, "more than 30,000 values", "FITSERVE_MAX_DATASET_CELLS")
 
 
-@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (3, 2), (150, 4), (12_345, 19), (7, 0)])
-def test_features_are_stored_as_safetensors_saves_them(shape: tuple[int, int]) -> None:
-    """encode_arrays makes the features file itself, as its header and the array's own memory
-    (no copy): the same bytes as safetensors, so equal data still hashes equally whichever way
-    it came."""
-    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    assert bytes(float32_safetensors("x", x)) == st_save({"x": x})
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (3, 2), (150, 4), (12_345, 19), (7, 0), (9,)])
+def test_arrays_are_stored_as_safetensors_saves_them(
+    shape: tuple[int, ...], dtype: type[np.generic]
+) -> None:
+    """encode_arrays makes the features' and targets' files itself, as a header and the array's
+    own memory (no copy): the same bytes as safetensors, so equal data still hashes equally
+    whichever way it came."""
+    x = (np.random.default_rng(0).normal(size=shape) * 100).astype(dtype)
+    assert bytes(safetensors_file("x", x)) == st_save({"x": x})
+    assert bytes(safetensors_file("y", x.T)) == st_save({"y": np.ascontiguousarray(x.T)})
 
 
 def test_upload_cap_is_sized_from_the_cell_cap() -> None:
