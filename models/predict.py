@@ -27,6 +27,9 @@ class Predictor:
     Holds no per-request state, so one instance can serve concurrent requests.
     """
 
+    n_features: int  # features per input row; for a token model, num_tokens (the encoded width)
+    takes_tokens: bool  # the first layer is category_encoding: inputs are lists of token ids
+
     def __init__(self, weights: bytes, *, device: str = "cpu") -> None:
         loaded = load_model(weights)
         self.network: NetworkSpec = loaded.network
@@ -35,16 +38,9 @@ class Predictor:
         self.device = torch.device(device)
         self.module = loaded.module.to(self.device).eval()
         self._params = sum(p.numel() for p in self.module.parameters())
-
-    @property
-    def n_features(self) -> int:
-        """Features per input row; for a token model, num_tokens (the encoded width)."""
-        return self.network.input_dim
-
-    @property
-    def takes_tokens(self) -> bool:
-        """True when the first layer is category_encoding: inputs are lists of token ids."""
-        return self.network.encoding is not None
+        # read several times by every prediction: worked out once (the network never changes)
+        self.n_features = self.network.input_dim
+        self.takes_tokens = self.network.encoding is not None
 
     @property
     def n_parameters(self) -> int:
