@@ -26,7 +26,7 @@ from app.api.request_body import RequestBody
 from app.config import Settings
 from app.errors import Unprocessable, Unsupported
 from app.inference import ServedModel
-from app.limits import INT_LIMIT, check_body, declares_json
+from app.limits import INT_LIMIT, check_body, declares_json, request_headers
 from app.schemas import (
     MODEL_REF_DOC,
     UNAUTHORIZED,
@@ -124,7 +124,7 @@ async def predict(model_id: ModelRef, request: Request) -> Response:
     # app.access before the body was read) and ModelCacheDep's read, inline.
     state = request.app.state
     owner = await current_owner(request)
-    body, content_type = await read_body(request), request.headers.get("content-type")
+    body, content_type = await read_body(request), _content_type(request)
     if len(body) <= _INLINE_BODY_BYTES:
         rows = read_rows(body, content_type, state.settings)
     else:
@@ -137,6 +137,12 @@ async def predict(model_id: ModelRef, request: Request) -> Response:
     else:
         content = await run_in_threadpool(_predict_json, model, rows)
     return Response(content=content, media_type="application/json")
+
+
+def _content_type(request: Request) -> str | None:
+    # read from the scope: request.headers builds a Headers object to look up one name
+    value = request_headers(request.scope).get(b"content-type")
+    return None if value is None else value.decode("latin-1")
 
 
 def _predict_json(model: ServedModel, rows: np.ndarray | list[list[float]]) -> bytes:
