@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Integer, Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +43,10 @@ from queue_kit import IRIS_NETWORK, iris_dataset_row, iris_training, worker_proc
 from app.auth import create_key  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker, upgrade_head  # noqa: E402
+from app.job_status import LEASED  # noqa: E402
 from app.queue import store  # noqa: E402
 from app.queue.clock import db_now  # noqa: E402
-from app.tables import Job, JobClaim  # noqa: E402
+from app.tables import Job  # noqa: E402
 
 TINY = iris_training(epochs=1, batch_size="full")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -122,33 +123,53 @@ def latency(url: str, samples: int) -> list[float]:
     return seconds
 
 
-def _claim_before(session: Session, *, worker: str, lease_seconds: float) -> store.Claim | None:
-    """The claim as it was before the audit rows joined its statement (commit 578d28b): the
-    same UPDATE, then the previous claim's row closed and this one's inserted, three round
-    trips. A deliberate copy of store.claim_next_job's SQLite branch, run here on Postgres
-    too, so each run measures the old claim and the new side by side; keep it as it is."""
-    row = session.execute(
-        store.CLAIM_NEXT_JOB,
-        {
-            "claimer": worker,
-            "lease_seconds": float(lease_seconds),
-            "max_running_per_key": store.DEFAULT_MAX_RUNNING_PER_KEY,
-        },
-    ).one_or_none()
-    if row is None:
-        return None
-    claims = cast(Table, JobClaim.__table__)
-    session.execute(
-        update(claims)
-        .where(claims.c.job_id == row.id, claims.c.ended_at.is_(None))
-        .values(ended_at=db_now(), outcome="lease_expired")
-    )
-    session.execute(
-        insert(claims).values(
-            job_id=row.id, lease_token=row.lease_token, worker=worker, claimed_at=db_now()
+def _next_job_id_before() -> Any:
+    """The next job's id as the claim chose it before its fair-share counts stopped at the cap
+    (as of commit cb6e75a): a keyed candidate's share counted all its key's jobs on workers and
+    older claimable jobs, once per candidate, so a claim was quadratic in a key's queued jobs.
+    A deliberate copy, so each run measures the old claim and the new side by side; keep it as
+    it is."""
+    candidate = store.jobs.alias("candidate")
+    others = store.jobs.alias("others")
+    same_key = and_(others.c.owner_id == candidate.c.owner_id, others.c.id != candidate.c.id)
+    share = (
+        select(func.count())
+        .select_from(others)
+        .where(
+            same_key,
+            or_(
+                others.c.status.in_(LEASED),
+                and_(store._claimable(others), others.c.created_at < candidate.c.created_at),
+            ),
         )
+        .scalar_subquery()
     )
-    return store._claim_of(row)
+    keyless = candidate.c.owner_id.is_(None)
+    return (
+        select(candidate.c.id)
+        .where(
+            store._claimable(candidate),
+            or_(keyless, share < bindparam("max_running_per_key", type_=Integer())),
+        )
+        .order_by(case((keyless, 0), else_=share), candidate.c.available_at, candidate.c.created_at)
+        .limit(1)
+        .with_for_update(of=candidate, skip_locked=True)
+        .scalar_subquery()
+    )
+
+
+CLAIM_BEFORE = store.ClaimStatements.of(store.claim_update(_next_job_id_before()))
+
+
+def _claim_before(session: Session, *, worker: str, lease_seconds: float) -> store.Claim | None:
+    """store.claim_next_job with the claim statement before (the audit writes as now)."""
+    return store.run_claim(
+        session,
+        CLAIM_BEFORE,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_running_per_key=store.DEFAULT_MAX_RUNNING_PER_KEY,
+    )
 
 
 CLAIMS = {"before": _claim_before, "now": store.claim_next_job}

@@ -9,11 +9,12 @@ import threading
 import uuid
 
 from queue_kit import IRIS_NETWORK, StartWorker, checkpoints_of, iris_training, wait_for
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import create_key
 from app.queue import store
+from app.queue.clock import db_now
 from app.tables import Job
 
 
@@ -69,6 +70,52 @@ def test_keyless_jobs_are_not_capped(sessions: sessionmaker[Session], iris_id: s
     for _ in range(3):
         _enqueue(sessions, iris_id, None)
     assert all(_claim(sessions, cap=1) is not None for _ in range(3))
+
+
+def test_a_key_at_its_cap_has_its_lost_job_taken_over(
+    sessions: sessionmaker[Session], iris_id: str
+) -> None:
+    """A job whose lease ran out is still `running`: it counts in its key's share for the key's
+    other jobs, but not against itself, so another worker takes it over with the key at its
+    cap, while the key's queued job waits."""
+    a = _key(sessions)
+    jobs = {_enqueue(sessions, iris_id, a) for _ in range(3)}
+    held = _claim(sessions, cap=2)
+    with sessions.begin() as session:  # a worker that vanishes at once
+        lost = store.claim_next_job(session, worker="lost", lease_seconds=-1, max_running_per_key=2)
+    assert held is not None and lost is not None
+    taken = _claim(sessions, cap=2)
+    assert taken is not None and (taken.job_id, taken.lease_token) == (lost.job_id, 2)
+    assert _claim(sessions, cap=2) is None  # two running: the third waits
+    with sessions() as session:
+        waiting = jobs - {lost.job_id, held.job_id}
+        assert session.scalar(select(Job.status).where(Job.id.in_(waiting))) == "queued"
+
+
+def test_a_job_backing_off_holds_no_place_in_its_keys_share(
+    sessions: sessionmaker[Session], iris_id: str
+) -> None:
+    """An older job of the key waiting out a retry backoff isn't claimable: it doesn't count
+    ahead of the key's newer job, which runs under a cap of one."""
+    a = _key(sessions)
+    older = _enqueue(sessions, iris_id, a)
+    first = _claim(sessions, cap=1)
+    assert first is not None and first.job_id == older
+    with sessions.begin() as session:
+        store.retry_job(
+            session,
+            job_id=older,
+            lease_token=first.lease_token,
+            error="the training process died",
+            error_code="worker_lost",
+            backoff_seconds=60,
+        )
+        # Older by a minute, so a share counting it would hold the newer job back.
+        session.execute(update(Job).where(Job.id == older).values(created_at=db_now(-60)))
+    newer = _enqueue(sessions, iris_id, a)
+    claim = _claim(sessions, cap=1)
+    assert claim is not None and claim.job_id == newer
+    assert _claim(sessions, cap=1) is None  # the key holds one; the older one is backing off
 
 
 def test_concurrent_claims_respect_fair_order(
