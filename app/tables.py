@@ -138,7 +138,7 @@ class Job(Base):
         CheckConstraint("attempts >= 0 AND lease_token >= 0", name="counters"),
         # The claim query: the oldest available queued (or lease-expired running) job.
         Index("ix_jobs_claim", "status", "available_at", "created_at"),
-        # The claim's fair share: a key's jobs on workers, and its queued jobs by age (0016).
+        # The claim's fair share: a key's jobs on workers, and its queued jobs by age (0017).
         Index("ix_jobs_owner_status", "owner_id", "status", "created_at"),
     )
 

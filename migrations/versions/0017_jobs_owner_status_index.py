@@ -1,7 +1,7 @@
 """ix_jobs_owner_status: the claim counts a key's running and older queued jobs on an index
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-01 22:15:00
 
 The claim's fair share counts, for each keyed candidate, its key's jobs on workers and its
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
