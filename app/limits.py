@@ -6,7 +6,8 @@ beyond what it checks):
 - a body whose Content-Length exceeds `max_body_bytes` (for a multipart file upload, which is
   spooled to disk and parsed block by block, `Settings.upload_bytes_limit`) is answered 413
   before any of it is parsed or kept; a chunked body (no Content-Length) is counted as it
-  streams and refused the moment it passes the limit. The rest of a refused body is read and
+  streams and refused the moment it passes the limit (a declared length is the server's to
+  hold the body to). The rest of a refused body is read and
   dropped (up to a bound) so a client still sending reads the 413 rather than a connection
   reset; a client that asked for "Expect: 100-continue" is answered before it sends anything;
 - the JSON body of a route that takes a spec, a config or names rather than data (anything but
@@ -468,8 +469,13 @@ class RequestLimitsMiddleware:
             return
         if json_body and not checks_own_json(scope, headers):
             await self._check_json(scope, receive, send, limit, headers)
-        else:
+        elif declared is None:
             await self._stream_counted(scope, receive, send, limit)
+        else:
+            # Within the limit, as declared: HTTP/1.1's framing has the server hand on that many
+            # bytes and no more (uvicorn's parser reads the rest as the next request), so there
+            # is nothing to count; a chunked body declares no length.
+            await self.app(scope, receive, send)
 
     async def _check_json(
         self,
