@@ -3,7 +3,8 @@
 SQLite is the embedded default: one file, WAL so readers never block the writer, a busy timeout
 so writers queue instead of failing, and every transaction opened with BEGIN IMMEDIATE — SQLite
 has a single writer, and taking the write lock up front means a read-then-write transaction can
-never hit SQLITE_BUSY halfway through (a deferred BEGIN would upgrade its lock too late).
+never hit SQLITE_BUSY halfway through (a deferred BEGIN would upgrade its lock too late) — except
+on connections from `connect_read_only`, whose transactions never write.
 Postgres is the scale-out engine; `pool_pre_ping` lets the API recover from a restart.
 """
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "fitserve_read_only"  # an execution option: see connect_read_only
 POSTGRES_CONNECT_TIMEOUT_S = 5
 
 
@@ -47,7 +49,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def connect_read_only(engine: Engine) -> Connection:
+    """A connection whose transactions only read. SQLite begins them deferred, so they never
+    wait for the write lock (WAL lets them read beside a writer): a health probe must not queue
+    behind a dataset upload's insert, which holds the lock for as long as it writes (~0.5 s for
+    72 MB), nor wake up to 100 ms late from SQLite's busy handler."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
+from app.db import connect_read_only
 from app.errors import ServiceUnavailable
 from app.schemas import ErrorResponse, Health
 
@@ -30,7 +31,7 @@ def server_version() -> str:
 def health(request: Request) -> Health:
     engine = request.app.state.engine
     try:
-        with engine.connect() as connection:
+        with connect_read_only(engine) as connection:
             connection.execute(text("SELECT 1"))
     except sa_exc.SQLAlchemyError:
         raise ServiceUnavailable(

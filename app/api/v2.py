@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import ModelCacheDep, OwnerDep, SessionDep, SettingsDep
 from app.api.health import server_version
 from app.config import Settings
+from app.db import connect_read_only
 from app.errors import BadRequest
 from app.inference import ModelCacheT
 from app.limits import ASGIApp, Message, Receive, Scope, Send
@@ -69,7 +70,7 @@ def live() -> Response:
 )
 def ready(request: Request) -> Response:
     try:
-        with request.app.state.engine.connect() as connection:
+        with connect_read_only(request.app.state.engine) as connection:
             connection.execute(text("SELECT 1"))
     except sa_exc.SQLAlchemyError:
         raise BadRequest(
