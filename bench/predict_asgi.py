@@ -13,10 +13,11 @@ interleaved: every target once a round, in rotating order.
 The body arrives in 64 KiB chunks, as uvicorn hands a large one on. Each round is `--requests`
 requests; the figure is CPU time (`time.process_time`, every thread of the process) per
 request, the median round and the range. `--profile` prints each target's cProfile (top
-functions by own time) over one more round.
+functions by own time) over one more round; `--steps` counts each one's Python bytecode
+instructions per request (deterministic: the machine's load does not move it).
 
     python bench/predict_asgi.py [--rows 10000] [--requests 100] [--rounds 5]
-                                 [--baseline /tmp/base ...] [--profile]
+                                 [--baseline /tmp/base ...] [--profile] [--steps]
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ def _child(kind: str, workdir: Path, n_rows: int) -> None:
         loop = asyncio.get_running_loop()
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             command, count = line.split()
+            if command == "steps":
+                print(json.dumps({"steps": await _steps(app, path, body, int(count))}), flush=True)
+                continue
             profiler = cProfile.Profile() if command == "profile" else None
             if profiler is not None:
                 profiler.enable()
@@ -149,6 +153,29 @@ def _child(kind: str, workdir: Path, n_rows: int) -> None:
             await lifespan.__aexit__(None, None, None)
 
     asyncio.run(serve())
+
+
+async def _steps(app: Asgi, path: str, body: bytes, count: int) -> float:
+    """Python bytecode instructions run per request (sys.settrace's opcode events): the Python
+    work a request costs, the same on a busy machine as on a quiet one. Work in C (torch, numpy,
+    orjson, regexes) counts only as the instruction that calls it."""
+    steps = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "call":
+            frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        elif event == "opcode":
+            steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        for _ in range(count):
+            await _call(app, path, body)
+    finally:
+        sys.settrace(None)
+    return steps / count
 
 
 def _prepare(workdir: Path) -> None:
@@ -181,6 +208,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="another commit's checkout, run side by side")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each")
+    parser.add_argument("--steps", action="store_true",
+                        help="count each one's Python bytecodes per request too")  # fmt: skip
     parser.add_argument("--child", nargs=2, metavar=("KIND", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -222,6 +251,7 @@ def main() -> None:
                 print(f"  round {r + 1} {name:24s} {cpu[name][-1]:7.2f} ms CPU/request",
                       flush=True)  # fmt: skip
         profiles = {name: ask(name, "profile")["profile"] for name in names} if args.profile else {}
+        steps = {name: ask(name, "steps")["steps"] for name in names} if args.steps else {}
     finally:
         for child in children.values():
             assert child.stdin is not None
@@ -231,10 +261,12 @@ def main() -> None:
         print(f"\n## {name}: cProfile over {args.requests} requests\n{text}")
     print(f"\n{args.rows:,}-row requests ({body_bytes:,} bytes), {args.requests} a round, "
           f"{args.rounds} rounds; load average at the end {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-    print("| server | CPU ms/request, median round (range) |\n|---|---:|")
+    print("| server | CPU ms/request, median round (range) |"
+          + (" Python steps/request |\n|---|---:|---:|" if steps else "\n|---|---:|"))  # fmt: skip
     for name in names:
         values = sorted(cpu[name])
-        print(f"| {name} | {statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f}) |")
+        print(f"| {name} | {statistics.median(values):.2f} ({values[0]:.2f}–{values[-1]:.2f}) |"
+              + (f" {steps[name]:,.0f} |" if steps else ""))  # fmt: skip
 
 
 if __name__ == "__main__":
