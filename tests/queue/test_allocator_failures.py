@@ -47,7 +47,7 @@ def test_a_step_that_cannot_be_allocated_fails_at_once_saying_what_to_shrink(
     with sessions.begin() as session:
         dataset = Dataset(
             name="long", task="regression", rows=ROWS, n_features=1, n_outputs=1,
-            feature_names=["x"], target_names=["y"], classes=None, features=encoded.features,
+            feature_names=["x"], target_names=["y"], classes=None, features=bytes(encoded.features),
             targets=encoded.targets, sha256=encoded.sha256,
         )  # fmt: skip
         session.add(dataset)

@@ -237,7 +237,7 @@ def test_a_worker_trains_a_token_list_dataset_through_the_encoding_layer(
         dataset = Dataset(
             name="wires", task="classification", rows=120, n_features=0, n_outputs=1,
             feature_names=["sequences"], target_names=["target"], classes=parsed.classes,
-            features=encoded.features, targets=encoded.targets, sha256=encoded.sha256,
+            features=bytes(encoded.features), targets=encoded.targets, sha256=encoded.sha256,
             tokens=parsed.tokens.n_tokens if parsed.tokens else None, max_token_id=58,
         )  # fmt: skip
         session.add(dataset)
