@@ -70,10 +70,12 @@ class ThrowawayPostgres:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}{log}")
 
-    def start(self) -> None:
-        # fsync off: nothing here outlives the test, and it keeps a shared machine's disk quiet.
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off")  # fmt: skip
+    def start(self, *, durable: bool = False) -> None:
+        """fsync off unless `durable`: nothing here outlives the test, and it keeps a shared
+        machine's disk quiet. `durable` keeps Postgres' defaults (a benchmark's own server)."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
                   "start")  # fmt: skip
 
