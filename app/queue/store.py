@@ -51,6 +51,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -282,7 +283,9 @@ def _next_job_id() -> Any:
             older,
             older.c.status == JobStatus.QUEUED,
             older.c.available_at <= db_now(),
-            older.c.created_at < candidate.c.created_at,
+            # Older by (created_at, id): jobs queued in one transaction (a study's first
+            # trials) share a created_at, and tied shares let concurrent claimers take them all.
+            tuple_(older.c.created_at, older.c.id) < tuple_(candidate.c.created_at, candidate.c.id),
         ),
     )
     keyless = candidate.c.owner_id.is_(None)  # the one local user's jobs: not capped
@@ -290,7 +293,12 @@ def _next_job_id() -> Any:
         select(candidate.c.id)
         .where(_claimable(candidate), or_(keyless, share < cap))
         # Fair share: the key with the fewest jobs on workers first, then the oldest job.
-        .order_by(case((keyless, 0), else_=share), candidate.c.available_at, candidate.c.created_at)
+        .order_by(
+            case((keyless, 0), else_=share),
+            candidate.c.available_at,
+            candidate.c.created_at,
+            candidate.c.id,
+        )
         .limit(1)
         .with_for_update(of=candidate, skip_locked=True)
         .scalar_subquery()
