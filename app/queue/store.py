@@ -51,7 +51,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -283,9 +282,7 @@ def _next_job_id() -> Any:
             older,
             older.c.status == JobStatus.QUEUED,
             older.c.available_at <= db_now(),
-            # Older by (created_at, id): jobs queued in one transaction (a study's first
-            # trials) share a created_at, and tied shares let concurrent claimers take them all.
-            tuple_(older.c.created_at, older.c.id) < tuple_(candidate.c.created_at, candidate.c.id),
+            older.c.created_at < candidate.c.created_at,
         ),
     )
     keyless = candidate.c.owner_id.is_(None)  # the one local user's jobs: not capped
@@ -293,12 +290,7 @@ def _next_job_id() -> Any:
         select(candidate.c.id)
         .where(_claimable(candidate), or_(keyless, share < cap))
         # Fair share: the key with the fewest jobs on workers first, then the oldest job.
-        .order_by(
-            case((keyless, 0), else_=share),
-            candidate.c.available_at,
-            candidate.c.created_at,
-            candidate.c.id,
-        )
+        .order_by(case((keyless, 0), else_=share), candidate.c.available_at, candidate.c.created_at)
         .limit(1)
         .with_for_update(of=candidate, skip_locked=True)
         .scalar_subquery()

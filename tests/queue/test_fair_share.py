@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import uuid
 
-import pytest
 from queue_kit import IRIS_NETWORK, StartWorker, checkpoints_of, iris_training, wait_for
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,41 +143,6 @@ def test_concurrent_claims_respect_fair_order(
         t.join()
     assert len({c.job_id for c in claims}) == 4
     assert sorted(c.owner_id or "" for c in claims) == sorted(keys)
-
-
-def test_jobs_queued_together_keep_their_key_to_its_cap(
-    sessions: sessionmaker[Session], iris_id: str
-) -> None:
-    """Jobs queued in one transaction share a created_at (a study's first trials). Three
-    claimers holding their claims uncommitted at once take two of a key's three such jobs
-    under a cap of two, as they would of jobs queued one by one: the older jobs counted in a
-    share are told apart by id too. Postgres: SQLite's claims take turns as the one writer."""
-    with sessions() as probe:
-        if probe.get_bind().dialect.name != "postgresql":
-            pytest.skip("concurrent claims are a Postgres matter: SQLite has one writer")
-    key = _key(sessions)
-    with sessions.begin() as session:
-        for _ in range(3):
-            job = Job(
-                owner_id=key,
-                dataset_id=iris_id,
-                network=IRIS_NETWORK,
-                training=iris_training(),
-                epochs=1,
-                max_attempts=3,
-            )
-            store.enqueue_job(session, job=job)
-    claimers = [sessions() for _ in range(3)]
-    try:
-        claims = [
-            store.claim_next_job(s, worker=f"w{i}", lease_seconds=60, max_running_per_key=2)
-            for i, s in enumerate(claimers)
-        ]
-    finally:
-        for s in claimers:
-            s.rollback()
-            s.close()
-    assert [c is not None for c in claims] == [True, True, False]
 
 
 def test_one_key_cannot_hold_every_worker(
