@@ -65,7 +65,9 @@ def target_columns(target: str, names: list[str], *, container: str = "header") 
 
 
 class TableBuilder:
-    """Collects a table's blocks (Arrow record batches with the header's columns).
+    """Collects a table's blocks: record batches with every column (`add`, a CSV's blocks), or,
+    when the row count is known first (`reserve`, a Parquet footer's), one column's rows at a
+    time (`add_column`).
 
     `row_label(i)` names the table's row i (0-based) in messages the way the format counts
     ("data row 1" under a CSV header, "row 0" of a Parquet file); `numeric_targets` reads the
@@ -129,6 +131,34 @@ class TableBuilder:
             )
         else:
             self._labels.append(self._label_column(batch.column(self.targets[0]), start))
+
+    def reserve(self, rows: int) -> None:
+        """A table of `rows` rows, checked against the cell cap, whose columns come next by
+        `add_column`."""
+        self.check_cells(rows)
+        self.rows = rows
+        self._x = np.empty((rows, len(self.features)), dtype=np.float32)
+        if self.numeric_targets:
+            self._y = [np.empty((rows, len(self.targets)))]
+
+    def add_column(self, name: str, column: pa.Array, start: int) -> None:
+        """Rows `start`.. of column `name` of a `reserve`d table; a label column in order."""
+        assert self._x is not None, "reserve() first"
+        stop = start + len(column)
+        if stop > self.rows:
+            raise Unprocessable(
+                f"{self.where} column {shown(name)} holds more rows than the {self.rows:,} the "
+                "file says it has: the file is damaged; write it again"
+            )
+        if name in self.targets:
+            if self.numeric_targets:
+                at = self.targets.index(name)
+                self._y[0][start:stop, at] = self._numbers(column, name, start)
+            else:
+                self._labels.append(self._label_column(column, start))
+        else:
+            at = self.features.index(name)
+            self._x[start:stop, at] = self._numbers(column, name, start)
 
     def _numbers(self, column: pa.Array | pa.ChunkedArray, name: str, start: int) -> np.ndarray:
         """One column of a block -> finite float64 numbers within float32's range."""

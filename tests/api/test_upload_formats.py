@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -231,6 +233,44 @@ async def test_truncated_parquet(client: httpx.AsyncClient, nothing_left: None) 
     response = await upload(client, whole[: len(whole) * 2 // 3], filename="iris.parquet",
                             content_type=PARQUET)  # fmt: skip
     assert_error(response, 422, "not a readable Parquet file", "cut short")
+
+
+WIDE_PARQUET = """
+import io, sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from app.parquet import parse_parquet
+columns = {f"c{i}": np.random.default_rng(i).normal(size=20_000) for i in range(400)}
+sink = io.BytesIO()
+pq.write_table(pa.table({**columns, "y": np.arange(20_000) % 3}), sink)
+before = pa.default_memory_pool().max_memory()
+parsed = parse_parquet(io.BytesIO(sink.getvalue()), target="y", task=None, max_bytes=2**40)
+assert parsed.x.shape == (20_000, 400), parsed.x.shape
+print(pa.default_memory_pool().max_memory() - before)
+"""
+
+
+def test_wide_parquet_is_read_a_column_at_a_time() -> None:
+    """400 columns x 20,000 rows (32 MB as float32): read across every column at once, Arrow's
+    pool held each column's reader buffers together (234 MB); a column at a time, one reader's.
+    In a fresh process, so the pool's high-water mark is this parse's."""
+    out = subprocess.run([sys.executable, "-c", WIDE_PARQUET], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert int(out) < 16 * 2**20, f"{int(out) / 2**20:.0f} MB of Arrow's pool"
+
+
+async def test_parquet_damaged_in_row_group_2_of_3(
+    client: httpx.AsyncClient, nothing_left: None
+) -> None:
+    """A page header overwritten in the middle row group of one column: the 422 names the row
+    group, its first row and the column, and nothing is stored."""
+    whole = bytearray(parquet_bytes(iris_table(), row_group_size=50, use_dictionary=False))
+    chunk = pq.ParquetFile(io.BytesIO(bytes(whole))).metadata.row_group(1).column(2)
+    whole[chunk.data_page_offset : chunk.data_page_offset + 8] = b"\xff" * 8
+    response = await upload(client, bytes(whole), filename="iris.parquet", content_type=PARQUET)
+    assert_error(
+        response, 422, "row group 2 of 3 (from row 50)", f"column {chunk.path_in_schema!r}",
+        "could not be read as Parquet",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
