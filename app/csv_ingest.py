@@ -11,6 +11,11 @@ float64, which is all nearly every upload needs. When Arrow refuses a cell there
 cell, "nan"), the file is read again with every column as text, so that the message names the
 row, the column and the cell as written — and what Python reads as a number (" 1.5") still is
 one, as it was when this was csv.reader and float().
+
+A large file on disk is cut into parts read at once on several cores (app/csv_parts.py says where
+it can be cut). Only the cell cap's refusal, which names no row, is said from there: any other
+problem in a part sends the file through the one-reader passes above, so that a message names
+the file's first bad row as it always has.
 """
 
 from __future__ import annotations
@@ -24,11 +29,19 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from app import csv_parts
 from app.dataset_codec import ParsedDataset
-from app.errors import Unprocessable, shown
+from app.errors import PayloadTooLarge, Unprocessable, shown
 from app.table_builder import TableBuilder, check_header, parses_as_float, target_columns
 
 BLOCK_BYTES = 1 << 20  # one block of a 20-feature CSV is ~7,000 rows
+# Blocks a CSV reader may read ahead of the blocks it has parsed. Arrow's own read-ahead queue
+# holds up to 32 blocks: 32 MiB per reader, the whole of a 100k-row upload (its parse peaked 36
+# MB above idle for 18 MB of text) and 64 MiB for a file read in two parts.
+READ_AHEAD_BLOCKS = 4
+# Seconds a read waits at most: a safety net, never the pace (`_release` ends the waits of a
+# reader given up on).
+_READ_AHEAD_WAIT = 5.0
 # A fresh stream of the whole file from its first byte, with a position of its own.
 Opener = Callable[[], "pa.NativeFile | IO[bytes]"]
 _SNIFF_BYTES = 4096
@@ -36,6 +49,10 @@ _SNIFF_BYTES = 4096
 
 class _TextNeeded(Exception):
     """The typed pass met a cell it can't read as float64: read the file again as text."""
+
+
+class _Cancelled(Exception):
+    """Another part of the file failed: this part's reader stops at its next block."""
 
 
 class _RowWidth:
@@ -104,7 +121,7 @@ def _parse(
     check_header(names, where=where)
     targets = target_columns(target, names)
 
-    def builder() -> TableBuilder:
+    def builder(spare_rows: int = 0) -> TableBuilder:
         return TableBuilder(
             names=names,
             targets=targets,
@@ -112,16 +129,72 @@ def _parse(
             max_cells=max_cells,
             where=where,
             row_label=lambda i: f"data row {i + 1}",
+            spare_rows=spare_rows,
         )
 
+    parts = (
+        csv_parts.plan(source.path)
+        if isinstance(source, FileSource) and source.path and max_cells is not None
+        else None
+    )
+    if parts is not None:
+        assert isinstance(source, FileSource)
+        table = builder(spare_rows=parts[-1].rows_before)
+        try:
+            return _read_parts(source, raw, table, parts, block_bytes=block_bytes)
+        except _SerialNeeded:
+            pass
     try:
         return _read(source, raw, builder(), typed=True, block_bytes=block_bytes)
     except _TextNeeded:
         return _read(source, raw, builder(), typed=False, block_bytes=block_bytes)
 
 
+class _SerialNeeded(Exception):
+    """A part of the file failed: read it with one reader, which names the first bad row."""
+
+
+def _read_parts(
+    source: FileSource,
+    raw: list[str],
+    table: TableBuilder,
+    parts: list[csv_parts.Part],
+    *,
+    block_bytes: int,
+) -> ParsedDataset:
+    """The typed pass over the file's parts at once, the first on this thread."""
+    builders = [table] + [table.part(part.rows_before) for part in parts[1:]]
+    failed: list[BaseException | None] = [None] * len(parts)
+    cancel = threading.Event()
+
+    def read(index: int) -> None:
+        part = parts[index]
+        try:
+            _read_blocks(source, raw, builders[index], typed=True, block_bytes=block_bytes,
+                         part=part, cancel=cancel)  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - handed to the first part's thread
+            failed[index] = exc
+            cancel.set()
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(1, len(parts))]
+    for thread in threads:
+        thread.start()
+    read(0)
+    for thread in threads:
+        thread.join()
+    too_large = [exc for exc in failed if isinstance(exc, PayloadTooLarge)]
+    if too_large:
+        raise too_large[0]  # the cell cap's message names no row: true from any part
+    if any(exc is not None for exc in failed):
+        raise _SerialNeeded
+    for part in builders[1:]:
+        table.join(part)
+    return table.finish()
+
+
 class FileSource:
-    """Streams of one file, each from byte 0 with a position of its own, all closed by `close`.
+    """Streams of one file, each from byte 0 (or of a byte range of it) with a position of its
+    own, all closed by `close`.
 
     An Arrow reader reads ahead on a thread of its own, so a reader given up on (the header's,
     a typed pass that met text) may still be reading when the next pass starts: on a shared file
@@ -145,10 +218,15 @@ class FileSource:
         if isinstance(data, bytes):
             self._data = data
 
-    def __call__(self) -> pa.NativeFile | IO[bytes]:
+    @property
+    def path(self) -> str:
+        """Where the file can be opened again; "" for bytes in memory."""
+        return self._path
+
+    def __call__(self, start: int = 0, stop: int | None = None) -> pa.NativeFile | IO[bytes]:
         if not self._path:
-            return pa.BufferReader(self._data)
-        stream = _Stream(self._path)
+            return pa.BufferReader(self._data[start:stop])
+        stream = _Stream(self._path, start, stop)
         self._streams.append(stream)
         return stream
 
@@ -158,21 +236,49 @@ class FileSource:
 
 
 class _Stream(io.RawIOBase):
-    """A file opened for one pass. Closing waits for a read in flight (an abandoned Arrow
-    reader's, on its I/O thread) and later reads see the end of the file: its descriptor is
-    never closed under a read, so a number the kernel reuses is never read from."""
+    """Bytes `start` to `stop` of a file (by default all of it), opened for one pass. Closing
+    waits for a read in flight (an abandoned Arrow reader's, on its I/O thread) and later reads
+    see the end of the file: its descriptor is never closed under a read, so a number the kernel
+    reuses is never read from."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, start: int = 0, stop: int | None = None) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
+        self._start = start
+        self._stop = os.fstat(self._fd).st_size if stop is None else stop
+        self._at = start
         self._lock = threading.Lock()
+        self._parsed = threading.Condition(self._lock)
+        self._ahead: int | None = None  # blocks read and not yet parsed, when paced
+        self._blocks = 0
+
+    def pace(self, blocks: int) -> None:
+        """Reads wait while `blocks` blocks are read and not yet `parsed`."""
+        self._ahead = blocks
+
+    def parsed(self) -> None:
+        """The reader parsed a block: one more may be read."""
+        with self._lock:
+            self._blocks -= 1
+            self._parsed.notify()
+
+    def _may_read(self) -> bool:
+        return self._ahead is None or self._blocks < self._ahead  # close() unsets _ahead
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         with self._lock:
-            return os.readv(self._fd, [buffer]) if self._fd >= 0 else 0
+            if self._ahead is not None:
+                self._parsed.wait_for(self._may_read, _READ_AHEAD_WAIT)
+                self._blocks += 1
+            wanted = min(len(buffer), self._stop - self._at)
+            if self._fd < 0 or wanted <= 0:
+                return 0
+            count = os.preadv(self._fd, [memoryview(buffer)[:wanted]], self._at)
+            self._at += count
+            return count
 
     def seekable(self) -> bool:
         return True  # Parquet's and Arrow IPC's readers seek to the footer
@@ -181,7 +287,9 @@ class _Stream(io.RawIOBase):
         with self._lock:
             if self._fd < 0:
                 raise ValueError("seek of a closed file")
-            return os.lseek(self._fd, offset, whence)
+            base = {os.SEEK_SET: self._start, os.SEEK_CUR: self._at, os.SEEK_END: self._stop}
+            self._at = max(self._start, base[whence] + offset)
+            return self._at - self._start
 
     def tell(self) -> int:
         return self.seek(0, os.SEEK_CUR)
@@ -191,21 +299,42 @@ class _Stream(io.RawIOBase):
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            self._ahead = None
+            self._parsed.notify_all()
         super().close()
+
+
+def _paced(stream: pa.NativeFile | IO[bytes]) -> pa.NativeFile | IO[bytes]:
+    """A file on disk read by a CSV reader, paced to READ_AHEAD_BLOCKS (bytes in memory and
+    gzip'd streams are not: their blocks are the upload's own, or small). `_release` it when
+    the reader is done with or given up on."""
+    if isinstance(stream, _Stream):
+        stream.pace(READ_AHEAD_BLOCKS)
+    return stream
+
+
+def _release(stream: pa.NativeFile | IO[bytes]) -> None:
+    """Closes a paced stream: a read-ahead waiting for a parse that won't come (a reader given
+    up on) sees the end of the file at once."""
+    if isinstance(stream, _Stream):
+        stream.close()
 
 
 def _header(source: Opener, *, where: str, block_bytes: int) -> list[str]:
     """The header row's names as written (Arrow parses the first block to find them)."""
     widths = _RowWidth()
+    stream = _paced(source())
     try:
         reader = pa_csv.open_csv(
-            source(),
+            stream,
             read_options=pa_csv.ReadOptions(block_size=block_bytes, use_threads=False),
             parse_options=_parse_options(widths),
             convert_options=pa_csv.ConvertOptions(column_types={}, strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _refusal(exc, widths, source=source, where=where, rows_before=0, block=1) from None
+    finally:
+        _release(stream)
     names = list(reader.schema.names)
     reader.close()
     return names
@@ -214,6 +343,24 @@ def _header(source: Opener, *, where: str, block_bytes: int) -> list[str]:
 def _read(
     source: Opener, raw: list[str], table: TableBuilder, *, typed: bool, block_bytes: int
 ) -> ParsedDataset:
+    _read_blocks(source, raw, table, typed=typed, block_bytes=block_bytes)
+    return table.finish()
+
+
+def _read_blocks(
+    source: Opener,
+    raw: list[str],
+    table: TableBuilder,
+    *,
+    typed: bool,
+    block_bytes: int,
+    part: csv_parts.Part | None = None,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Every block of the file into `table`, or of one `part` of it (read with others at once:
+    its failures are `_SerialNeeded`, and it stops when `cancel` is set)."""
+    header = part is None or part.start == 0
+    stream = _paced(source() if part is None else source(part.start, part.stop))  # type: ignore[call-arg]
     label = None if table.numeric_targets else raw[table.names.index(table.targets[0])]
     types: dict[str, pa.DataType] = {name: pa.string() for name in raw}
     if typed:
@@ -229,17 +376,23 @@ def _read(
     block = 0
     try:
         reader = pa_csv.open_csv(
-            source(),
-            read_options=pa_csv.ReadOptions(block_size=block_bytes, use_threads=False),
+            stream,
+            read_options=pa_csv.ReadOptions(
+                block_size=block_bytes, use_threads=False, column_names=None if header else raw
+            ),
             parse_options=_parse_options(widths),
             convert_options=options,
         )
         while True:
             block += 1
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
+            if isinstance(stream, _Stream):
+                stream.parsed()
             batch = pa.RecordBatch.from_arrays(batch.columns, names=table.names)
             try:
                 table.add(batch)
@@ -248,13 +401,16 @@ def _read(
                     raise _TextNeeded from None
                 raise
     except pa.ArrowInvalid as exc:
+        if part is not None:
+            raise _SerialNeeded from None
         if typed and widths.row is None and "conversion error" in str(exc):
             raise _TextNeeded from None
         refusal = _refusal(
             exc, widths, source=source, where=table.where, rows_before=table.rows, block=block
         )
         raise refusal from None
-    return table.finish()
+    finally:
+        _release(stream)
 
 
 def _data_row_of(source: Opener, text: str) -> int | None:

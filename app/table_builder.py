@@ -11,6 +11,8 @@ so a table past it is refused at the first block that passes it, the rest never 
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,9 @@ from app.dataset_codec import (
 from app.errors import Unprocessable, shown
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A scalar made once: given "", pc.equal makes one per call, and tries to import dateutil each
+# time (0.18 ms against 0.013 per block, measured).
+_EMPTY = pa.scalar("")
 
 
 def check_header(names: list[str], *, where: str) -> None:
@@ -84,6 +89,7 @@ class TableBuilder:
         max_cells: int | None,
         where: str,
         row_label: Callable[[int], str],
+        spare_rows: int = 0,
     ) -> None:
         self.names = names
         self.targets = targets
@@ -94,11 +100,13 @@ class TableBuilder:
         self.row_label = row_label
         self.numeric_targets = task == "regression" or len(targets) > 1
         self.rows = 0
-        # float32 (rows the cell cap allows, n_features), filled block by block: reserved, not
-        # touched, so only the rows written take memory, and no concatenation copies them
-        # (without a cap, the builtins, blocks are kept and concatenated)
+        self.first_row = 0  # where this builder's rows start in the array (see `part`)
+        self._taken = _Taken()  # rows of the table so far, shared with its parts
+        # float32 (rows the cell cap allows + `spare_rows`, n_features), filled block by block:
+        # reserved, not touched, so only the rows written take memory, and no concatenation
+        # copies them (without a cap, the builtins, blocks are kept and concatenated)
         self._x = (
-            np.empty((max_cells // len(names), len(self.features)), dtype=np.float32)
+            np.empty((max_cells // len(names) + spare_rows, len(self.features)), np.float32)
             if max_cells is not None
             else None
         )
@@ -112,9 +120,39 @@ class TableBuilder:
         if self.max_cells is not None and rows * columns > self.max_cells:
             raise too_many_cells(self.max_cells // columns + 1, columns, self.max_cells)
 
+    def part(self, first_row: int) -> TableBuilder:
+        """A builder for a later part of this table, read at the same time on another thread: its
+        rows go into this builder's array from `first_row` (at least the rows before the part:
+        this builder was made with that many `spare_rows`), they count toward the one cell cap,
+        and `join` puts them after this builder's once both are read. Its messages count rows
+        from the part's start."""
+        assert self._x is not None, "parts need a cell cap"
+        part = TableBuilder(
+            names=self.names,
+            targets=self.targets,
+            task=self.task,
+            max_cells=None,
+            where=self.where,
+            row_label=self.row_label,
+        )
+        part.max_cells, part.first_row = self.max_cells, first_row
+        part._taken, part._x = self._taken, self._x[first_row:]
+        return part
+
+    def join(self, part: TableBuilder) -> None:
+        """Appends a finished `part`'s rows, labels and targets to this builder's."""
+        assert self._x is not None and part.first_row >= self.rows
+        rows = self._x[part.first_row : part.first_row + part.rows]
+        if part.first_row > self.rows:  # blank lines before the part: move its rows down
+            # memmove: the ranges may overlap, and numpy would copy through a temporary
+            ctypes.memmove(self._x[self.rows :].ctypes.data, rows.ctypes.data, rows.nbytes)
+        self.rows += part.rows
+        self._y += part._y
+        self._labels += part._labels
+
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         start = self.rows
-        self.check_cells(start + batch.num_rows)
+        self.check_cells(self._taken.add(batch.num_rows))
         self.rows += batch.num_rows
         if batch.num_rows == 0:
             return
@@ -209,7 +247,7 @@ class TableBuilder:
         kind = column.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             column = pc.utf8_trim_whitespace(column)
-            empty = pc.equal(column, "")
+            empty = pc.equal(column, _EMPTY)
             if pc.any(empty).as_py():
                 row = _first_true(empty)
                 raise Unprocessable(
@@ -272,6 +310,20 @@ class TableBuilder:
         else:
             numbers = labels.to_numpy(zero_copy_only=False).astype(np.float64)
         return task, regression_array(numbers[:, None], where=where), None
+
+
+class _Taken:
+    """Rows taken by the builders of one table: one, or a table's parts read on several threads
+    at once, checked against one cell cap."""
+
+    def __init__(self) -> None:
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def add(self, rows: int) -> int:
+        with self._lock:
+            self._rows += rows
+            return self._rows
 
 
 def _float64(column: pa.Array) -> np.ndarray | None:
