@@ -1,5 +1,6 @@
-"""A CSV reader over an upload on disk reads at most READ_AHEAD_BLOCKS blocks past the ones it
-has parsed (Arrow's own queue takes 32: the whole of a 32 MiB file sits in memory)."""
+"""Reading a CSV upload: a reader over a file on disk reads at most READ_AHEAD_BLOCKS blocks past
+the ones it has parsed (Arrow's own queue takes 32: the whole of a 32 MiB file sits in memory),
+and the header pass reads a small block first."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.csv as pa_csv
 import pytest
 
 from app import csv_ingest, csv_parts
-from app.csv_ingest import BLOCK_BYTES, READ_AHEAD_BLOCKS, FileSource
+from app.csv_ingest import BLOCK_BYTES, HEADER_BLOCK_BYTES, READ_AHEAD_BLOCKS, FileSource, parse_csv
 from app.uploads import UploadLimits, parse_upload
 
 
@@ -65,3 +66,12 @@ def test_no_read_waits_out_its_safety_net(monkeypatch: pytest.MonkeyPatch, parts
         thread.start()
         thread.join(30)
     assert done == [6 * BLOCK_BYTES // len(row) * 2]
+
+
+def test_a_header_longer_than_the_header_block() -> None:
+    names = [f"feature_{i:05d}" for i in range(6_000)]
+    header = ",".join([*names, "label"]).encode()
+    assert len(header) > HEADER_BLOCK_BYTES
+    rows = b"".join(b",".join([b"0.5"] * 6_000 + [label]) + b"\n" for label in (b"a", b"b"))
+    parsed = parse_csv(header + b"\n" + rows, target="label")
+    assert parsed.feature_names == names and parsed.x.shape == (2, 6_000)
