@@ -24,6 +24,7 @@ import numpy as np
 PART_MIN_BYTES = (
     32 << 20
 )  # below this a second reader saves ~0.1 s and costs ~15 MB of allocator pools
+MAX_PARTS = 8
 _SCAN_BYTES = 1 << 20
 
 
@@ -35,7 +36,10 @@ class Part:
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on, at most MAX_PARTS: a container's CPU quota doesn't
+    show here, and each part holds a reader's blocks (~6 MB)."""
+    found = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(found or 1, MAX_PARTS)
 
 
 def plan(path: str, *, parts: int | None = None) -> list[Part] | None:
