@@ -33,7 +33,13 @@ def test_reads_wait_for_the_parse(paced: bool) -> None:
             reader.read_next_batch()
             if paced:
                 stream.parsed()  # type: ignore[union-attr]
-            time.sleep(0.5)  # Arrow's read-ahead thread runs meanwhile
+            # Arrow's read-ahead thread runs meanwhile: unpaced, until it is far ahead (a busy
+            # machine may take a while); paced, half a second is ample to pass its bound
+            deadline = time.monotonic() + (0.5 if paced else 10)
+            while (
+                time.monotonic() < deadline and stream.tell() <= 2 * READ_AHEAD_BLOCKS * BLOCK_BYTES
+            ):
+                time.sleep(0.01)
             blocks = stream.tell() / BLOCK_BYTES
         finally:
             source.close()
