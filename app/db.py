@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default, restored after `defer_checkpoint`
+_DEFERRED_CHECKPOINT = "fitserve_deferred_checkpoint"  # a pooled connection's info key
 READ_ONLY = "fitserve_read_only"  # an execution option: see connect_read_only
 POSTGRES_CONNECT_TIMEOUT_S = 5
 
@@ -47,10 +49,36 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses no committed row
         cursor.close()
 
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop(_DEFERRED_CHECKPOINT, False):
+            dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT}")
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def defer_checkpoint(connection: Connection) -> None:
+    """This SQLite connection's next commit leaves its frames in the WAL, however many: SQLite's
+    automatic checkpoint would copy them into the database file inside the commit (~0.4 s for a
+    72 MB dataset, in the request). The setting is undone when the connection returns to the
+    pool; run `checkpoint` once the answer is sent."""
+    connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+    connection.connection.info[_DEFERRED_CHECKPOINT] = True
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copies what the WAL holds into the database file (SQLite; PASSIVE: it waits for no reader
+    or writer and leaves what it can't copy to the next checkpoint). Nothing on Postgres."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+    finally:
+        raw.close()
 
 
 def connect_read_only(engine: Engine) -> Connection:

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import intake
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.db import checkpoint
 from app.errors import Unprocessable, Unsupported
 from app.limits import declares_json
 from app.schemas import (
@@ -103,6 +104,7 @@ def _json_body_schema() -> dict[str, Any]:
 async def create_dataset(
     request: Request,
     response: Response,
+    background: BackgroundTasks,
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
@@ -133,6 +135,9 @@ async def create_dataset(
             "as multipart/form-data with fields file, target and name"
         )
     response.headers["Location"] = f"/v1/datasets/{row.id}"
+    # SQLite copies the features from its WAL into the database file once the 201 is sent
+    # (app/blobs.py), not inside the request's commit
+    background.add_task(checkpoint, request.app.state.engine)
     return DatasetRead.model_validate(row)
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pytest
 from safetensors.numpy import save as st_save
 from sqlalchemy import text
@@ -16,7 +20,9 @@ from app.auth import create_key
 from app.config import Settings
 from app.data import BUILTINS
 from app.dataset_codec import decode_arrays
+from app.db import checkpoint
 from app.main import create_app
+from app.services import datasets as service
 from app.tables import Dataset, Job
 from tests.api.conftest import Rows, assert_error, iris_csv
 
@@ -127,6 +133,41 @@ async def test_sqlite_keeps_the_features_column_last(database_url: str, db: Rows
     with db.begin() as session:
         columns = session.execute(text("PRAGMA table_info(datasets)")).all()
     assert columns[-1].name == "features"
+
+
+async def test_sqlite_checkpoints_an_upload_after_its_answer(
+    database_url: str, client: httpx.AsyncClient, app: Any
+) -> None:
+    """An upload's commit leaves its features in SQLite's WAL (the automatic checkpoint would
+    copy them into the database file inside the request: ~0.4 s for 72 MB); the route copies
+    them once its 201 is sent, and the connection's automatic checkpoint is on again."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a SQLite WAL")
+    path = Path(database_url.removeprefix("sqlite:///"))
+    x = np.random.default_rng(0).normal(size=(120_000, 20))
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(20)}, "y": np.arange(120_000) % 2})
+    data = io.BytesIO()
+    pa_csv.write_csv(table, data)  # 9.6 MB of float32: 2,300 pages, past the 1,000 that trigger
+    engine = app.state.engine
+    checkpoint(engine)
+    before = path.stat().st_size
+    with app.state.sessionmaker() as session:
+        data.seek(0)
+        service.create_from_csv(session, owner=None, name="wal", data=data, target="y",
+                                task=None, settings=app.state.settings)  # fmt: skip
+        session.commit()
+    assert path.stat().st_size - before < 1_000_000  # the commit copied nothing
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    checkpoint(engine)
+    assert path.stat().st_size - before > 9_000_000
+    before = path.stat().st_size
+    response = await client.post(
+        "/v1/datasets", files={"file": ("w.csv", data.getvalue(), "text/csv")},
+        data={"target": "y", "name": "wal"},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert path.stat().st_size - before > 9_000_000  # copied once the answer was sent
 
 
 async def test_json_upload_classification_keeps_label_spelling(client: httpx.AsyncClient) -> None:
