@@ -70,8 +70,7 @@ def parse_parquet(
         return _token_dataset(_read_whole(parquet, where), targets, lists[0], task, where=where)
     table = _builder(names, targets, task, max_cells=max_cells, where=where)
     table.reserve(meta.num_rows)
-    for groups, first in _tiles(meta):
-        rows = sum(meta.row_group(g).num_rows for g in groups)
+    for groups, first, rows in _tiles(meta):
         for name in names:  # the tile's rows of x stay in the cache while its columns fill them
             row = first
             batches = parquet.iter_batches(
@@ -81,8 +80,7 @@ def parse_parquet(
                 try:
                     batch = next(batches, None)
                 except (pa.ArrowException, OSError) as exc:
-                    group = _damaged_group(parquet, name, groups)
-                    start = sum(meta.row_group(g).num_rows for g in range(group))
+                    group, start = _damaged_group(parquet, name, groups, first)
                     raise Unprocessable(
                         f"{where}'s row group {group + 1} of {meta.num_row_groups} (from row "
                         f"{start}), column {name!r}, could not be read as Parquet ({exc})"
@@ -100,31 +98,36 @@ def parse_parquet(
     return table.finish()
 
 
-def _tiles(meta: pq.FileMetaData) -> Iterator[tuple[list[int], int]]:
+def _tiles(meta: pq.FileMetaData) -> Iterator[tuple[list[int], int, int]]:
     """Runs of consecutive row groups of at least BATCH_ROWS rows (a larger group alone), with
-    each run's first row: a run is read a column at a time, and many small groups read together
-    cost one reader per column, not one per group."""
+    each run's first row and its rows: a run is read a column at a time, and many small groups
+    read together cost one reader per column, not one per group."""
     groups: list[int] = []
     first = rows = 0
     for group in range(meta.num_row_groups):
         groups.append(group)
         rows += meta.row_group(group).num_rows
         if rows >= BATCH_ROWS:
-            yield groups, first
+            yield groups, first, rows
             groups, first, rows = [], first + rows, 0
     if groups:
-        yield groups, first
+        yield groups, first, rows
 
 
-def _damaged_group(parquet: pq.ParquetFile, name: str, groups: list[int]) -> int:
-    """The first of `groups` whose column `name` can't be read (a batch may span row groups, so
-    the failed batch doesn't tell); only on that error's path."""
+def _damaged_group(
+    parquet: pq.ParquetFile, name: str, groups: list[int], first: int
+) -> tuple[int, int]:
+    """The first of `groups` (a run from row `first`) whose column `name` can't be read, and its
+    first row (a batch may span row groups, so the failed batch doesn't tell); only on that
+    error's path."""
+    row = first
     for group in groups:
         try:
             parquet.read_row_group(group, columns=[name], use_threads=False)
         except (pa.ArrowException, OSError):
-            return group
-    return groups[0]
+            return group, row
+        row += parquet.metadata.row_group(group).num_rows
+    return groups[0], first
 
 
 def parse_arrow_file(
